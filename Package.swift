@@ -6,7 +6,9 @@ import PackageDescription
 let package = Package(
     name: "swift-cni",
     targets: [
-        // libnl-3 / libnl-route-3 headers plus the shim for setns(2).
+        // Glibc declarations Swift's Glibc module lacks (setns, pipe2, CLONE_NEWNET).
+        .systemLibrary(name: "CSystem"),
+        // libnl-3 / libnl-route-3 headers, wrapped only by Netlink.
         .systemLibrary(
             name: "CNetlink",
             pkgConfig: "libnl-route-3.0",
@@ -14,9 +16,11 @@ let package = Package(
         ),
         // IP and MAC address value types shared by every layer (no dependencies).
         .target(name: "NetAddress"),
+        // Runs a program to completion (delegated plugins, iptables-restore, nft): one small spawner.
+        .target(name: "Exec", dependencies: ["CSystem"]),
         // The CNI protocol: environment, config, results, errors, CNI_ARGS, delegation, dispatch.
-        .target(name: "CNI", dependencies: ["NetAddress"]),
+        .target(name: "CNI", dependencies: ["NetAddress", "Exec"]),
 
-        .testTarget(name: "NetAddressTests", dependencies: ["NetAddress"]),
+        .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),
     ]
 )

@@ -1,21 +1,7 @@
-// The C side of swift-cni: libnl-3 / libnl-route-3 (Debian libnl-3-dev, libnl-route-3-dev)
-// and the few declarations that Swift's Glibc module does not give us.
+// libnl-3 / libnl-route-3 (Debian libnl-3-dev, libnl-route-3-dev): the headers the Netlink
+// module wraps. Nothing else in the project includes libnl.
 #ifndef SWIFT_CNI_CNETLINK_SHIM_H
 #define SWIFT_CNI_CNETLINK_SHIM_H
-
-// Glibc only declares setns(2) and the CLONE_* flags under _GNU_SOURCE, which Swift's
-// Glibc module is not built with; declare them here so Namespace can call setns directly.
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
-#include <sched.h>
-#include <sys/file.h>
-
-extern int setns(int fd, int nstype);
-#ifndef CLONE_NEWNET
-#define CLONE_NEWNET 0x40000000
-#endif
-static const int cni_clone_newnet = CLONE_NEWNET;
 
 #include <netlink/netlink.h>
 #include <netlink/msg.h>
