@@ -21,6 +21,8 @@ let package = Package(
         // The CNI protocol: environment, config, results, errors, CNI_ARGS, delegation, dispatch.
         .target(name: "CNI", dependencies: ["NetAddress", "Exec"]),
 
+        .testTarget(name: "CNITests", dependencies: ["CNI"]),
+
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),
     ]
 )
