@@ -21,8 +21,12 @@ let package = Package(
         // The CNI protocol: environment, config, results, errors, CNI_ARGS, delegation, dispatch.
         .target(name: "CNI", dependencies: ["NetAddress", "Exec"]),
 
+        // libnl wrappers: links, addresses, routes, bridge ports, network namespaces, sysctls.
+        .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
+
         .testTarget(name: "CNITests", dependencies: ["CNI"]),
 
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),
+        // (bridge branch: NetlinkTests not committed on netlink yet) .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetAddress"]),
     ]
 )
