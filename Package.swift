@@ -5,6 +5,10 @@ import PackageDescription
 
 let package = Package(
     name: "swift-cni",
+    products: [
+        .executable(name: "bridge", targets: ["bridge"]),
+        .executable(name: "loopback", targets: ["loopback"]),
+    ],
     targets: [
         // Glibc declarations Swift's Glibc module lacks (setns, pipe2, CLONE_NEWNET).
         .systemLibrary(name: "CSystem"),
@@ -24,7 +28,14 @@ let package = Package(
         // libnl wrappers: links, addresses, routes, bridge ports, network namespaces, sysctls.
         .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
 
+        // The bridge and loopback plugins: thin compositions of the layers above.
+        .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink"]),
+        .target(name: "LoopbackPlugin", dependencies: ["CNI", "NetAddress", "Netlink"]),
+        .executableTarget(name: "bridge", dependencies: ["BridgePlugin", "CNI"]),
+        .executableTarget(name: "loopback", dependencies: ["LoopbackPlugin", "CNI"]),
+
         .testTarget(name: "CNITests", dependencies: ["CNI"]),
+        .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "CNI", "NetAddress"]),
 
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),
         // (bridge branch: NetlinkTests not committed on netlink yet) .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetAddress"]),
