@@ -68,6 +68,7 @@ public final class Namespace {
     ///
     /// Throws a `NamespaceError` if the namespace cannot be entered, or what `body` throws. If
     /// switching back fails the process aborts: a plugin must never go on in the wrong namespace.
+    @discardableResult
     public func run<Value, Failure: Error>(_ body: () throws(Failure) -> Value) throws -> Value {
         let original = try Namespace.current()
         guard setns(descriptor, cni_clone_newnet) == 0 else {

@@ -95,13 +95,15 @@ struct MessageTests {
     }
 
     @Test func bridgeWithVLANFilteringSetsInfoData() throws {
-        let parsed = TestMessage(NetlinkMessage.bridge(name: "cni0", mtu: nil, vlanFiltering: true).bytes, headerSize: 16)
+        let parsed = TestMessage(
+            NetlinkMessage.bridge(name: "cni0", mtu: nil, vlanFiltering: true).bytes, headerSize: 16)
         #expect(parsed.attribute(3)?.string == "cni0")
         #expect(parsed.attribute(4) == nil)  // no MTU unless asked
         #expect(parsed.attribute(18)?.child(1)?.string == "bridge")
         #expect(parsed.attribute(18)?.child(2)?.child(7)?.u8 == 1)  // IFLA_INFO_DATA / IFLA_BR_VLAN_FILTERING
 
-        let plain = TestMessage(NetlinkMessage.bridge(name: "cni0", mtu: 9000, vlanFiltering: false).bytes, headerSize: 16)
+        let plain = TestMessage(
+            NetlinkMessage.bridge(name: "cni0", mtu: 9000, vlanFiltering: false).bytes, headerSize: 16)
         #expect(plain.attribute(4)?.u32 == 9000)
         #expect(plain.attribute(18)?.child(2) == nil)
     }
@@ -227,7 +229,9 @@ struct ErrorTests {
         let error = NetlinkError(
             operation: "add route 10.9.0.0/16 via 10.1.2.1", code: -1, errno: ENETUNREACH,
             kernelMessage: "Nexthop has invalid gateway")
-        #expect(error.description == "add route 10.9.0.0/16 via 10.1.2.1: Network is unreachable (Nexthop has invalid gateway)")
+        #expect(
+            error.description
+                == "add route 10.9.0.0/16 via 10.1.2.1: Network is unreachable (Nexthop has invalid gateway)")
     }
 
     @Test func sysctlKeysStayUnderProcSys() {

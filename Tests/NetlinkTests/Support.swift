@@ -83,13 +83,17 @@ func jsonCommandArray(_ arguments: [String]) throws -> [[String: Any]] {
 /// The inode of the calling thread's network namespace.
 func currentNamespaceInode() throws -> UInt64 {
     var status = stat()
-    guard stat("/proc/thread-self/ns/net", &status) == 0 else { throw CommandFailed(command: "stat", status: errno, standardError: "") }
+    guard stat("/proc/thread-self/ns/net", &status) == 0 else {
+        throw CommandFailed(command: "stat", status: errno, standardError: "")
+    }
     return UInt64(status.st_ino)
 }
 
 func namespaceInode(path: String) throws -> UInt64 {
     var status = stat()
-    guard stat(path, &status) == 0 else { throw CommandFailed(command: "stat \(path)", status: errno, standardError: "") }
+    guard stat(path, &status) == 0 else {
+        throw CommandFailed(command: "stat \(path)", status: errno, standardError: "")
+    }
     return UInt64(status.st_ino)
 }
 
