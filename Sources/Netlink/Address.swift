@@ -87,10 +87,9 @@ extension NetlinkSocket {
     public func addAddress(
         index: Int, _ prefix: IPPrefix, broadcast: Bool = true, flags: AddressFlags = []
     ) throws(NetlinkError) {
-        let message = NetlinkMessage.address(RTM_NEWADDR, index: index, prefix, flags: flags)
-        if broadcast && prefix.family == .v4 && prefix.length < 31 {
-            message.put(IFA_BROADCAST, bytes: prefix.lastAddress.bytes)
-        }
+        let hasBroadcast = broadcast && prefix.family == .v4 && prefix.length < 31
+        let message = NetlinkMessage.address(
+            RTM_NEWADDR, index: index, prefix, flags: flags, broadcast: hasBroadcast ? prefix.lastAddress : nil)
         try execute(message, "add address \(prefix) to link #\(index)")
     }
 
@@ -102,7 +101,9 @@ extension NetlinkSocket {
 }
 
 extension NetlinkMessage {
-    static func address(_ type: Int, index: Int, _ prefix: IPPrefix, flags: AddressFlags) -> NetlinkMessage {
+    static func address(
+        _ type: Int, index: Int, _ prefix: IPPrefix, flags: AddressFlags, broadcast: IPAddress? = nil
+    ) -> NetlinkMessage {
         let message = NetlinkMessage(type: type, flags: type == RTM_NEWADDR ? NLM_F_CREATE | NLM_F_EXCL : 0)
         var header = ifaddrmsg()
         header.ifa_family = UInt8(prefix.family.addressFamily)
@@ -112,6 +113,7 @@ extension NetlinkMessage {
         message.append(header: header)
         message.put(IFA_LOCAL, bytes: prefix.address.bytes)
         message.put(IFA_ADDRESS, bytes: prefix.address.bytes)
+        if let broadcast { message.put(IFA_BROADCAST, bytes: broadcast.bytes) }
         // The header has 8 bits of flags; the rest (noPrefixRoute, ...) only fit in IFA_FLAGS.
         if flags.rawValue > 0xff { message.put(IFA_FLAGS, u32: flags.rawValue) }
         return message

@@ -28,7 +28,8 @@ extension NetlinkSocket {
 
     /// Adds VLAN `vid` to bridge port `index`. Needs `vlan_filtering` on the bridge.
     public func addBridgeVLAN(index: Int, vid: Int, pvid: Bool = false, untagged: Bool = false) throws(NetlinkError) {
-        let message = NetlinkMessage.bridgeVLAN(add: true, index: index, vids: vid...vid, pvid: pvid, untagged: untagged)
+        let message = NetlinkMessage.bridgeVLAN(
+            add: true, index: index, vids: vid...vid, pvid: pvid, untagged: untagged)
         try execute(message, "add VLAN \(vid) to bridge port #\(index)")
     }
 

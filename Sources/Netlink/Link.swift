@@ -113,13 +113,7 @@ extension NetlinkSocket {
     ///   - vlanFiltering: enables `vlan_filtering` at creation (fails on kernels without it).
     @discardableResult
     public func createBridge(name: String, mtu: Int? = nil, vlanFiltering: Bool = false) throws(NetlinkError) -> Bool {
-        let message = NetlinkMessage.newLink(name: name, mtu: mtu, mac: nil)
-        message.nest(IFLA_LINKINFO) {
-            message.put(IFLA_INFO_KIND, string: "bridge")
-            if vlanFiltering {
-                message.nest(IFLA_INFO_DATA) { message.put(IFLA_BR_VLAN_FILTERING, u8: 1) }
-            }
-        }
+        let message = NetlinkMessage.bridge(name: name, mtu: mtu, vlanFiltering: vlanFiltering)
         do {
             try execute(message, "create bridge \(name)")
         } catch {
@@ -239,6 +233,17 @@ extension NetlinkMessage {
         let message = NetlinkMessage(type: RTM_NEWLINK, flags: NLM_F_CREATE | NLM_F_EXCL)
         message.append(header: ifinfomsg())
         message.putLinkBasics(name: name, mtu: mtu, mac: mac)
+        return message
+    }
+
+    static func bridge(name: String, mtu: Int?, vlanFiltering: Bool) -> NetlinkMessage {
+        let message = newLink(name: name, mtu: mtu, mac: nil)
+        message.nest(IFLA_LINKINFO) {
+            message.put(IFLA_INFO_KIND, string: "bridge")
+            if vlanFiltering {
+                message.nest(IFLA_INFO_DATA) { message.put(IFLA_BR_VLAN_FILTERING, u8: 1) }
+            }
+        }
         return message
     }
 

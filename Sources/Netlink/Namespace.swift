@@ -55,7 +55,11 @@ public final class Namespace {
 
     /// The calling thread's current network namespace.
     public static func current() throws(NamespaceError) -> Namespace {
-        try open(path: "/proc/thread-self/ns/net")
+        // Always a network namespace: skip the checks, `run` calls this every time.
+        let path = "/proc/thread-self/ns/net"
+        let descriptor = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw .openFailed(path: path, errno: errno) }
+        return Namespace(path: path, descriptor: descriptor)
     }
 
     /// Whether both refer to the same namespace (same nsfs inode).
@@ -68,6 +72,7 @@ public final class Namespace {
     ///
     /// Throws a `NamespaceError` if the namespace cannot be entered, or what `body` throws. If
     /// switching back fails the process aborts: a plugin must never go on in the wrong namespace.
+    @discardableResult
     public func run<Value, Failure: Error>(_ body: () throws(Failure) -> Value) throws -> Value {
         let original = try Namespace.current()
         guard setns(descriptor, cni_clone_newnet) == 0 else {

@@ -39,7 +39,8 @@ public final class NetlinkSocket {
         }
         let context = Unmanaged.passUnretained(receiver).toOpaque()
         nl_cb_set(callbacks, NL_CB_VALID, NL_CB_CUSTOM, onValidMessage, context)
-        nl_cb_set(callbacks, NL_CB_ACK, NL_CB_CUSTOM, onAcknowledgement, context)
+        nl_cb_set(callbacks, NL_CB_ACK, NL_CB_CUSTOM, onEnd, context)
+        nl_cb_set(callbacks, NL_CB_FINISH, NL_CB_CUSTOM, onEnd, context)
         nl_cb_err(callbacks, NL_CB_CUSTOM, onErrorMessage, context)
     }
 
@@ -64,7 +65,14 @@ public final class NetlinkSocket {
             defer { receiver.handler = nil }
             let sent = nl_send_auto(handle, message.handle)
             guard sent >= 0 else { return sent }
-            return nl_recvmsgs(handle, callbacks)
+            // libnl returns after any datagram without multipart messages, e.g. a GET's reply
+            // before its ACK: read on until the ACK, error or end of dump, or the next request
+            // would read this one's leftovers.
+            var status: Int32
+            repeat {
+                status = nl_recvmsgs(handle, callbacks)
+            } while status >= 0 && !receiver.finished
+            return status
         }
         guard status >= 0 else {
             throw NetlinkError(
@@ -100,10 +108,13 @@ private final class Receiver {
     var handler: ((ReceivedMessage) -> Void)?
     var errno: Int32?
     var kernelMessage: String?
+    /// The request's last reply (ACK, error or end of dump) has been read.
+    var finished = false
 
     func reset() {
         errno = nil
         kernelMessage = nil
+        finished = false
     }
 }
 
@@ -119,13 +130,18 @@ private let onValidMessage: nl_recvmsg_msg_cb_t = { message, context in
     return Int32(NL_OK.rawValue)
 }
 
-private let onAcknowledgement: nl_recvmsg_msg_cb_t = { _, _ in Int32(NL_STOP.rawValue) }
+/// An ACK or NLMSG_DONE: the request is complete.
+private let onEnd: nl_recvmsg_msg_cb_t = { _, context in
+    receiver(context).finished = true
+    return Int32(NL_STOP.rawValue)
+}
 
 /// Keeps the kernel's errno and extended-ack text (libnl 3.7 drops both), then lets libnl
 /// return its NLE code.
 private let onErrorMessage: nl_recvmsg_err_cb_t = { _, error, context in
     guard let error else { return Int32(NL_STOP.rawValue) }
     let state = receiver(context)
+    state.finished = true
     state.errno = -error.pointee.error
     // The nlmsgerr sits right after its own nlmsghdr; the TLVs follow the echoed request,
     // which is only its header when the ack is capped.

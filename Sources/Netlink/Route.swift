@@ -186,7 +186,8 @@ extension Route {
             let hop = buffer.loadUnaligned(fromByteOffset: offset, as: rtnexthop.self)
             let length = Int(hop.rtnh_len)
             guard length >= headerSize, offset + length <= buffer.count else { break }
-            let attributes = Attributes(UnsafeRawBufferPointer(rebasing: buffer[(offset + headerSize)..<(offset + length)]))
+            let attributes = Attributes(
+                UnsafeRawBufferPointer(rebasing: buffer[(offset + headerSize)..<(offset + length)]))
             let gateway = attributes.first(Int(RTA_GATEWAY.rawValue)).flatMap { IPAddress(bytes: $0.bytes) }
             hops.append((gateway, Int(hop.rtnh_ifindex)))
             offset += (length + 3) & ~3

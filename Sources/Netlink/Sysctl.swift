@@ -44,7 +44,8 @@ public enum Sysctl {
     /// such as flushing state, even when nothing changes). Returns whether it wrote.
     @discardableResult
     public static func write(_ key: String, _ value: String) throws(SysctlError) -> Bool {
-        if try read(key) == value { return false }
+        // Some keys are write-only (route/flush): a failed read just means "write it".
+        if let current = try? read(key), current == value { return false }
         let descriptor = try open(key, O_WRONLY, "write")
         defer { close(descriptor) }
         let bytes = Array(value.utf8)
