@@ -38,6 +38,6 @@ let package = Package(
         .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "CNI", "NetAddress"]),
 
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),
-        // (bridge branch: NetlinkTests not committed on netlink yet) .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetAddress"]),
+        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetAddress"]),
     ]
 )
