@@ -188,6 +188,9 @@ struct BridgeAdd {
                     peerNamespace: namespace)
             } catch {
                 guard error.isExists else {
+                    // The request may have failed after the kernel made the pair (e.g. reading it
+                    // back): never leave it behind.
+                    try? host.deleteLink(named: hostName)
                     throw CNIError(
                         .netlinkFailure, "failed to create veth \(hostName)/\(ifName)", details: error.description)
                 }
