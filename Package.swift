@@ -20,7 +20,10 @@ let package = Package(
         .target(name: "Exec", dependencies: ["CSystem"]),
         // The CNI protocol: environment, config, results, errors, CNI_ARGS, delegation, dispatch.
         .target(name: "CNI", dependencies: ["NetAddress", "Exec"]),
+        // ipMasq (iptables and nftables) and the bridge's MAC spoof check, as one transaction each.
+        .target(name: "Masquerade", dependencies: ["NetAddress", "Exec"]),
 
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),
+        .testTarget(name: "MasqueradeTests", dependencies: ["Masquerade", "NetAddress"]),
     ]
 )
