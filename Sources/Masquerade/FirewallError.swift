@@ -85,7 +85,8 @@ extension FirewallBackend {
     /// nft can talk to the kernel (a dry-run transaction exercises the netlink path).
     static func nftablesUsable(_ runner: some CommandRunner) -> Bool {
         guard runner.isInstalled("nft") else { return false }
-        let output = try? runner.run("nft", ["--check", "add", "table", "inet", "cni_plugins_supports_test"], stdin: [])
+        let output = try? runner.run(
+            "nft", ["--check", "add", "table", "inet", "cni_plugins_supports_test"], stdin: [])
         return output?.succeeded ?? false
     }
 }

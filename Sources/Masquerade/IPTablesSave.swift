@@ -88,7 +88,8 @@ struct SavedNATTable: Equatable {
 
     /// Quotes an argument for an iptables-restore script when it needs it.
     static func quoted(_ argument: String) -> String {
-        let plain = !argument.isEmpty && argument.allSatisfy { !$0.isWhitespace && $0 != "\"" && $0 != "\\" && $0 != "'" }
+        let plain =
+            !argument.isEmpty && argument.allSatisfy { !$0.isWhitespace && $0 != "\"" && $0 != "\\" && $0 != "'" }
         if plain { return argument }
         var result = "\""
         for character in argument {

@@ -1,9 +1,10 @@
+import NetAddress
+
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Musl)
     import Musl
 #endif
-import NetAddress
 
 /// The bridge plugin's `macspoofchk`: frames entering the bridge from a container's host veth must
 /// carry the container's MAC. nftables, family bridge, the reference's layout: table `nat`, base

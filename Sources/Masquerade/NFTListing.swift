@@ -33,7 +33,8 @@ struct NFTListing: Equatable {
                     guard let match = expression.match, match.left.meta?.key == "iifname" else { return nil }
                     return match.right.text
                 }.first
-                rules.append(Rule(chain: rule.chain, handle: rule.handle, comment: rule.comment, inputInterface: interface))
+                rules.append(
+                    Rule(chain: rule.chain, handle: rule.handle, comment: rule.comment, inputInterface: interface))
             }
         }
     }

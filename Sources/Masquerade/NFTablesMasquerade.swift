@@ -51,7 +51,8 @@ enum NFTablesMasquerade {
         of listing: NFTListing, network: String, valid: [(containerID: String, ifname: String)]
     ) -> [Int] {
         let networkPrefix = Naming.nftNetworkHash(network: network) + "-"
-        let keep = Set(valid.map { Naming.nftInstanceHash(network: network, ifname: $0.ifname, containerID: $0.containerID) })
+        let keep = Set(
+            valid.map { Naming.nftInstanceHash(network: network, ifname: $0.ifname, containerID: $0.containerID) })
         return listing.rules.filter { rule in
             guard rule.chain == checksChain, let comment = rule.comment, comment.hasPrefix(networkPrefix) else {
                 return false

@@ -23,9 +23,13 @@ enum SHA512 {
         }
         block += [UInt8](repeating: 0, count: 120 - block.count)
         let bitLength = length &* 8
-        for shift in stride(from: 56, through: 0, by: -8) { block.append(UInt8(truncatingIfNeeded: bitLength >> shift)) }
+        for shift in stride(from: 56, through: 0, by: -8) {
+            block.append(UInt8(truncatingIfNeeded: bitLength >> shift))
+        }
         compress(&state, block)
-        return state.flatMap { word in stride(from: 56, through: 0, by: -8).map { UInt8(truncatingIfNeeded: word >> $0) } }
+        return state.flatMap { word in
+            stride(from: 56, through: 0, by: -8).map { UInt8(truncatingIfNeeded: word >> $0) }
+        }
     }
 
     static func hexDigest(_ text: String) -> String {

@@ -15,7 +15,8 @@ final class FakeRunner: CommandRunner, @unchecked Sendable {
     private(set) var calls: [Call] = []
 
     func respond(_ prefix: [String], status: Int32 = 0, stdout: String = "", stderr: String = "") {
-        responses.append((prefix, CommandOutput(status: status, stdout: Array(stdout.utf8), stderr: Array(stderr.utf8))))
+        responses.append(
+            (prefix, CommandOutput(status: status, stdout: Array(stdout.utf8), stderr: Array(stderr.utf8))))
     }
 
     func isInstalled(_ program: String) -> Bool { installed.contains(program) }

@@ -78,7 +78,10 @@ import Testing
         let containerID = String(repeating: "f", count: 64)
         let comment = Naming.nftComment(network: "a-rather-long-network-name", ifname: "eth0", containerID: containerID)
         #expect(comment.utf8.count == 128)
-        #expect(comment.hasPrefix(Naming.nftInstanceHash(network: "a-rather-long-network-name", ifname: "eth0", containerID: containerID)))
+        #expect(
+            comment.hasPrefix(
+                Naming.nftInstanceHash(network: "a-rather-long-network-name", ifname: "eth0", containerID: containerID))
+        )
         #expect(Naming.nftComment(network: #"we"ird"#, ifname: "eth0", containerID: "c").contains("net: weird,"))
     }
 
@@ -116,7 +119,8 @@ import Testing
 
     @Test func defaultIsNFTablesWhenOnlyItWorks() throws {
         let runner = FakeRunner()
-        runner.respond(["iptables"], status: 1, stderr: "iptables v1.8.4 (legacy): can't initialize iptables table `nat'")
+        runner.respond(
+            ["iptables"], status: 1, stderr: "iptables v1.8.4 (legacy): can't initialize iptables table `nat'")
         #expect(try FirewallBackend.choose(configured: nil, runner: runner) == .nftables)
         #expect(runner.commands.count == 2)
     }

@@ -52,7 +52,8 @@ private let referenceSaved = """
     }
 
     @Test func parsesOnlyTheNATTable() {
-        let table = SavedNATTable(parsing: "*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -j DROP\nCOMMIT\n" + referenceSaved)
+        let table = SavedNATTable(
+            parsing: "*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -j DROP\nCOMMIT\n" + referenceSaved)
         #expect(table.chains == ["POSTROUTING", chain])
         #expect(table.rules.count == 3)
         let jump = table.rules[0]
@@ -104,7 +105,8 @@ private let referenceSaved = """
     }
 
     @Test func setupOfASecondInterfaceKeepsTheFirst() {
-        let onlyEth0 = twoInterfacesSaved.split(separator: "\n").filter { !$0.contains("10.1.0.6") }.joined(separator: "\n")
+        let onlyEth0 = twoInterfacesSaved.split(separator: "\n").filter { !$0.contains("10.1.0.6") }.joined(
+            separator: "\n")
         let script = v4.setupScript(
             current: SavedNATTable(parsing: onlyEth0), network: "mynet", containerID: "abc123", ifname: "eth1",
             addresses: [prefix("10.1.0.6/24"), prefix("10.2.0.6/16")])
@@ -152,7 +154,8 @@ private let referenceSaved = """
     }
 
     @Test func teardownOfTheLastInterfaceRemovesTheChain() throws {
-        let onlyEth1 = twoInterfacesSaved.split(separator: "\n").filter { !$0.contains("10.1.0.5") }.joined(separator: "\n")
+        let onlyEth1 = twoInterfacesSaved.split(separator: "\n").filter { !$0.contains("10.1.0.5") }.joined(
+            separator: "\n")
         let script = try #require(
             v4.teardownScript(
                 current: SavedNATTable(parsing: onlyEth1), network: "mynet", containerID: "abc123", ifname: "eth1",
@@ -195,7 +198,8 @@ private let referenceSaved = """
     @Test func garbageCollection() throws {
         let valid = [(containerID: "abc123", ifname: "eth1")]
         let script = try #require(
-            v4.garbageCollectScript(current: SavedNATTable(parsing: twoInterfacesSaved), network: "mynet", valid: valid))
+            v4.garbageCollectScript(current: SavedNATTable(parsing: twoInterfacesSaved), network: "mynet", valid: valid)
+        )
         #expect(
             script == """
                 *nat
@@ -210,7 +214,9 @@ private let referenceSaved = """
         #expect(none.components(separatedBy: "-D POSTROUTING").count == 3)
         #expect(!none.contains("192.168.9.0"))
         // Another network's GC leaves this chain alone.
-        #expect(v4.garbageCollectScript(current: SavedNATTable(parsing: twoInterfacesSaved), network: "other", valid: []) == nil)
+        #expect(
+            v4.garbageCollectScript(current: SavedNATTable(parsing: twoInterfacesSaved), network: "other", valid: [])
+                == nil)
     }
 }
 
@@ -249,7 +255,8 @@ private let referenceSaved = """
     @Test func teardownReadsBothBackendsAndWritesNothingWhenClean() throws {
         let runner = FakeRunner()
         runner.respond(["nft"], status: 1, stderr: "Error: No such file or directory\n")
-        try IPMasquerade(runner: runner).teardown(network: "mynet", containerID: "abc123", ifname: "eth0", addresses: nil)
+        try IPMasquerade(runner: runner).teardown(
+            network: "mynet", containerID: "abc123", ifname: "eth0", addresses: nil)
         #expect(
             runner.commands == [
                 ["iptables-save", "-t", "nat"], ["ip6tables-save", "-t", "nat"],
@@ -260,7 +267,8 @@ private let referenceSaved = """
     @Test func teardownSkipsMissingTools() throws {
         let runner = FakeRunner()
         runner.installed = []
-        try IPMasquerade(runner: runner).teardown(network: "mynet", containerID: "abc123", ifname: "eth0", addresses: nil)
+        try IPMasquerade(runner: runner).teardown(
+            network: "mynet", containerID: "abc123", ifname: "eth0", addresses: nil)
         #expect(runner.calls.isEmpty)
     }
 
@@ -339,7 +347,8 @@ private let masqChecksListing = """
         runner.respond(["iptables-save"], status: 1, stderr: "iptables-save: table nat is incompatible")
         runner.respond(["ip6tables-save"], status: 1)
         runner.respond(["nft", "-j", "list"], stdout: masqChecksListing)
-        try IPMasquerade(runner: runner).teardown(network: "mynet", containerID: "abc123", ifname: "eth1", addresses: nil)
+        try IPMasquerade(runner: runner).teardown(
+            network: "mynet", containerID: "abc123", ifname: "eth1", addresses: nil)
         #expect(runner.scripts("nft").last == "delete rule inet cni_plugins_masquerade masq_checks handle 7\n")
         #expect(runner.commands.last == ["nft", "-f", "-"])
     }
@@ -348,9 +357,12 @@ private let masqChecksListing = """
         let runner = FakeRunner()
         runner.respond(["nft", "-j", "list"], stdout: masqChecksListing)
         try IPMasquerade(runner: runner).setup(
-            backend: .nftables, network: "mynet", containerID: "abc123", ifname: "eth0", addresses: [prefix("10.1.0.9/24")])
+            backend: .nftables, network: "mynet", containerID: "abc123", ifname: "eth0",
+            addresses: [prefix("10.1.0.9/24")])
         #expect(runner.commands.count == 2)
-        #expect(runner.scripts("nft").last?.contains("delete rule inet cni_plugins_masquerade masq_checks handle 6\n") == true)
+        #expect(
+            runner.scripts("nft").last?.contains("delete rule inet cni_plugins_masquerade masq_checks handle 6\n")
+                == true)
     }
 }
 
