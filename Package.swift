@@ -23,6 +23,8 @@ let package = Package(
         // ipMasq (iptables and nftables) and the bridge's MAC spoof check, as one transaction each.
         .target(name: "Masquerade", dependencies: ["NetAddress", "Exec"]),
 
+        .testTarget(name: "CNITests", dependencies: ["CNI"]),
+
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),
         .testTarget(name: "MasqueradeTests", dependencies: ["Masquerade", "NetAddress"]),
     ]
