@@ -23,9 +23,12 @@ let package = Package(
         // ipMasq (iptables and nftables) and the bridge's MAC spoof check, as one transaction each.
         .target(name: "Masquerade", dependencies: ["NetAddress", "Exec"]),
 
-        .testTarget(name: "CNITests", dependencies: ["CNI"]),
+        // libnl wrappers: links, addresses, routes, bridge ports, network namespaces, sysctls.
+        .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
 
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),
+        .testTarget(name: "CNITests", dependencies: ["CNI"]),
+        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetAddress"]),
         .testTarget(name: "MasqueradeTests", dependencies: ["Masquerade", "NetAddress"]),
     ]
 )
