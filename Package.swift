@@ -24,20 +24,23 @@ let package = Package(
         .target(name: "Exec", dependencies: ["CSystem"]),
         // The CNI protocol: environment, config, results, errors, CNI_ARGS, delegation, dispatch.
         .target(name: "CNI", dependencies: ["NetAddress", "Exec"]),
+        // ipMasq (iptables and nftables) and the bridge's MAC spoof check, as one transaction each.
+        .target(name: "Masquerade", dependencies: ["NetAddress", "Exec"]),
 
         // libnl wrappers: links, addresses, routes, bridge ports, network namespaces, sysctls.
         .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
 
         // The bridge and loopback plugins: thin compositions of the layers above.
-        .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink"]),
+        .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink", "Masquerade"]),
         .target(name: "LoopbackPlugin", dependencies: ["CNI", "NetAddress", "Netlink"]),
         .executableTarget(name: "bridge", dependencies: ["BridgePlugin", "CNI"]),
         .executableTarget(name: "loopback", dependencies: ["LoopbackPlugin", "CNI"]),
 
-        .testTarget(name: "CNITests", dependencies: ["CNI"]),
         .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "CNI", "NetAddress"]),
 
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),
+        .testTarget(name: "CNITests", dependencies: ["CNI"]),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetAddress"]),
+        .testTarget(name: "MasqueradeTests", dependencies: ["Masquerade", "NetAddress"]),
     ]
 )

@@ -117,6 +117,13 @@ public enum Plugin {
         do {
             config = try JSONDecoder().decode(NetworkConfig.self, from: Data(stdin))
         } catch {
+            // Not JSON, or not an object: code 6. JSON whose common keys have wrong types: code 7.
+            if case .some(.typeMismatch(_, let context)) = error as? DecodingError, !context.codingPath.isEmpty {
+                throw CNIError(.invalidNetworkConfig, "invalid network config", details: describe(decodingError: error))
+            }
+            if case .some(.valueNotFound(_, let context)) = error as? DecodingError, !context.codingPath.isEmpty {
+                throw CNIError(.invalidNetworkConfig, "invalid network config", details: describe(decodingError: error))
+            }
             let problem = stdin.isEmpty ? "stdin is empty" : describe(decodingError: error)
             throw CNIError(.decodingFailure, "error decoding network config", details: problem)
         }
