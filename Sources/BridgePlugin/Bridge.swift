@@ -52,7 +52,7 @@ public enum BridgePlugin {
             let addresses = linkAddresses ?? prevResultAddresses(request)
             do {
                 try Firewall.teardownMasquerade(
-                    network: config.network, backend: config.ipMasqBackend, containerID: request.containerID,
+                    network: config.network, containerID: request.containerID,
                     ifName: request.ifName, addresses: addresses)
             } catch {
                 failures.append(error)
@@ -132,15 +132,14 @@ public enum BridgePlugin {
         }
         if config.isLayer3 && config.ipMasq {
             do {
-                try Firewall.garbageCollectMasquerade(
-                    network: config.network, backend: config.ipMasqBackend, valid: valid)
+                try Firewall.garbageCollectMasquerade(network: config.network, valid: valid)
             } catch {
                 failures.append(error)
             }
         }
         if config.macSpoofCheck {
             do {
-                try Firewall.garbageCollectSpoofCheck(bridge: config.bridge, valid: valid)
+                try Firewall.garbageCollectSpoofCheck(valid: valid)
             } catch {
                 failures.append(error)
             }

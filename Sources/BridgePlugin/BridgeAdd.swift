@@ -90,7 +90,7 @@ struct BridgeAdd {
                     ifName: ifName, addresses: result.ips.map(\.address))
                 rollback.add("remove the masquerade rules") { () throws(CNIError) in
                     try Firewall.teardownMasquerade(
-                        network: config.network, backend: config.ipMasqBackend, containerID: request.containerID,
+                        network: config.network, containerID: request.containerID,
                         ifName: ifName, addresses: result.ips.map(\.address))
                 }
             }
