@@ -5,6 +5,10 @@ import PackageDescription
 
 let package = Package(
     name: "swift-cni",
+    products: [
+        .executable(name: "host-local", targets: ["host-local"]),
+        .executable(name: "static", targets: ["static"]),
+    ],
     targets: [
         // Glibc declarations Swift's Glibc module lacks (setns, pipe2, CLONE_NEWNET).
         .systemLibrary(name: "CSystem"),
@@ -21,7 +25,15 @@ let package = Package(
         // The CNI protocol: environment, config, results, errors, CNI_ARGS, delegation, dispatch.
         .target(name: "CNI", dependencies: ["NetAddress", "Exec"]),
 
+        // Address ranges, the allocator and the lease store shared by the IPAM plugins.
+        .target(name: "IPAM", dependencies: ["CNI", "NetAddress"]),
+        .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
+        .target(name: "StaticPlugin", dependencies: ["CNI", "IPAM"]),
+        .executableTarget(name: "host-local", dependencies: ["HostLocalPlugin"]),
+        .executableTarget(name: "static", dependencies: ["StaticPlugin"]),
+
         .testTarget(name: "CNITests", dependencies: ["CNI"]),
+        .testTarget(name: "IPAMTests", dependencies: ["IPAM", "HostLocalPlugin", "StaticPlugin"]),
 
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),
     ]
