@@ -70,6 +70,7 @@ public final class LeaseStore {
 
     /// Opens the store of `network` under `dataDir`, creating its directories, holds the lock for
     /// the duration of `body`, writes the index changes `body` made and releases the lock.
+    @discardableResult
     public static func withLock<Result>(
         dataDir: String, network: String, _ body: (LeaseStore) throws(CNIError) -> Result
     ) throws(CNIError) -> Result {
@@ -170,7 +171,8 @@ public final class LeaseStore {
             // The lease directory is a mount point of its own: no atomic path, do as the reference.
             guard try Files.createExclusive(path, owner.fileContent, mode: 0o600) else { return false }
         case .linked:
-            // Each lease gets its own inode: the next one is written afresh.
+            // The temp name goes at once: each lease keeps its own inode, which nothing else names.
+            try Files.remove(leaseTemp)
             preparedOwner = nil
         }
         var entry = try entry(for: owner)

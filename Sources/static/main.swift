@@ -1,1 +1,4 @@
-print("x")
+import CNI
+import StaticPlugin
+
+Plugin.main(name: "static", handlers: Static.handlers)
