@@ -8,6 +8,8 @@ let package = Package(
     products: [
         .executable(name: "bridge", targets: ["bridge"]),
         .executable(name: "loopback", targets: ["loopback"]),
+        .executable(name: "host-local", targets: ["host-local"]),
+        .executable(name: "static", targets: ["static"]),
     ],
     targets: [
         // Glibc declarations Swift's Glibc module lacks (setns, pipe2, CLONE_NEWNET).
@@ -37,6 +39,14 @@ let package = Package(
         .executableTarget(name: "loopback", dependencies: ["LoopbackPlugin", "CNI"]),
 
         .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "CNI", "NetAddress"]),
+        // Address ranges, the allocator and the lease store shared by the IPAM plugins.
+        .target(name: "IPAM", dependencies: ["CNI", "NetAddress"]),
+        .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
+        .target(name: "StaticPlugin", dependencies: ["CNI", "IPAM"]),
+        .executableTarget(name: "host-local", dependencies: ["HostLocalPlugin"]),
+        .executableTarget(name: "static", dependencies: ["StaticPlugin"]),
+
+        .testTarget(name: "IPAMTests", dependencies: ["IPAM", "HostLocalPlugin", "StaticPlugin"]),
 
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),
         .testTarget(name: "CNITests", dependencies: ["CNI"]),
