@@ -505,3 +505,31 @@ def test_delegates_to_reference_host_local(world):
     assert world.leases() == ["10.77.0.2"]
     assert world.run("DEL", config, container, path=str(REF_DIR)).ok
     assert world.leases() == []
+
+
+# ---------------------------------------------------------------------------------------------
+# conf-examples work as given (bridge name and dataDir replaced so they stay private)
+
+EXAMPLES = sorted(p for p in (Path(__file__).resolve().parent.parent / "conf-examples").glob("bridge-*")
+                  if "vlan" not in p.name)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_conf_examples(world, example):
+    document = json.loads(example.read_text())
+    if "plugins" in document:
+        config = dict(document["plugins"][0], cniVersion=document["cniVersion"], name=document["name"])
+    else:
+        config = document
+    config["bridge"] = world.bridge
+    config["name"] = world.network
+    if config.get("ipam", {}).get("type") == "host-local":
+        config["ipam"]["dataDir"] = world.data_dir
+    container = world.container()
+    result = world.add(config, container)
+    assert result["interfaces"][2]["sandbox"] == container.path
+    if config["cniVersion"] >= "0.4.0":
+        check = world.run("CHECK", with_prev(config, result), container)
+        assert check.ok, str(check)
+    assert world.run("DEL", with_prev(config, result), container).ok
+    assert_nothing_left(world, container)

@@ -10,6 +10,7 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bin_dir=${SWIFT_CNI_BIN:-$repo/bin}
+[ -d "$bin_dir" ] && bin_dir=$(cd "$bin_dir" && pwd)
 example=${DEMO_CONFIG:-$repo/conf-examples/bridge-host-local.conflist}
 
 die() { echo "demo: $*" >&2; exit 1; }
