@@ -20,6 +20,8 @@ let package = Package(
         .target(name: "Exec", dependencies: ["CSystem"]),
         // The CNI protocol: environment, config, results, errors, CNI_ARGS, delegation, dispatch.
         .target(name: "CNI", dependencies: ["NetAddress", "Exec"]),
+        // ipMasq (iptables and nftables) and the bridge's MAC spoof check, as one transaction each.
+        .target(name: "Masquerade", dependencies: ["NetAddress", "Exec"]),
 
         // libnl wrappers: links, addresses, routes, bridge ports, network namespaces, sysctls.
         .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
@@ -27,5 +29,6 @@ let package = Package(
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),
         .testTarget(name: "CNITests", dependencies: ["CNI"]),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetAddress"]),
+        .testTarget(name: "MasqueradeTests", dependencies: ["Masquerade", "NetAddress"]),
     ]
 )
