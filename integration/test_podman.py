@@ -17,7 +17,7 @@ import pytest
 from clients.common import (announce, assemble_plugin_dir, firewall_mentions, leases, plugins_under_test,
                             veths_on_bridge)
 from clients.images import build_rootfs
-from clients.podman import Podman, find_podman_or_fail, free_subnet
+from clients.podman import Podman, find_podman_or_fail
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_podman_bridge_with_static_ipam(podman):
             {"type": "firewall", "backend": ""},
             {"type": "tuning"},
         ],
-    }, dynamic["network_interface"])
+    }, dynamic["network_interface"], subnet)
     static = podman.run(name, "sleep", "600")
     other = podman.run(dynamic["name"], "sleep", "600")
     assert podman.addresses(static) == [static_address]

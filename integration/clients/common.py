@@ -6,8 +6,10 @@ A chain also needs the reference's other plugins (portmap, firewall, tuning): th
 directory holds copies of ours plus those, so a client sees one plugin directory as in production.
 """
 
+import ipaddress
 import json
 import os
+import random
 import shutil
 import subprocess
 from pathlib import Path
@@ -110,3 +112,52 @@ def announce(request, text: str):
 
 def plugins_under_test() -> str:
     return f"reference plugins ({REF_DIR})" if testing_reference() else f"swift-cni plugins ({BIN_DIR})"
+
+
+def purge_firewall(needle: str):
+    """Remove every iptables rule and nftables rule mentioning `needle` (and the per-container
+    CNI-… chains they jump to): a leak found by a test is reported, but never left on the host."""
+    import re
+    import shlex
+    for tool in ("iptables", "ip6tables"):
+        for table in ("nat", "filter", "mangle"):
+            proc = subprocess.run([f"{tool}-save", "-t", table], capture_output=True, text=True)
+            chains = set()
+            for line in proc.stdout.splitlines():
+                if line.startswith("-A ") and needle in line:
+                    argv = shlex.split(line)
+                    subprocess.run([tool, "-w", "-t", table, "-D", *argv[1:]], capture_output=True)
+                    if "-j" in argv and re.fullmatch(r"CNI-[0-9a-f]{24}", argv[argv.index("-j") + 1]):
+                        chains.add(argv[argv.index("-j") + 1])
+            for chain in chains:
+                subprocess.run([tool, "-w", "-t", table, "-F", chain], capture_output=True)
+                subprocess.run([tool, "-w", "-t", table, "-X", chain], capture_output=True)
+    listing = subprocess.run(["nft", "-a", "list", "ruleset"], capture_output=True, text=True).stdout
+    table = chain = None
+    for line in listing.splitlines():
+        words = line.split()
+        if words[:1] == ["table"]:
+            table, chain = words[1:3], None
+        elif words[:1] == ["chain"]:
+            chain = words[1]
+        elif needle in line and table and chain and "# handle" in line:
+            handle = line.rsplit("# handle", 1)[1].split()[0]
+            subprocess.run(["nft", "delete", "rule", *table, chain, "handle", handle], capture_output=True)
+
+
+def free_subnet() -> str:
+    """A random /24 in 10.200.0.0/13 that no host route overlaps (other tests may hold some)."""
+    taken = []
+    out = subprocess.run(["ip", "-j", "-4", "route", "show", "table", "all"], capture_output=True, text=True).stdout
+    for route in json.loads(out or "[]"):
+        dst = route.get("dst", "")
+        if dst and dst != "default":
+            try:
+                taken.append(ipaddress.ip_network(dst if "/" in dst else dst + "/32", strict=False))
+            except ValueError:
+                pass
+    for _ in range(100):
+        candidate = ipaddress.ip_network(f"10.{random.randint(200, 207)}.{random.randint(0, 255)}.0/24")
+        if not any(candidate.overlaps(t) for t in taken):
+            return str(candidate)
+    pytest.fail("no free 10.200.0.0/13 test subnet on this host")

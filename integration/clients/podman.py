@@ -2,17 +2,15 @@
 dir under a temp dir, so the host's podman state is untouched. Networks it creates live in the
 host namespace (that is what podman does); they get unique names and test ranges and are removed."""
 
-import ipaddress
 import json
 import os
-import random
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from clients.common import delete_link, remove_lease_dir
+from clients.common import delete_link, free_subnet, purge_firewall, remove_lease_dir
 from cnitest import unique
 
 
@@ -26,7 +24,7 @@ class Podman:
         self.plugin_dir = plugin_dir
         self.rootfs = rootfs
         self.network_dir = base / "net.d"
-        self.networks = []  # (name, bridge) to remove at the end
+        self.networks = []  # (name, bridge, subnet) to remove at the end
         self.extra_bridges = []
         for sub in ("net.d", "tmp", "root", "runroot"):
             (base / sub).mkdir(parents=True, exist_ok=True)
@@ -82,16 +80,16 @@ runroot = "{base}/runroot"
         subnet = subnet or free_subnet()
         self("network", "create", "--subnet", subnet, name)
         info = json.loads(self("network", "inspect", name))[0]
-        self.networks.append((name, info.get("network_interface")))
+        self.networks.append((name, info.get("network_interface"), subnet))
         return info
 
     def conflist(self, network: str) -> dict:
         return json.loads((self.network_dir / f"{network}.conflist").read_text())
 
-    def add_conflist(self, conflist: dict, bridge: str):
+    def add_conflist(self, conflist: dict, bridge: str, subnet: str):
         """A hand-written network (podman loads every conflist in its network config dir)."""
         (self.network_dir / f"{conflist['name']}.conflist").write_text(json.dumps(conflist, indent=2))
-        self.networks.append((conflist["name"], bridge))
+        self.networks.append((conflist["name"], bridge, subnet))
 
     def run(self, network, *command, name=None, options=()) -> str:
         name = name or unique("swpmc-", 16)
@@ -112,35 +110,19 @@ runroot = "{base}/runroot"
 
     def cleanup(self):
         self("rm", "-a", "-f", "-t", "0", check=False)
-        for name, bridge in self.networks:
+        for name, bridge, subnet in self.networks:
             self("network", "rm", "-f", name, check=False)
             (self.network_dir / f"{name}.conflist").unlink(missing_ok=True)
             if bridge:
                 delete_link(bridge)
             remove_lease_dir(name)
+            purge_firewall(f'"{name}"')
+            purge_firewall(subnet.rsplit(".", 1)[0] + ".")
         # Container storage may still be mounted (vfs needs none, shm does): unmount before removal.
         mounts = Path("/proc/self/mounts").read_text().split("\n")
         for point in sorted((m.split()[1] for m in mounts if len(m.split()) > 1
                              and m.split()[1].startswith(str(self.base) + "/")), reverse=True):
             subprocess.run(["umount", "-l", point], capture_output=True)
-
-
-def free_subnet() -> str:
-    """A random /24 in 10.200.0.0/13 that no host route overlaps (other tests may hold some)."""
-    taken = []
-    out = subprocess.run(["ip", "-j", "-4", "route", "show", "table", "all"], capture_output=True, text=True).stdout
-    for route in json.loads(out or "[]"):
-        dst = route.get("dst", "")
-        if dst and dst != "default":
-            try:
-                taken.append(ipaddress.ip_network(dst if "/" in dst else dst + "/32", strict=False))
-            except ValueError:
-                pass
-    for _ in range(100):
-        candidate = ipaddress.ip_network(f"10.{random.randint(200, 207)}.{random.randint(0, 255)}.0/24")
-        if not any(candidate.overlaps(t) for t in taken):
-            return str(candidate)
-    pytest.fail("no free 10.200.0.0/13 test subnet on this host")
 
 
 def find_podman_or_fail() -> str:
