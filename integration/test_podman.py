@@ -6,6 +6,9 @@ A private podman (own config, storage and network dir under a temp dir) runs con
 busybox rootfs (`--rootfs`), since no registry is reachable. Set SWIFT_CNI_BIN=/usr/lib/cni to
 run the same checks against the reference plugins."""
 
+import ipaddress
+import json
+import random
 import shutil
 import socket
 import subprocess
@@ -38,7 +41,8 @@ def assert_nothing_left(network: dict, container_id: str, addresses):
     name, bridge = network["name"], network["network_interface"]
     assert leases(name) == [], f"leases left in /var/lib/cni/networks/{name}"
     assert veths_on_bridge(bridge) == [], f"veths left on {bridge}"
-    left = firewall_mentions(container_id, *(f"{a}/32" for a in addresses), *(f" {a} " for a in addresses))
+    hosts = [f"{a}/{128 if ':' in a else 32}" for a in addresses]
+    left = firewall_mentions(container_id, *hosts, *(f" {a} " for a in addresses))
     assert left == [], "firewall rules left:\n" + "\n".join(left)
 
 
@@ -63,22 +67,63 @@ def test_podman_writes_a_040_chain_and_two_containers_ping(podman):
     assert_nothing_left(network, second, [])
 
 
-def test_podman_ip_gives_the_requested_address(podman):
-    # podman sends it as CNI_ARGS "IgnoreUnknown=1;K8S_POD_NAME=<name>;IP=<address>" to host-local.
+def test_podman_ip_and_mac_give_the_requested_values(podman):
+    # podman sends them as CNI_ARGS "IgnoreUnknown=1;K8S_POD_NAME=<name>;IP=<address>;MAC=<mac>".
     network = podman.create_network()
     base = network["subnets"][0]["subnet"].rsplit(".", 1)[0]
-    wanted = f"{base}.77"
-    container = podman.run(network["name"], "sleep", "600", options=("--ip", wanted))
+    wanted, mac = f"{base}.77", "02:53:77:00:00:77"
+    container = podman.run(network["name"], "sleep", "600", options=("--ip", wanted, "--mac-address", mac))
     assert podman.addresses(container) == [wanted]
+    assert f"link/ether {mac}" in podman.exec(container, "ip", "-o", "link", "show", "eth0")
     assert leases(network["name"]) == [wanted]
+    # podman parsed our result: its view of the attachment matches the kernel's.
+    seen = json.loads(podman("inspect", "--format", "{{json .NetworkSettings.Networks}}", container))
+    assert seen[network["name"]]["IPAddress"] == wanted and seen[network["name"]]["MacAddress"] == mac, seen
+    assert seen[network["name"]]["Gateway"] == f"{base}.1", seen
     podman("rm", "-f", "-t", "0", container)
     assert_nothing_left(network, container, [wanted])
+
+
+def test_podman_stop_releases_and_start_reattaches(podman):
+    network = podman.create_network()
+    container = podman.run(network["name"], "sleep", "600")
+    first = podman.addresses(container)
+    podman("stop", "-t", "0", container)  # podman tears the network down (DEL) when a container stops
+    assert leases(network["name"]) == [] and veths_on_bridge(network["network_interface"]) == []
+    podman("start", container)
+    again = podman.addresses(container)
+    assert len(again) == 1 and leases(network["name"]) == again
+    podman("rm", "-f", "-t", "0", container)
+    assert_nothing_left(network, container, first + again)
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def test_podman_dual_stack_network(podman):
+    v6_subnet = f"fd00:5c:{random.randint(0, 0xffff):x}::/64"
+    network = podman.create_network(extra=("--ipv6", "--subnet", v6_subnet))
+    conflist = podman.conflist(network["name"])
+    assert len(conflist["plugins"][0]["ipam"]["ranges"]) == 2
+    first = podman.run(network["name"], "sleep", "600")
+    second = podman.run(network["name"], "sleep", "600")
+    v6 = []
+    for container in (first, second):
+        out = podman.exec(container, "ip", "-o", "-6", "addr", "show", "dev", "eth0", "scope", "global")
+        v6 += [line.split()[3].split("/")[0] for line in out.splitlines()]
+    assert len(v6) == 2 and all(ipaddress.ip_address(a) in ipaddress.ip_network(v6_subnet) for a in v6), v6
+    assert len(leases(network["name"])) == 4, leases(network["name"])
+    out = podman.exec(first, "ping", "-6", "-c", "2", "-W", "3", v6[1])
+    assert "2 packets received" in out, out
+    v4 = podman.addresses(second)
+    out = podman.exec(first, "ping", "-c", "2", "-W", "3", v4[0])
+    assert "2 packets received" in out, out
+    podman("rm", "-f", "-t", "0", first, second)
+    assert_nothing_left(network, first, v4 + v6)
+    assert_nothing_left(network, second, [])
 
 
 def test_podman_published_port_reaches_httpd(podman):

@@ -74,11 +74,11 @@ runroot = "{base}/runroot"
     def version(self) -> str:
         return self("version", "--format", "{{.Client.Version}}").strip()
 
-    def create_network(self, subnet=None) -> dict:
+    def create_network(self, subnet=None, extra=()) -> dict:
         """`podman network create` with a unique name and a free test range; returns its inspect."""
         name = unique("swpm-", 16)
         subnet = subnet or free_subnet()
-        self("network", "create", "--subnet", subnet, name)
+        self("network", "create", "--subnet", subnet, *extra, name)
         info = json.loads(self("network", "inspect", name))[0]
         self.networks.append((name, info.get("network_interface"), subnet))
         return info
