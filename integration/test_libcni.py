@@ -230,3 +230,37 @@ def test_libcni_runs_the_shipped_example_conflists(libcni, node, netns, tmp_path
     deleted = libcni("del", path, id="example-ctr", netns=netns.path)
     assert deleted["ok"], deleted
     assert not list((tmp_path / "leases" / conflist["name"]).glob("10.*"))
+
+
+def normalized(result, netns_path):
+    """A result with what differs by run (MACs, the random host veth name, the netns) masked."""
+    text = json.dumps(result)
+    text = re.sub(r'"([0-9a-f]{2}:){5}[0-9a-f]{2}"', '"MAC"', text)
+    text = re.sub(r'"veth[0-9a-z]+"', '"VETH"', text)
+    return json.loads(text.replace(netns_path, "NETNS"))
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_libcni_sees_the_same_result_as_from_the_reference(client_binary, plugin_dir, netns_factory, tmp_path,
+                                                           version):
+    """The same dual-stack conflist through libcni, once with our plugins and once with the
+    reference's: the runtime must get the same result (up to MACs and the host veth name)."""
+    from cnitest import REF_DIR
+    results = {}
+    for label, directory in (("ours", plugin_dir), ("reference", REF_DIR)):
+        node, pod = netns_factory("swlc-cmpn"), netns_factory("swlc-cmpp")
+        client = LibcniClient(client_binary, directory, tmp_path / f"cache-{label}", node.name)
+        conflist = {"cniVersion": version, "name": "swlc-compare", "plugins": [
+            {"type": "bridge", "bridge": "swlccmp0", "isGateway": True, "ipMasq": True,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.201.1.0/24"}], [{"subnet": "fd00:201::/64"}]],
+                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(tmp_path / f"leases-{label}")},
+             "dns": {"nameservers": ["10.201.1.53"], "search": ["example.test"]}},
+            {"type": "tuning"}]}
+        path = tmp_path / f"{label}.conflist"
+        path.write_text(json.dumps(conflist))
+        added = client("add", path, id="compare-ctr", netns=pod.path)
+        assert added["ok"], (label, added)
+        results[label] = normalized(added["result"], pod.path)
+        deleted = client("del", path, id="compare-ctr", netns=pod.path)
+        assert deleted["ok"], (label, deleted)
+    assert results["ours"] == results["reference"]
