@@ -98,7 +98,10 @@ def test_ctr_run_cni_add_then_del_with_empty_netns(containerd, network, tmp_path
         out, err = ctr.communicate(timeout=60)
     assert ctr.returncode == 0, f"ctr run failed: {err.decode()}"
 
-    dels = [c for c in containerd.calls() if c[0] == "bridge" and c[1] == "DEL"]
+    calls = containerd.calls()
+    # Our bridge delegated to our host-local through CNI_PATH, for ADD and for DEL.
+    assert [c[1] for c in calls if c[0] == "host-local"] == ["ADD", "DEL"], calls
+    dels = [c for c in calls if c[0] == "bridge" and c[1] == "DEL"]
     assert dels and all(c[2] == "" for c in dels), f"ctr was expected to send DEL with an empty CNI_NETNS: {dels}"
     assert leases(network["name"]) == [], "DEL with empty CNI_NETNS must release the lease"
     assert veths_on_bridge(network["bridge"]) == []
