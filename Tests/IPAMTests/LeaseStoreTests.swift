@@ -125,6 +125,7 @@ import Testing
         directory.write("mynet/10.1.2.8", "")
         directory.write("mynet/not-an-ip", "dummy\r\neth0")
         directory.write("mynet/010.1.2.9", "dummy\r\neth0")  // not the canonical text: not a lease
+        directory.write("mynet/10.1.2.10/inside", "dummy\r\neth0")  // a directory named like an address
         let owners = try withStore { store throws(CNIError) in try store.owners() }
         #expect(
             Set(owners)
