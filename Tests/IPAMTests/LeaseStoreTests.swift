@@ -112,7 +112,7 @@ import Testing
                 _ = try store.reserve(IPAddress(v4: 0x0a01_0000 + UInt32(i) + 2), for: owner, rangeSetIndex: 0)
             }
         }
-        #expect(directory.list(".swift-cni-index/mynet").count <= 256)
+        #expect(directory.list(".swift-cni-index/mynet").count <= 1024)
         let (leases, listed) = try withStore { store throws(CNIError) in
             (try owners.map { owner throws(CNIError) in try store.leases(of: owner) }, try store.owners())
         }
