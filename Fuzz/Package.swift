@@ -1,0 +1,24 @@
+// swift-tools-version:6.0
+// libFuzzer targets for swift-cni. Kept out of the main package so its build is not affected:
+// the modules under test are the main package's own sources (symlinked in Sources/), compiled
+// here with coverage instrumentation. Build and run with ../scripts/fuzz.sh (`make fuzz`).
+import PackageDescription
+
+let package = Package(
+    name: "swift-cni-fuzz",
+    targets: [
+        .systemLibrary(name: "CSystem"),
+        .target(name: "NetAddress"),
+        .target(name: "Exec", dependencies: ["CSystem"]),
+        .target(name: "CNI", dependencies: ["NetAddress", "Exec"]),
+        // Config decoding and the whole entry point (`Plugin.execute`) with random stdin.
+        .executableTarget(
+            name: "FuzzPlugin", dependencies: ["CNI"], path: "Targets/FuzzPlugin"),
+        // CNI_ARGS parsing.
+        .executableTarget(
+            name: "FuzzCNIArgs", dependencies: ["CNI"], path: "Targets/FuzzCNIArgs"),
+        // Results and prevResult: decode in any version, encode in every version, decode again.
+        .executableTarget(
+            name: "FuzzResult", dependencies: ["CNI", "NetAddress"], path: "Targets/FuzzResult"),
+    ]
+)
