@@ -22,6 +22,10 @@ $SWIFT build -c release -Xswiftc -sanitize=fuzzer,address -Xswiftc -use-ld=lld 2
     | grep -v "Cannot export local symbol" || true
 test "${PIPESTATUS[0]}" -eq 0
 
+# libFuzzer forks workers (each logging to fuzz-<n>.log) only when asked for more than one job.
+parallel=()
+if [ "$JOBS" -gt 1 ]; then parallel=(-jobs="$JOBS" -workers="$JOBS"); fi
+
 status=0
 for target in "${TARGETS[@]}"; do
     work=.build/corpus/$target
@@ -30,7 +34,7 @@ for target in "${TARGETS[@]}"; do
     echo "== $target: ${SECONDS_PER_TARGET}s"
     log=.build/$target.log
     if ! .build/release/"$target" -max_total_time="$SECONDS_PER_TARGET" -dict=json.dict -timeout=10 \
-        -rss_limit_mb=4096 -max_len=65536 -print_final_stats=1 -jobs="$JOBS" -workers="$JOBS" \
+        -rss_limit_mb=4096 -max_len=65536 -print_final_stats=1 "${parallel[@]}" \
         -artifact_prefix="$artifacts/" "$work" "corpus/$target" >"$log" 2>&1; then
         status=1
         echo "!! $target found a failure; input(s) in $artifacts:"
