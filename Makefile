@@ -13,8 +13,10 @@ PYTHON ?= /usr/bin/python3
 DEB_PACKAGES := libnl-3-dev libnl-route-3-dev iproute2 nftables iptables containernetworking-plugins \
 	python3 python3-pytest procps util-linux
 RELEASE_FLAGS := -c release --static-swift-stdlib -Xlinker -s
+# Seconds per libFuzzer target for `make fuzz`.
+FUZZ_SECONDS ?= 60
 
-.PHONY: all build deps test unit-test integration-test lint format install clean demo
+.PHONY: all build deps test unit-test integration-test lint format install clean demo fuzz stress
 
 all: build
 
@@ -55,3 +57,11 @@ install: build
 
 clean:
 	rm -rf .build bin
+
+# libFuzzer targets (Fuzz/, a separate package), each for FUZZ_SECONDS; crashes fail the target.
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
+
+# The long fault-injection and concurrency runs (make test runs them bounded to about a minute).
+stress: build
+	PYTHON=$(PYTHON) scripts/stress.sh
