@@ -5,6 +5,12 @@ import PackageDescription
 
 let package = Package(
     name: "swift-cni",
+    products: [
+        .executable(name: "bridge", targets: ["bridge"]),
+        .executable(name: "loopback", targets: ["loopback"]),
+        .executable(name: "host-local", targets: ["host-local"]),
+        .executable(name: "static", targets: ["static"]),
+    ],
     targets: [
         // Glibc declarations Swift's Glibc module lacks (setns, pipe2, CLONE_NEWNET).
         .systemLibrary(name: "CSystem"),
@@ -20,9 +26,31 @@ let package = Package(
         .target(name: "Exec", dependencies: ["CSystem"]),
         // The CNI protocol: environment, config, results, errors, CNI_ARGS, delegation, dispatch.
         .target(name: "CNI", dependencies: ["NetAddress", "Exec"]),
+        // ipMasq (iptables and nftables) and the bridge's MAC spoof check, as one transaction each.
+        .target(name: "Masquerade", dependencies: ["NetAddress", "Exec"]),
 
-        .testTarget(name: "CNITests", dependencies: ["CNI"]),
+        // libnl wrappers: links, addresses, routes, bridge ports, network namespaces, sysctls.
+        .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
+
+        // The bridge and loopback plugins: thin compositions of the layers above.
+        .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink", "Masquerade"]),
+        .target(name: "LoopbackPlugin", dependencies: ["CNI", "NetAddress", "Netlink"]),
+        .executableTarget(name: "bridge", dependencies: ["BridgePlugin", "CNI"]),
+        .executableTarget(name: "loopback", dependencies: ["LoopbackPlugin", "CNI"]),
+
+        .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "CNI", "NetAddress"]),
+        // Address ranges, the allocator and the lease store shared by the IPAM plugins.
+        .target(name: "IPAM", dependencies: ["CNI", "NetAddress"]),
+        .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
+        .target(name: "StaticPlugin", dependencies: ["CNI", "IPAM"]),
+        .executableTarget(name: "host-local", dependencies: ["HostLocalPlugin"]),
+        .executableTarget(name: "static", dependencies: ["StaticPlugin"]),
+
+        .testTarget(name: "IPAMTests", dependencies: ["IPAM", "HostLocalPlugin", "StaticPlugin"]),
 
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),
+        .testTarget(name: "CNITests", dependencies: ["CNI"]),
+        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetAddress"]),
+        .testTarget(name: "MasqueradeTests", dependencies: ["Masquerade", "NetAddress"]),
     ]
 )
