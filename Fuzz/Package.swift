@@ -11,6 +11,8 @@ let package = Package(
         .target(name: "NetAddress"),
         .target(name: "Exec", dependencies: ["CSystem"]),
         .target(name: "CNI", dependencies: ["NetAddress", "Exec"]),
+        .target(name: "IPAM", dependencies: ["CNI", "NetAddress"]),
+        .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
         // Config decoding and the whole entry point (`Plugin.execute`) with random stdin.
         .executableTarget(
             name: "FuzzPlugin", dependencies: ["CNI"], path: "Targets/FuzzPlugin"),
@@ -20,5 +22,10 @@ let package = Package(
         // Results and prevResult: decode in any version, encode in every version, decode again.
         .executableTarget(
             name: "FuzzResult", dependencies: ["CNI", "NetAddress"], path: "Targets/FuzzResult"),
+        // host-local's range and config parsing and the allocation order (@testable: the config
+        // type is internal; fuzz.sh builds with -enable-testing).
+        .executableTarget(
+            name: "FuzzRange", dependencies: ["HostLocalPlugin", "IPAM", "CNI", "NetAddress"],
+            path: "Targets/FuzzRange"),
     ]
 )

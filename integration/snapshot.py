@@ -1,11 +1,13 @@
 """Host snapshots: everything a plugin could change, captured before and after, compared exactly.
 
 A snapshot covers, for each network namespace given: links (with their details: master, MTU,
-flags, bridge and port options), addresses, routes of every table (IPv4 and IPv6), policy rules,
+flags, bridge and port options), addresses, routes of every table (IPv4 and IPv6; not those the
+kernel derives from addresses and links, which follow carrier and DAD), policy rules,
 the nftables ruleset, `iptables-save` / `ip6tables-save` and the forwarding sysctls; and for each
 directory given, every file and directory under it (type, mode, size, content hash).
 
-Counters, timers and address lifetimes change on their own and are left out; nothing else is.
+Counters, timers, address lifetimes, carrier (operstate, NO-CARRIER, LOWER_UP, linkdown) and DAD
+progress (tentative) change on their own and are left out; nothing else is.
 Tests run plugins inside namespaces they created (a dedicated "host" namespace and a container
 one), so a snapshot is exact and the real host is never touched.
 
@@ -42,14 +44,21 @@ _SECTIONS = {
 _MARK = "@@swcni-section@@"
 
 # Fields that change without anyone touching the object.
-_VOLATILE_KEY = re.compile(r"timer|life_time|^expires$|^used$|^stats|^age$")
+_VOLATILE_KEY = re.compile(r"timer|life_time|^expires$|^used$|^stats|^age$|^operstate$|^tentative$")
+
+
+# Carrier and DAD progress follow the ports and the clock, not the configuration.
+_VOLATILE_FLAGS = {"NO-CARRIER", "LOWER_UP", "linkdown"}
 
 
 def _strip(value):
     if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items() if not _VOLATILE_KEY.search(k)}
+        return {k: (_strip(v) if k != "flags" else [f for f in v if f not in _VOLATILE_FLAGS])
+                for k, v in value.items() if not _VOLATILE_KEY.search(k)}
     if isinstance(value, list):
-        return [_strip(v) for v in value]
+        # Routes the kernel derives from addresses and links (subnet, local, multicast) come and
+        # go with carrier and DAD; the addresses and links themselves are compared.
+        return [_strip(v) for v in value if not (isinstance(v, dict) and v.get("protocol") == "kernel")]
     return value
 
 

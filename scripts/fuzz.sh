@@ -11,14 +11,13 @@ cd "$(dirname "$0")/../Fuzz"
 SECONDS_PER_TARGET=${FUZZ_SECONDS:-60}
 JOBS=${FUZZ_JOBS:-1}
 SWIFT=${SWIFT:-swift}
-ALL_TARGETS=(FuzzPlugin FuzzCNIArgs FuzzResult)
-# The IPAM range parser exists once the IPAM module is in the tree.
-if [ -d ../Sources/IPAM ]; then ALL_TARGETS+=(FuzzRange); fi
+ALL_TARGETS=(FuzzPlugin FuzzCNIArgs FuzzResult FuzzRange)
 TARGETS=("$@")
 [ ${#TARGETS[@]} -eq 0 ] && TARGETS=("${ALL_TARGETS[@]}")
 
-# Coverage instrumentation and Address Sanitizer on every module; lld keeps the link quiet.
-$SWIFT build -c release -Xswiftc -sanitize=fuzzer,address -Xswiftc -use-ld=lld 2>&1 \
+# Coverage instrumentation and Address Sanitizer on every module; lld keeps the link quiet;
+# -enable-testing lets FuzzRange reach host-local's internal config type.
+$SWIFT build -c release -Xswiftc -sanitize=fuzzer,address -Xswiftc -use-ld=lld -Xswiftc -enable-testing 2>&1 \
     | grep -v "Cannot export local symbol" || true
 test "${PIPESTATUS[0]}" -eq 0
 
