@@ -93,6 +93,8 @@ def main():
               {"type": "host-local", "subnet": "10.1.2.0/24", "ranges": [[{"subnet": "10.1.3.0/24"}]]}]
     for ipam in ranges:
         write("FuzzRange", compact(ipam))
+    write("FuzzRange", b"IP=10.1.2.9,fd00::15\n" + compact(ranges[1]))
+    write("FuzzRange", compact(dict(ranges[0], ranges=[[{"subnet": "10.9.0.0/29", "gateway": "10.9.0.6"}]])))
 
 
 main()

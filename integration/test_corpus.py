@@ -307,3 +307,34 @@ def test_corpus_case(plugin, case, base, corpus_outcomes, request):
     error = corpus_outcomes[case_id]
     if error is not None:
         raise error
+
+
+def _show(selector):
+    """`python3 integration/test_corpus.py bridge:mtu-negative`: runs one case and prints what the
+    plugin replied and what changed on the host (for whoever fixes a failing case)."""
+    for param in load_cases():
+        plugin, case, base = param.values
+        if param.id != selector:
+            continue
+        sandbox = Sandbox()
+        try:
+            command = case.get("command", base["command"])
+            env = case_environment(base, case, sandbox.variables)
+            stdin = case_stdin(base, case, sandbox.variables)
+            do_setup(sandbox, plugin, base, case.get("setup", []))
+            before = sandbox.snapshot()
+            proc, elapsed = sandbox.run(plugin, command, env, stdin)
+            print(f"{plugin} {command} rc={proc.returncode} in {elapsed:.2f}s\nstdin: {stdin[:300]!r}")
+            print(f"stdout: {proc.stdout[:2000].decode(errors='replace')}\nstderr: {proc.stderr[:2000]!r}")
+            from snapshot import differences
+            print("host changes:", *(differences(before, sandbox.snapshot()) or ["none"]), sep="\n  ")
+        finally:
+            sandbox.close()
+        return
+    raise SystemExit(f"no case {selector}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    _show(sys.argv[1])

@@ -69,7 +69,7 @@ def wait_for_session(session_id, timeout=15.0):
 
 def kill_at_random(host, executable, env, stdin, window):
     """Starts the plugin, SIGKILLs it after a uniform random delay in [0, window]; returns
-    (killed: bool, orphans still alive after the wait)."""
+    (killed: bool, whether it left children running, orphans still alive after the wait)."""
     proc = host.start(executable, env, stdin)
     proc.stdin.write(stdin)
     proc.stdin.close()
@@ -77,10 +77,16 @@ def kill_at_random(host, executable, env, stdin, window):
     killed = proc.poll() is None
     if killed:
         proc.send_signal(signal.SIGKILL)
-    proc.stdout.read()
-    proc.stderr.read()
     proc.wait()
-    return killed, wait_for_session(proc.pid)
+    orphaned = bool(session_members(proc.pid))
+    stuck = wait_for_session(proc.pid)
+    # Orphans share the pipes: read only once they are gone, so a stuck one cannot hang us.
+    if not stuck:
+        proc.stdout.read()
+        proc.stderr.read()
+    proc.stdout.close()
+    proc.stderr.close()
+    return killed, orphaned, stuck
 
 
 def lease_dir_problems(data_dir, owners):
@@ -132,7 +138,8 @@ def report(name, stats):
 @pytest.mark.parametrize("bin_dir", BIN_DIRS)
 def test_sigkill_during_bridge_add_then_del_leaves_nothing(bin_dir):
     host = IsolatedHost("swcni-fault")
-    stats = {"runs": 0, "killed": 0, "completed": 0, "orphans_stuck": [], "del_failures": [], "leaks": []}
+    stats = {"runs": 0, "killed": 0, "completed": 0, "killed_with_children_running": 0, "orphans_stuck": [],
+             "del_failures": [], "leaks": []}
     try:
         config = bridge_config(host)
         stdin = json.dumps(config).encode()
@@ -147,8 +154,9 @@ def test_sigkill_during_bridge_add_then_del_leaves_nothing(bin_dir):
             container = host.container()
             container_id = f"fault{run}"
             env = host.environment("ADD", container_id, container, bin_dir=bin_dir)
-            killed, orphans = kill_at_random(host, executable, env, stdin, window)
+            killed, orphaned, orphans = kill_at_random(host, executable, env, stdin, window)
             stats["killed" if killed else "completed"] += 1
+            stats["killed_with_children_running"] += orphaned
             if orphans:
                 stats["orphans_stuck"].append((container_id, orphans))
             proc = host.run(executable, dict(env, CNI_COMMAND="DEL"), stdin)
@@ -189,7 +197,7 @@ def test_sigkill_during_host_local_add_never_leaves_a_partial_lease(bin_dir):
         while (runs is None or stats["runs"] < runs) and time.monotonic() < deadline:
             container_id = f"fault{stats['runs']}"
             env = host.environment("ADD", container_id, UNUSED_NETNS, bin_dir=bin_dir)
-            killed, _ = kill_at_random(host, executable, env, stdin, window)
+            killed, _, _ = kill_at_random(host, executable, env, stdin, window)
             stats["killed" if killed else "completed"] += 1
             problems = lease_dir_problems(host.data_dir, owners={f"{container_id}\r\neth0"})
             if problems:
