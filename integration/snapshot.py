@@ -191,8 +191,12 @@ def leftovers(host_ns, container_ns=None, *, ifname="eth0", container_id=None, d
         if any(link.get("ifname") == ifname for link in links if isinstance(link, dict)):
             found.append(f"container interface {ifname} in {container_ns}")
     if container_id:
+        # Whole IDs only: "race1" must not match "race14" (IDs are made of [A-Za-z0-9_.-]).
+        # The spoof-check chains are named cni-br-iface-<id>-<ifname>.
+        named = re.compile(r"(?<![\w.-])" + re.escape(container_id) + r"(?![\w.-])|-"
+                           + re.escape(f"{container_id}-{ifname}") + r"\b")
         for section in ("iptables", "ip6tables", "nftables"):
-            found += [f"{section}: {line.strip()}" for line in host[section] if container_id in line]
+            found += [f"{section}: {line.strip()}" for line in host[section] if named.search(line)]
     found += [f"lease {path.name}: {content!r}" for path, content in leases(data_dir, network)
               if container_id is None or content.split("\r\n")[0].strip() == container_id]
     return found
