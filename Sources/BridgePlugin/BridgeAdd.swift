@@ -2,12 +2,16 @@ import CNI
 import NetAddress
 import Netlink
 
-/// ADD, in the reference's order (CNI-REFERENCE §2.1 steps 1–13), with three differences:
-/// the container namespace and CNI_IFNAME are checked before anything is created; the veth is
-/// created with its peer directly in the container namespace; and every step that leaves
-/// something behind registers its undo, so a failure later leaves no veth, lease or rule.
-/// (A bridge this ADD created stays, as the reference's do: other attachments may share it
-/// by the time we fail, and an idle bridge costs nothing.)
+/// ADD, in the reference's order (CNI-REFERENCE §2.1 steps 1–13), with these differences:
+/// the container namespace, CNI_IFNAME and the IPAM plugin are checked before anything is
+/// created; the veth is created with its peer directly in the container namespace; and every
+/// step that leaves something behind registers its undo, so a failure later leaves no veth,
+/// lease or rule.
+///
+/// A bridge this ADD created is deleted too when the ADD fails, if no port is left on it. The
+/// reference keeps it; issue #7 asks that a failed ADD leave no change on the host (a runtime
+/// retrying a bad config would otherwise leave a bridge per network name). Ports are counted
+/// right before the delete, so an attachment a concurrent ADD made meanwhile keeps it.
 struct BridgeAdd {
     let request: PluginRequest
     let config: BridgeConfig
@@ -122,6 +126,11 @@ struct BridgeAdd {
         let created = try netlink("failed to create bridge \"\(name)\"") { () throws(NetlinkError) in
             try host.createBridge(name: name, mtu: config.mtu, vlanFiltering: config.needsVLANFiltering)
         }
+        if created {
+            rollback.add("delete bridge \(name), created by this ADD") { () throws(CNIError) in
+                try deleteBridgeIfUnused(name, host: host)
+            }
+        }
         var bridge = try fetchBridge(host)
         if !created {
             if let mtu = config.mtu, bridge.mtu != mtu {
@@ -149,6 +158,34 @@ struct BridgeAdd {
             bridge.isUp = true
         }
         return bridge
+    }
+
+    /// The undo of creating the bridge: deletes it unless some link is its port by now (another
+    /// ADD sharing the bridge attached a container meanwhile). Our own veth is gone already
+    /// (undo runs newest first), unless deleting it failed, which also keeps the bridge.
+    private func deleteBridgeIfUnused(_ name: String, host: NetlinkSocket) throws(CNIError) {
+        guard
+            let bridge = try netlink(
+                "failed to look up bridge \"\(name)\"",
+                { () throws(NetlinkError) in
+                    try host.link(named: name)
+                }), bridge.isBridge
+        else { return }
+        let ports = try netlink("failed to list links") { () throws(NetlinkError) in try host.links() }
+            .filter { $0.masterIndex == bridge.index }
+        guard ports.isEmpty else {
+            let names = ports.map(\.name).joined(separator: ", ")
+            Rollback.writeToStandardError(
+                "rollback: keeping bridge \(name), created by this ADD: it has ports \(names)")
+            return
+        }
+        do throws(NetlinkError) {
+            try host.deleteLink(index: bridge.index)
+        } catch {
+            guard error.isNotFound else {
+                throw CNIError(.netlinkFailure, "failed to delete bridge \"\(name)\"", details: error.description)
+            }
+        }
     }
 
     private func fetchBridge(_ host: NetlinkSocket) throws(CNIError) -> Link {
