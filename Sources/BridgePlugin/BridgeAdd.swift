@@ -123,7 +123,8 @@ struct BridgeAdd {
     /// (MTU, VLAN filtering, promiscuous mode), and brings it up.
     private func ensureBridge(_ host: NetlinkSocket) throws(CNIError) -> Link {
         let name = config.bridge
-        let created = try netlink("failed to create bridge \"\(name)\"") { () throws(NetlinkError) in
+        // The kernel removes a bridge it could not give VLAN filtering: nothing to undo then.
+        let created = try vlanNetlink("failed to create bridge \"\(name)\"") { () throws(NetlinkError) in
             try host.createBridge(name: name, mtu: config.mtu, vlanFiltering: config.needsVLANFiltering)
         }
         if created {
@@ -139,7 +140,7 @@ struct BridgeAdd {
                 }
             }
             if config.needsVLANFiltering && bridge.vlanFiltering != true {
-                try netlink("failed to enable VLAN filtering on existing bridge \"\(name)\"") {
+                try vlanNetlink("failed to enable VLAN filtering on existing bridge \"\(name)\"") {
                     () throws(NetlinkError) in try host.setBridgeVLANFiltering(index: bridge.index, true)
                 }
             }
@@ -185,6 +186,28 @@ struct BridgeAdd {
             guard error.isNotFound else {
                 throw CNIError(.netlinkFailure, "failed to delete bridge \"\(name)\"", details: error.description)
             }
+        }
+    }
+
+    /// `netlink(_:_:)` for requests that need bridge VLAN filtering: a kernel without it answers
+    /// EOPNOTSUPP, reported naming the config keys that asked for it (the bare netlink error
+    /// says only "operation not supported" about creating a bridge).
+    private func vlanNetlink<T>(_ what: String, _ body: () throws(NetlinkError) -> T) throws(CNIError) -> T {
+        do {
+            return try body()
+        } catch {
+            guard error.isNotSupported, config.needsVLANFiltering else {
+                throw CNIError(.netlinkFailure, what, details: error.description)
+            }
+            let keys =
+                switch (config.vlan != 0, config.trunkConfigured) {
+                case (true, true): "vlan \(config.vlan) and vlanTrunk need"
+                case (true, false): "vlan \(config.vlan) needs"
+                default: "vlanTrunk needs"
+                }
+            throw CNIError(
+                .netlinkFailure, "\(keys) bridge VLAN filtering, which this kernel does not support",
+                details: "\(what): \(error.description)")
         }
     }
 
@@ -291,23 +314,23 @@ struct BridgeAdd {
         guard access != 0 || trunk != nil else { return }
         let name = port.name
         if !config.preserveDefaultVlan {
-            let existing = try netlink("failed to list VLANs of \(name)") { () throws(NetlinkError) in
+            let existing = try vlanNetlink("failed to list VLANs of \(name)") { () throws(NetlinkError) in
                 try host.bridgeVLANs(index: port.index)
             }
             for vlan in existing {
-                try netlink("failed to remove default vlan on interface \"\(name)\"") { () throws(NetlinkError) in
+                try vlanNetlink("failed to remove default vlan on interface \"\(name)\"") { () throws(NetlinkError) in
                     try host.deleteBridgeVLAN(index: port.index, vid: vlan.vid)
                 }
             }
         }
         let native = access != 0 ? access : (config.preserveDefaultVlan ? nil : 1)
         for range in vlanRanges((trunk ?? []).filter { $0 != native }) {
-            try netlink("failed to setup vlan tag on interface \"\(name)\"") { () throws(NetlinkError) in
+            try vlanNetlink("failed to setup vlan tag on interface \"\(name)\"") { () throws(NetlinkError) in
                 try host.addBridgeVLANs(index: port.index, vids: range)
             }
         }
         if let native, access != 0 || trunk != nil {
-            try netlink("failed to setup vlan tag on interface \"\(name)\"") { () throws(NetlinkError) in
+            try vlanNetlink("failed to setup vlan tag on interface \"\(name)\"") { () throws(NetlinkError) in
                 try host.addBridgeVLAN(index: port.index, vid: native, pvid: true, untagged: true)
             }
         }
