@@ -46,6 +46,14 @@ import Testing
         #expect(checked.status == 1 && checked.code == 105)
     }
 
+    @Test func aRequestedGatewayIsRefusedBeforeTheStoreIsCreated() {
+        let conf = config(#""ranges": [[{"subnet": "10.1.2.0/24"}]]"#)
+        let added = run(HostLocal.handlers, "ADD", conf, args: "IP=10.1.2.1")
+        #expect(added.code == 102)
+        #expect(added.message == "requested ip 10.1.2.1 is subnet's gateway")
+        #expect(directory.list("").isEmpty)
+    }
+
     @Test func refusesADuplicateAllocationButServesAnotherInterface() {
         let conf = config(#""ranges": [[{"subnet": "10.1.2.0/24"}]]"#)
         #expect(run(HostLocal.handlers, "ADD", conf).ips == ["10.1.2.2/24"])
@@ -117,7 +125,8 @@ import Testing
         (#""ranges": [[{"subnet": "10.1.2.0/33"}]]"#, "invalid ipam.ranges[0][0].subnet \"10.1.2.0/33\": not a CIDR"),
         (
             #""subnet": "10.1.2.5/24""#,
-            "invalid ipam.subnet: Network has host bits set. For a subnet mask of length 24 the network address is 10.1.2.0"
+            "invalid ipam.subnet \"10.1.2.5/24\": Network has host bits set. For a subnet mask of length 24 the network "
+                + "address is 10.1.2.0"
         ),
         (
             #""ranges": [[{"subnet": "10.1.2.0/24"}], [{"subnet": "10.1.2.0/25"}]]"#,
