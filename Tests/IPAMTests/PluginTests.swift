@@ -54,6 +54,28 @@ import Testing
         #expect(directory.list("").isEmpty)
     }
 
+    @Test func checkComparesTheLeasesWithPrevResult() {
+        let ranges = #""ranges": [[{"subnet": "10.1.2.0/24"}], [{"subnet": "2001:db8:1::/64"}]]"#
+        #expect(run(HostLocal.handlers, "ADD", config(ranges)).ips == ["10.1.2.2/24", "2001:db8:1::2/64"])
+        func check(_ ips: String) -> Outcome {
+            run(
+                HostLocal.handlers, "CHECK",
+                config(ranges, extra: #""prevResult": {"cniVersion": "1.0.0", "ips": \#(ips)},"#))
+        }
+        // Addresses outside our ranges (another IPAM's) are not ours to compare.
+        let same = check(#"[{"address": "10.1.2.2/24"}, {"address": "2001:db8:1::2/64"}, {"address": "10.9.0.5/16"}]"#)
+        #expect(same.status == 0, "\(same.text)")
+        let lost = check(#"[{"address": "10.1.2.3/24"}, {"address": "2001:db8:1::2/64"}]"#)
+        #expect(lost.code == 105)
+        #expect(
+            lost.json?["details"]?.stringValue
+                == "in prevResult but not leased: 10.1.2.3; leased but not in prevResult: 10.1.2.2")
+        #expect(check(#"[{"address": "10.1.2.2/24"}]"#).code == 105)
+        let garbage = check(#"[{"address": 5}]"#)
+        #expect(garbage.code == 6 || garbage.code == 7)
+        #expect(garbage.message.contains("prevResult"))
+    }
+
     @Test func refusesADuplicateAllocationButServesAnotherInterface() {
         let conf = config(#""ranges": [[{"subnet": "10.1.2.0/24"}]]"#)
         #expect(run(HostLocal.handlers, "ADD", conf).ips == ["10.1.2.2/24"])
