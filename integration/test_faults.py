@@ -133,6 +133,9 @@ def measure(host, executable, config, container, runs=5):
 
 def report(name, stats):
     print(f"\n{name}: " + ", ".join(f"{k}={v if not isinstance(v, list) else len(v)}" for k, v in stats.items()))
+    for key, value in stats.items():
+        if isinstance(value, list) and value:
+            print(f"  first {key}: " + "; ".join(repr(item)[:400] for item in value[:3]))
 
 
 @pytest.mark.parametrize("bin_dir", BIN_DIRS)
