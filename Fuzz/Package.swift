@@ -13,6 +13,10 @@ let package = Package(
         .target(name: "CNI", dependencies: ["NetAddress", "Exec"]),
         .target(name: "IPAM", dependencies: ["CNI", "NetAddress"]),
         .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
+        .systemLibrary(name: "CNetlink", pkgConfig: "libnl-route-3.0"),
+        .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
+        .target(name: "Masquerade", dependencies: ["NetAddress", "Exec"]),
+        .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink", "Masquerade"]),
         // Config decoding and the whole entry point (`Plugin.execute`) with random stdin.
         .executableTarget(
             name: "FuzzPlugin", dependencies: ["CNI"], path: "Targets/FuzzPlugin"),
@@ -27,5 +31,9 @@ let package = Package(
         .executableTarget(
             name: "FuzzRange", dependencies: ["HostLocalPlugin", "IPAM", "CNI", "NetAddress"],
             path: "Targets/FuzzRange"),
+        // The bridge plugin's config parser (pure: no netlink, no files).
+        .executableTarget(
+            name: "FuzzBridgeConfig", dependencies: ["BridgePlugin", "CNI", "NetAddress"],
+            path: "Targets/FuzzBridgeConfig"),
     ]
 )

@@ -5,7 +5,8 @@ Run once after changing the samples; the files are committed. Each seed is the i
 target: FuzzPlugin = selector byte + stdin (selector % 6 = command ADD/DEL/CHECK/STATUS/GC/VERSION,
 selector / 6 % 4 = environment variant, 1 = CNI_ARGS on the first line); FuzzResult = version byte
 (index into the supported versions) + result JSON; FuzzCNIArgs = the CNI_ARGS text; FuzzRange =
-the ipam section JSON.
+the ipam section JSON (after an optional `IP=` line); FuzzBridgeConfig = an optional CNI_ARGS line
+and the bridge config.
 """
 import hashlib
 import json
@@ -95,6 +96,13 @@ def main():
         write("FuzzRange", compact(ipam))
     write("FuzzRange", b"IP=10.1.2.9,fd00::15\n" + compact(ranges[1]))
     write("FuzzRange", compact(dict(ranges[0], ranges=[[{"subnet": "10.9.0.0/29", "gateway": "10.9.0.6"}]])))
+    bridges = [BRIDGE, dict(BRIDGE, vlan=100, vlanTrunk=[{"id": 101}, {"minID": 200, "maxID": 210}]),
+               dict(BRIDGE, ipam={}, disableContainerInterface=True, portIsolation=True, macspoofchk=True),
+               dict(BRIDGE, ipMasqBackend="nftables", hairpinMode=True, mtu=9000, isDefaultGateway=True),
+               {"cniVersion": "0.3.1", "name": "n", "type": "bridge"}]
+    for config in bridges:
+        write("FuzzBridgeConfig", compact(config))
+    write("FuzzBridgeConfig", b"MAC=0a:58:0a:01:02:05;IgnoreUnknown=1\n" + compact(bridges[2]))
 
 
 main()
