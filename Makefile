@@ -19,8 +19,10 @@ DEB_PACKAGES := pkg-config libnl-3-dev libnl-route-3-dev iproute2 nftables iptab
 # The linker warns that getpwuid/dlopen in the Swift runtime would need the build's glibc at run
 # time; the plugins never reach those paths (no home directories, no dlopen).
 RELEASE_FLAGS := -c release --static-swift-stdlib -Xswiftc -static-executable -Xlinker -s
+# Seconds per libFuzzer target for `make fuzz`.
+FUZZ_SECONDS ?= 60
 
-.PHONY: all build deps test unit-test integration-test lint format install clean demo
+.PHONY: all build deps test unit-test integration-test lint format install clean demo fuzz stress
 
 all: build
 
@@ -65,3 +67,11 @@ install: build
 
 clean:
 	rm -rf .build bin
+
+# libFuzzer targets (Fuzz/, a separate package), each for FUZZ_SECONDS; crashes fail the target.
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
+
+# The long fault-injection and concurrency runs (make test runs them bounded to about a minute).
+stress: build
+	PYTHON=$(PYTHON) scripts/stress.sh

@@ -327,6 +327,45 @@ def test_missing_ipam_plugin(world):
     assert_nothing_left(world, container)
 
 
+def test_failed_add_removes_the_bridge_it_created(world, tmp_path):
+    """Issue #7: a failed ADD changes nothing on the host, not even the bridge (the reference keeps it)."""
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    container = world.container()
+    config = world.config(ipMasq=True, isGateway=True)
+    config["ipam"]["dataDir"] = str(not_a_directory)
+    run = world.run("ADD", config, container)
+    assert not run.ok and run.json["code"] == 101, str(run)
+    assert link(world.host, world.bridge) is None, "the bridge this ADD created was left behind"
+    assert_nothing_left(world, container)
+    # Refused before anything is created: a path as ipam.type, and an L2 network at 0.2.0.
+    for config, code, named in ((world.config(ipam={"type": "../../bin/true"}), 7, "../../bin/true"),
+                                (world.config("0.2.0", ipam=False), 1, "0.2.0")):
+        run = world.run("ADD", config, container)
+        assert not run.ok and run.json["code"] == code and named in run.json["msg"], str(run)
+        assert link(world.host, world.bridge) is None and world.host_veths() == []
+
+
+def test_failed_add_keeps_its_bridge_when_another_port_joined_it(world, tmp_path):
+    """The rollback deletes the bridge it created only if no port is left: here the IPAM stand-in
+    attaches a link to it (as a concurrent ADD sharing the bridge would) and then fails."""
+    ipam = tmp_path / "joining-ipam"
+    ipam.write_text(f"""#!/bin/sh
+[ "$CNI_COMMAND" = ADD ] || exit 0
+ip link add other0 type veth peer name other1 && ip link set other0 master {world.bridge}
+printf '{{"cniVersion":"1.0.0","code":102,"msg":"stand-in IPAM fails after the join"}}'
+exit 1
+""")
+    ipam.chmod(0o755)
+    container = world.container()
+    run = world.run("ADD", world.config(ipam={"type": ipam.name}), container, path=str(tmp_path))
+    assert not run.ok and run.json["code"] == 102, str(run)
+    assert link(world.host, world.bridge) is not None, "the bridge was deleted under another port"
+    assert [port["ifname"] for port in bridge_ports(world.host, world.bridge)] == ["other0"]
+    assert world.host_veths() == [] and link(container, "eth0") is None
+    assert f"keeping bridge {world.bridge}" in run.stderr
+
+
 def test_exhausted_range(world):
     config = world.config(subnet="10.77.0.0/30", ipMasq=True, macspoofchk=True)
     world.add(config, world.container(), containerid="first")
@@ -459,6 +498,7 @@ def test_status(world):
     assert world.run("STATUS", world.config("1.1.0")).ok
     missing = world.run("STATUS", world.config("1.1.0", ipam={"type": "no-such-ipam"}))
     assert not missing.ok and "no-such-ipam" in missing.json["msg"]
+    assert missing.json["code"] == 50, "a plugin not installed (yet) is not available, not a config error"
     assert world.run("STATUS", world.config("1.0.0")).json["code"] == 1
 
 

@@ -13,7 +13,26 @@ public enum BridgePlugin {
 
     static func add(_ request: PluginRequest) throws(CNIError) -> CNIResult {
         let config = try BridgeConfig.load(request)
+        try refuseBeforeSideEffects(config, request)
         return try BridgeAdd(request: request, config: config).run()
+    }
+
+    /// What ADD can refuse before creating anything (issue #7: a failed ADD changes nothing on
+    /// the host), beyond the config's own validation: the IPAM plugin must be a plain name found
+    /// in CNI_PATH (the reference only finds out after creating the bridge and the veth), and an
+    /// L2-only network cannot answer in 0.1.0/0.2.0, whose result must carry an IP address (the
+    /// reference fails converting the result, after configuring everything).
+    static func refuseBeforeSideEffects(_ config: BridgeConfig, _ request: PluginRequest) throws(CNIError) {
+        if let ipamType = config.ipamType {
+            _ = try Delegate.find(ipamType, in: request.cniPath)
+        } else if request.version < .v0_3_0 {
+            throw CNIError(
+                .incompatibleVersion,
+                "cniVersion \(request.config.cniVersion) cannot report a network without IP addresses",
+                details:
+                    "a \(request.config.cniVersion) result must carry an IP address and this config has no ipam; "
+                    + "use cniVersion 0.3.0 or later for an L2-only bridge")
+        }
     }
 
     /// DEL: idempotent, and complete in every degraded state (empty CNI_NETNS, namespace gone,

@@ -25,7 +25,18 @@ public enum Delegate {
         _ = try run(type, .check, request)
     }
 
+    /// STATUS asks whether the network can take ADDs: an IPAM plugin missing from CNI_PATH is a
+    /// state of the node (not installed yet, being upgraded), not a config error, so it answers
+    /// code 50 (not available), naming the plugin. A malformed type stays a config error (7).
     public static func status(_ type: String, _ request: PluginRequest) throws(CNIError) {
+        try validateName(type)
+        guard Exec.find(type, in: request.cniPath.joined(separator: ":")) != nil else {
+            throw CNIError(
+                .notAvailable, "plugin \"\(type)\" is not available",
+                details:
+                    "not found in CNI_PATH [\(request.cniPath.joined(separator: " "))]; ADD would fail until it is installed"
+            )
+        }
         _ = try run(type, .status, request)
     }
 
@@ -35,11 +46,7 @@ public enum Delegate {
 
     /// The path of plugin `type` in `CNI_PATH`, or a config error naming both.
     public static func find(_ type: String, in searchPath: [String]) throws(CNIError) -> String {
-        guard !type.isEmpty, !type.contains("/"), type != ".", type != ".." else {
-            throw CNIError(
-                .invalidNetworkConfig, "invalid plugin type \"\(type)\"",
-                details: "ipam.type must be the name of a plugin in CNI_PATH, without '/'")
-        }
+        try validateName(type)
         guard let path = Exec.find(type, in: searchPath.joined(separator: ":")) else {
             throw CNIError(
                 .invalidNetworkConfig,
@@ -47,6 +54,16 @@ public enum Delegate {
                 details: "check ipam.type and that the plugin is installed in a CNI_PATH directory")
         }
         return path
+    }
+
+    /// A plugin type is a file name in CNI_PATH, never a path: `../../bin/sh` or `/bin/true` would
+    /// run whatever the config names.
+    static func validateName(_ type: String) throws(CNIError) {
+        guard !type.isEmpty, !type.contains("/"), type != ".", type != ".." else {
+            throw CNIError(
+                .invalidNetworkConfig, "invalid plugin type \"\(type)\"",
+                details: "ipam.type must be the name of a plugin in CNI_PATH, without '/'")
+        }
     }
 
     static func run(_ type: String, _ command: Command, _ request: PluginRequest) throws(CNIError) -> [UInt8] {

@@ -72,24 +72,46 @@ public enum HostLocal {
         }
     }
 
+    /// CHECK: this interface must hold a lease (the reference's whole check). A prevResult, when
+    /// given, must parse, and then the addresses it lists in this config's ranges must be exactly
+    /// the leases this interface holds (none lost, none extra), which needs the ranges, so the
+    /// whole config is validated then, as ADD does.
     static func check(_ request: PluginRequest) throws(CNIError) {
-        let config = try HostLocalConfig.location(request)
+        let previous = try request.prevResult()
+        let config = try previous == nil ? HostLocalConfig.location(request) : HostLocalConfig.load(request)
         let owner = LeaseOwner(containerID: request.containerID, ifname: request.ifName)
-        let found: Bool
-        if directoryExists(LeaseStore.directory(dataDir: config.dataDir, network: config.network)) {
-            found = try LeaseStore.withLock(dataDir: config.dataDir, network: config.network) {
+        let directory = LeaseStore.directory(dataDir: config.dataDir, network: config.network)
+        var held: [IPAddress] = []
+        if directoryExists(directory) {
+            held = try LeaseStore.withLock(dataDir: config.dataDir, network: config.network) {
                 store throws(CNIError) in
-                if try !store.leases(of: owner).isEmpty { return true }
-                return try !store.leases(of: owner.legacy).isEmpty
+                // Legacy id-only leases count only when the interface holds none of its own, as in DEL.
+                let own = try store.leases(of: owner)
+                return own.isEmpty ? try store.leases(of: owner.legacy) : own
             }
-        } else {
-            found = false
         }
-        guard found else {
+        guard !held.isEmpty else {
             throw CNIError(
                 .checkFailed, "host-local: Failed to find address added by container \(request.containerID)",
-                details:
-                    "no lease of \(owner) in \(LeaseStore.directory(dataDir: config.dataDir, network: config.network))")
+                details: "no lease of \(owner) in \(directory)")
+        }
+        guard let previous else { return }
+        let listed = previous.ips.map(\.address.address).filter { address in
+            config.rangeSets.contains { $0.contains(address) }
+        }
+        let notLeased = listed.filter { !held.contains($0) }
+        let notListed = held.filter { !listed.contains($0) }
+        guard notLeased.isEmpty && notListed.isEmpty else {
+            var problems: [String] = []
+            if !notLeased.isEmpty {
+                problems.append("in prevResult but not leased: \(notLeased.map(\.description).joined(separator: ", "))")
+            }
+            if !notListed.isEmpty {
+                problems.append("leased but not in prevResult: \(notListed.map(\.description).joined(separator: ", "))")
+            }
+            throw CNIError(
+                .checkFailed, "host-local: the leases of \(owner) do not match prevResult",
+                details: problems.joined(separator: "; "))
         }
     }
 

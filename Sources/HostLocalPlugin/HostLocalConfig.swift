@@ -126,13 +126,20 @@ struct HostLocalConfig {
     }
 
     /// Which requested address each range set takes: the first not yet taken that the set
-    /// contains. A requested address no set takes fails the ADD before anything is allocated.
+    /// contains. A requested address no set takes, or a range's gateway, fails the ADD before
+    /// the store is touched (not even its directories are created).
     func assignRequested() throws(CNIError) -> [IPAddress?] {
         var remaining = requested
         var assignment: [IPAddress?] = []
-        for set in rangeSets {
+        for (setIndex, set) in rangeSets.enumerated() {
             if let index = remaining.firstIndex(where: set.contains) {
-                assignment.append(remaining.remove(at: index))
+                let address = remaining.remove(at: index)
+                if let range = set.range(for: address), address == range.gateway {
+                    throw CNIError(
+                        .addressUnavailable, "requested ip \(address) is subnet's gateway",
+                        details: "range \(range) of range set \(setIndex) has gateway \(range.gateway)")
+                }
+                assignment.append(address)
             } else {
                 assignment.append(nil)
             }
@@ -169,6 +176,14 @@ struct HostLocalConfig {
             throw CNIError(
                 .invalidNetworkConfig, "invalid \(key).subnet \"\(subnetText)\": not a CIDR",
                 details: "e.g. \"10.1.2.0/24\" or \"2001:db8:1::/64\"")
+        }
+        // Checked here too so the message quotes the value as written, not only its canonical form.
+        guard !subnet.hasHostBits else {
+            throw CNIError(
+                .invalidNetworkConfig,
+                "invalid \(key).subnet \"\(subnetText)\": Network has host bits set. For a subnet mask of length "
+                    + "\(subnet.length) the network address is \(subnet.networkAddress)",
+                details: "write it as \(subnet.networkAddress)/\(subnet.length)")
         }
         return try IPRange(
             subnet: subnet,

@@ -40,12 +40,26 @@ public struct IPRange: Hashable, Sendable, CustomStringConvertible {
         guard subnet.contains(end) else {
             throw Self.invalid(key, "rangeEnd", "RangeEnd \(end) not in network \(subnet)")
         }
+        // Unlike the reference, which would hand these out: no IPv4 host can use them.
+        if family == .v4 {
+            guard start != subnet.networkAddress else {
+                throw Self.invalid(key, "rangeStart", "RangeStart \(start) is the network address of \(subnet)")
+            }
+            guard end != subnet.lastAddress else {
+                throw Self.invalid(key, "rangeEnd", "RangeEnd \(end) is the broadcast address of \(subnet)")
+            }
+        }
         // The reference accepts an inverted range and then never allocates from it.
         guard start <= end else {
             throw Self.invalid(key, "rangeEnd", "RangeEnd \(end) is before RangeStart \(start)")
         }
         if let gateway, gateway.family != family {
             throw Self.invalid(key, "gateway", "gateway \(gateway) is not of the family of network \(subnet)")
+        }
+        // The reference does not check; a gateway the container cannot reach on-link makes its
+        // default route fail at ADD time in the plugin that installs it, far from the config.
+        if let gateway, !subnet.contains(gateway) {
+            throw Self.invalid(key, "gateway", "gateway \(gateway) not in network \(subnet)")
         }
         self.subnet = subnet
         self.rangeStart = start

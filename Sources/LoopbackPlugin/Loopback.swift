@@ -44,7 +44,10 @@ public enum LoopbackPlugin {
         try run("failed to set lo down") { () throws(NetlinkError) in try socket.setDown(index: link.index) }
     }
 
+    /// `lo` must be up. A prevResult, when given, must parse (the spec has CHECK consult it; a
+    /// runtime passing garbage should hear so), though loopback has nothing in it to compare.
     static func check(_ request: PluginRequest) throws(CNIError) {
+        _ = try request.prevResult()
         let socket = try openSocket(request.netns, missingIsError: true)!
         let link = try loopback(socket, request.netns)
         guard link.isUp else {

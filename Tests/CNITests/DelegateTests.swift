@@ -90,4 +90,15 @@ import Testing
         #expect(error?.code == .invalidNetworkConfig)
         #expect(error?.message.contains("\"\(type)\"") == true)
     }
+
+    @Test func statusWithTheIPAMPluginMissingIsNotAvailable() throws {
+        let error = #expect(throws: CNIError.self) { try Delegate.status("missing", request(.status)) }
+        #expect(error?.code == .notAvailable)
+        #expect(error?.message.contains("\"missing\"") == true)
+    }
+
+    @Test func statusWithAPathAsTypeIsAConfigError() throws {
+        let error = #expect(throws: CNIError.self) { try Delegate.status("../bin/sh", request(.status)) }
+        #expect(error?.code == .invalidNetworkConfig)
+    }
 }

@@ -46,6 +46,36 @@ import Testing
         #expect(checked.status == 1 && checked.code == 105)
     }
 
+    @Test func aRequestedGatewayIsRefusedBeforeTheStoreIsCreated() {
+        let conf = config(#""ranges": [[{"subnet": "10.1.2.0/24"}]]"#)
+        let added = run(HostLocal.handlers, "ADD", conf, args: "IP=10.1.2.1")
+        #expect(added.code == 102)
+        #expect(added.message == "requested ip 10.1.2.1 is subnet's gateway")
+        #expect(directory.list("").isEmpty)
+    }
+
+    @Test func checkComparesTheLeasesWithPrevResult() {
+        let ranges = #""ranges": [[{"subnet": "10.1.2.0/24"}], [{"subnet": "2001:db8:1::/64"}]]"#
+        #expect(run(HostLocal.handlers, "ADD", config(ranges)).ips == ["10.1.2.2/24", "2001:db8:1::2/64"])
+        func check(_ ips: String) -> Outcome {
+            run(
+                HostLocal.handlers, "CHECK",
+                config(ranges, extra: #""prevResult": {"cniVersion": "1.0.0", "ips": \#(ips)},"#))
+        }
+        // Addresses outside our ranges (another IPAM's) are not ours to compare.
+        let same = check(#"[{"address": "10.1.2.2/24"}, {"address": "2001:db8:1::2/64"}, {"address": "10.9.0.5/16"}]"#)
+        #expect(same.status == 0, "\(same.text)")
+        let lost = check(#"[{"address": "10.1.2.3/24"}, {"address": "2001:db8:1::2/64"}]"#)
+        #expect(lost.code == 105)
+        #expect(
+            lost.json?["details"]?.stringValue
+                == "in prevResult but not leased: 10.1.2.3; leased but not in prevResult: 10.1.2.2")
+        #expect(check(#"[{"address": "10.1.2.2/24"}]"#).code == 105)
+        let garbage = check(#"[{"address": 5}]"#)
+        #expect(garbage.code == 6 || garbage.code == 7)
+        #expect(garbage.message.contains("prevResult"))
+    }
+
     @Test func refusesADuplicateAllocationButServesAnotherInterface() {
         let conf = config(#""ranges": [[{"subnet": "10.1.2.0/24"}]]"#)
         #expect(run(HostLocal.handlers, "ADD", conf).ips == ["10.1.2.2/24"])
@@ -117,7 +147,8 @@ import Testing
         (#""ranges": [[{"subnet": "10.1.2.0/33"}]]"#, "invalid ipam.ranges[0][0].subnet \"10.1.2.0/33\": not a CIDR"),
         (
             #""subnet": "10.1.2.5/24""#,
-            "invalid ipam.subnet: Network has host bits set. For a subnet mask of length 24 the network address is 10.1.2.0"
+            "invalid ipam.subnet \"10.1.2.5/24\": Network has host bits set. For a subnet mask of length 24 the network "
+                + "address is 10.1.2.0"
         ),
         (
             #""ranges": [[{"subnet": "10.1.2.0/24"}], [{"subnet": "10.1.2.0/25"}]]"#,

@@ -75,6 +75,37 @@ import Testing
         }
     }
 
+    @Test func rejectsTheIPv4NetworkAndBroadcastAddressesAsRangeBounds() {
+        #expect(
+            throws: CNIError(
+                .invalidNetworkConfig,
+                "invalid ipam.ranges[0][0].rangeStart: RangeStart 192.0.2.0 is the network address of 192.0.2.0/24")
+        ) {
+            try IPRange(subnet: cidr("192.0.2.0/24"), rangeStart: ip("192.0.2.0"), key: "ipam.ranges[0][0]")
+        }
+        #expect(
+            throws: CNIError(
+                .invalidNetworkConfig,
+                "invalid ipam.ranges[0][0].rangeEnd: RangeEnd 192.0.2.255 is the broadcast address of 192.0.2.0/24")
+        ) {
+            try IPRange(subnet: cidr("192.0.2.0/24"), rangeEnd: ip("192.0.2.255"), key: "ipam.ranges[0][0]")
+        }
+        // IPv6 has no broadcast: the last address is a valid rangeEnd (and the default).
+        #expect(throws: Never.self) {
+            try IPRange(subnet: cidr("2001:db8::/120"), rangeEnd: ip("2001:db8::ff"))
+        }
+    }
+
+    @Test func rejectsAGatewayOutsideTheSubnet() {
+        #expect(
+            throws: CNIError(
+                .invalidNetworkConfig,
+                "invalid ipam.ranges[0][0].gateway: gateway 192.0.3.1 not in network 192.0.2.0/24")
+        ) {
+            try IPRange(subnet: cidr("192.0.2.0/24"), gateway: ip("192.0.3.1"), key: "ipam.ranges[0][0]")
+        }
+    }
+
     @Test func parsesAllFields() throws {
         let range = try IPRange(
             subnet: cidr("10.1.2.0/24"), rangeStart: ip("10.1.2.40"), rangeEnd: ip("10.1.2.50"),

@@ -1,0 +1,39 @@
+// swift-tools-version:6.0
+// libFuzzer targets for swift-cni. Kept out of the main package so its build is not affected:
+// the modules under test are the main package's own sources (symlinked in Sources/), compiled
+// here with coverage instrumentation. Build and run with ../scripts/fuzz.sh (`make fuzz`).
+import PackageDescription
+
+let package = Package(
+    name: "swift-cni-fuzz",
+    targets: [
+        .systemLibrary(name: "CSystem"),
+        .target(name: "NetAddress"),
+        .target(name: "Exec", dependencies: ["CSystem"]),
+        .target(name: "CNI", dependencies: ["NetAddress", "Exec"]),
+        .target(name: "IPAM", dependencies: ["CNI", "NetAddress"]),
+        .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
+        .systemLibrary(name: "CNetlink", pkgConfig: "libnl-route-3.0"),
+        .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
+        .target(name: "Masquerade", dependencies: ["NetAddress", "Exec"]),
+        .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink", "Masquerade"]),
+        // Config decoding and the whole entry point (`Plugin.execute`) with random stdin.
+        .executableTarget(
+            name: "FuzzPlugin", dependencies: ["CNI"], path: "Targets/FuzzPlugin"),
+        // CNI_ARGS parsing.
+        .executableTarget(
+            name: "FuzzCNIArgs", dependencies: ["CNI"], path: "Targets/FuzzCNIArgs"),
+        // Results and prevResult: decode in any version, encode in every version, decode again.
+        .executableTarget(
+            name: "FuzzResult", dependencies: ["CNI", "NetAddress"], path: "Targets/FuzzResult"),
+        // host-local's range and config parsing and the allocation order (@testable: the config
+        // type is internal; fuzz.sh builds with -enable-testing).
+        .executableTarget(
+            name: "FuzzRange", dependencies: ["HostLocalPlugin", "IPAM", "CNI", "NetAddress"],
+            path: "Targets/FuzzRange"),
+        // The bridge plugin's config parser (pure: no netlink, no files).
+        .executableTarget(
+            name: "FuzzBridgeConfig", dependencies: ["BridgePlugin", "CNI", "NetAddress"],
+            path: "Targets/FuzzBridgeConfig"),
+    ]
+)
