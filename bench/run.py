@@ -1,0 +1,904 @@
+#!/usr/bin/env python3
+"""swift-cni benchmark: our plugins (bin/) side by side with the reference (/usr/lib/cni).
+
+Every plugin execution happens inside a dedicated "host" network namespace that this script
+creates (the script itself enters it, with a private mount namespace whose /sys belongs to it,
+as `ip netns exec` would arrange, so no per-run `ip` process is added to the timings). Bridges,
+addresses and firewall rules therefore never touch the real host; they vanish with the namespace.
+Container namespaces, bridge names and the ranges (10.201-10.223.x.x, fd00:bc::/32) are private.
+
+Rounds alternate A B B A (ours, reference, reference, ours, ...) so that drift on a shared
+machine hits both columns alike; before each round the plugin binaries (and any shared library
+they load other than libc) are evicted from the page cache with posix_fadvise(DONTNEED).
+
+See bench/README.md for what each row measures and how to read the table. stdlib only.
+"""
+
+import argparse
+import ctypes
+import ctypes.util
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PLUGINS = ("bridge", "host-local", "static", "loopback")
+PLUGIN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+CNI_VERSION = "1.0.0"  # the newest version the reference (1.1.1) speaks; CHECK needs >= 0.4.0
+PREFIX = "cnibench"
+CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
+MS_REC = 16384
+MS_SLAVE = 1 << 19
+MNT_DETACH = 2
+RUN_TIMEOUT_S = 120
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+
+
+def os_error(what):
+    err = ctypes.get_errno()
+    return OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def sh(*argv, check=True, input=None):
+    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, input=input)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, argv))} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Running one program: posix_spawn with stdin/stdout/stderr as files.
+
+
+class Run:
+    __slots__ = ("status", "elapsed_s", "stdout", "stderr")
+
+    def __init__(self, status, elapsed_s, stdout, stderr):
+        self.status, self.elapsed_s = status, elapsed_s
+        self.stdout, self.stderr = stdout, stderr
+
+    @property
+    def ok(self):
+        return self.status == 0
+
+    def describe(self):
+        return f"exit {self.status}: {self.stdout.strip()[:400]!r} {self.stderr.strip()[:400]!r}"
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise _Timeout()
+
+
+class Spawner:
+    """Spawns plugins cheaply (posix_spawn, files for the standard streams) and times them.
+
+    The time of a run is from just before posix_spawn to wait4's return: it includes the
+    spawn itself (measured on its own as the "spawn overhead" note) but no Python pipe handling.
+    """
+
+    def __init__(self, workdir: Path):
+        self.dir = workdir / "io"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.counter = 0
+
+    def _files(self, stdin: bytes):
+        self.counter += 1
+        base = self.dir / str(self.counter % 4096)
+        in_path, out_path, err_path = Path(f"{base}.in"), Path(f"{base}.out"), Path(f"{base}.err")
+        in_path.write_bytes(stdin)
+        return in_path, out_path, err_path
+
+    @staticmethod
+    def _spawn(argv, env, in_path, out_path, err_path):
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, str(in_path), os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, str(out_path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+            (os.POSIX_SPAWN_OPEN, 2, str(err_path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+        ]
+        return os.posix_spawn(argv[0], argv, env, file_actions=actions)
+
+    @staticmethod
+    def _collect(status, elapsed, out_path, err_path):
+        code = os.waitstatus_to_exitcode(status)
+        return Run(code, elapsed, out_path.read_text(errors="replace"),
+                   err_path.read_text(errors="replace"))
+
+    def run(self, argv, env, stdin=b""):
+        in_path, out_path, err_path = self._files(stdin)
+        previous = signal.signal(signal.SIGALRM, _alarm)
+        signal.alarm(RUN_TIMEOUT_S)
+        pid = None
+        try:
+            start = time.perf_counter_ns()
+            pid = self._spawn(argv, env, in_path, out_path, err_path)
+            _, status = os.waitpid(pid, 0)
+            elapsed = (time.perf_counter_ns() - start) / 1e9
+        except _Timeout:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return Run(-9, RUN_TIMEOUT_S, "", f"killed after {RUN_TIMEOUT_S} s")
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+        return self._collect(status, elapsed, out_path, err_path)
+
+    def run_many(self, jobs, parallel):
+        """Runs (argv, env, stdin) jobs, at most `parallel` at a time; returns (runs, wall seconds)."""
+        prepared = [(argv, env, *self._files(stdin)) for argv, env, stdin in jobs]
+        runs = [None] * len(prepared)
+        running = {}
+        pending = 0
+        start = time.perf_counter_ns()
+        try:
+            while pending < len(prepared) or running:
+                while pending < len(prepared) and len(running) < parallel:
+                    argv, env, in_path, out_path, err_path = prepared[pending]
+                    running[self._spawn(argv, env, in_path, out_path, err_path)] = (pending, time.perf_counter_ns())
+                    pending += 1
+                pid, status = os.waitpid(-1, 0)
+                index, began = running.pop(pid)
+                elapsed = (time.perf_counter_ns() - began) / 1e9
+                runs[index] = self._collect(status, elapsed, prepared[index][3], prepared[index][4])
+        finally:
+            for pid in running:  # only after an exception: leave no child behind
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except OSError:
+                    pass
+        return runs, (time.perf_counter_ns() - start) / 1e9
+
+
+# ---------------------------------------------------------------------------------------------
+# Page cache eviction.
+
+
+def shared_libraries(binary: Path):
+    """Non-libc shared objects a binary loads (a statically linked one has none)."""
+    try:
+        out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True).stdout
+    except OSError:
+        return []
+    libraries = []
+    for line in out.splitlines():
+        parts = line.split("=>")
+        if len(parts) == 2 and parts[1].strip().startswith("/"):
+            path = parts[1].split("(")[0].strip()
+            name = os.path.basename(path)
+            # libc and friends are mapped by this very script: fadvise cannot evict them.
+            if not name.startswith(("libc.so", "libm.so", "libpthread", "libdl", "ld-linux", "libgcc_s")):
+                libraries.append(Path(path))
+    return libraries
+
+
+def evict(path: Path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def resident_fraction(path: Path):
+    """Fraction of the file's pages in the page cache (mincore), to show the eviction worked."""
+    size = path.stat().st_size
+    if size == 0:
+        return 0.0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        address = libc.mmap(None, size, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+        if address in (None, ctypes.c_void_p(-1).value):
+            return None
+        page = os.sysconf("SC_PAGE_SIZE")
+        pages = (size + page - 1) // page
+        vector = (ctypes.c_ubyte * pages)()
+        try:
+            if libc.mincore(address, size, vector) != 0:
+                return None
+            return sum(b & 1 for b in vector) / pages
+        finally:
+            libc.munmap(address, size)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Namespaces.
+
+
+class Namespaces:
+    """The host namespace the plugins run in, the container namespaces, and the way back."""
+
+    def __init__(self, tag, containers):
+        self.tag = tag
+        self.host = f"{PREFIX}-{tag}-host"
+        self.containers = [f"{PREFIX}-{tag}-c{i}" for i in range(containers)]
+        self.created = []
+        self.original_net = None
+        self.original_mnt = None
+        self.entered = False
+
+    def path(self, name):
+        return f"/run/netns/{name}"
+
+    def create(self):
+        for name in [self.host, *self.containers]:
+            sh("ip", "netns", "add", name)
+            self.created.append(name)
+            sh("ip", "-n", name, "link", "set", "lo", "up")
+
+    def enter_host(self):
+        """Moves this process into the host netns, with a private mount namespace whose /sys
+        shows that netns (what `ip netns exec` does per command, once for the whole run)."""
+        self.original_net = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self.original_mnt = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(self.path(self.host), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                raise os_error("setns host netns")
+        finally:
+            os.close(fd)
+        self.entered = True
+        if libc.unshare(CLONE_NEWNS) != 0:
+            raise os_error("unshare mount namespace")
+        if libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None) != 0:
+            raise os_error("make / a slave mount")
+        if libc.umount2(b"/sys", MNT_DETACH) != 0:
+            raise os_error("umount /sys")
+        if libc.mount(b"sysfs", b"/sys", b"sysfs", 0, None) != 0:
+            raise os_error("mount sysfs")
+
+    def leave_host(self):
+        if not self.entered:
+            return
+        cwd = os.getcwd()
+        if libc.setns(self.original_mnt, CLONE_NEWNS) != 0:
+            raise os_error("setns back to the original mount namespace")
+        if libc.setns(self.original_net, CLONE_NEWNET) != 0:
+            raise os_error("setns back to the original netns")
+        os.chdir(cwd)
+        self.entered = False
+
+    def destroy(self):
+        self.leave_host()
+        for name in reversed(self.created):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        self.created = []
+
+    def clear_container(self, index):
+        """After a failure: remove whatever interface a failed ADD/DEL left in the container."""
+        subprocess.run(["ip", "-n", self.containers[index], "link", "del", "eth0"], capture_output=True)
+
+
+def remove_stale(workroot: Path):
+    """Namespaces and work dirs of earlier runs whose process is gone (a killed run)."""
+    listing = Path("/run/netns")
+    names = [p.name for p in listing.iterdir()] if listing.is_dir() else []
+    for name in names:
+        parts = name.split("-")
+        if len(parts) >= 3 and parts[0] == PREFIX and parts[1].isdigit() and not pid_alive(int(parts[1])):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    if workroot.is_dir():
+        for entry in workroot.iterdir():
+            if entry.name.isdigit() and not pid_alive(int(entry.name)):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+# ---------------------------------------------------------------------------------------------
+# The two implementations and their configs.
+
+
+class Implementation:
+    def __init__(self, key, label, directory: Path, index, workdir: Path):
+        self.key, self.label, self.dir = key, label, directory
+        self.index = index  # 1 or 2: picks this column's bridge, ranges and state directory
+        self.bridge = f"cbr{os.getpid() % 100000}{key[0]}"
+        self.net = f"{PREFIX}-{key}"
+        self.v4 = f"10.20{index}"
+        self.v6 = f"fd00:bc:{index}"
+        self.data_dir = workdir / f"state-{key}"
+        self.lease_dir = workdir / f"leases-{key}"
+
+    def binary(self, plugin):
+        return str(self.dir / plugin)
+
+    def env(self, command, container_id="", netns="", ifname="eth0"):
+        return {
+            "PATH": PLUGIN_PATH,
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": container_id,
+            "CNI_NETNS": netns,
+            "CNI_IFNAME": ifname,
+            "CNI_PATH": str(self.dir),
+        }
+
+    def host_local(self, dual=False):
+        ranges = [[{"subnet": f"{self.v4}.0.0/16"}]]
+        routes = [{"dst": "0.0.0.0/0"}]
+        if dual:
+            ranges.append([{"subnet": f"{self.v6}::/64"}])
+            routes.append({"dst": "::/0"})
+        return {"type": "host-local", "ranges": ranges, "routes": routes, "dataDir": str(self.data_dir)}
+
+    def config(self, scenario, bridge=None):
+        config = {"cniVersion": CNI_VERSION, "name": self.net, "type": "bridge", "bridge": bridge or self.bridge,
+                  "isGateway": True}
+        if scenario == "static":
+            config["ipam"] = {"type": "static", "routes": [{"dst": "0.0.0.0/0"}],
+                              "addresses": [{"address": f"{self.v4}.200.10/16", "gateway": f"{self.v4}.0.1"}]}
+        else:
+            config["ipam"] = self.host_local(dual=scenario == "dual")
+        if scenario in ("masq-iptables", "masq-nftables"):
+            config["ipMasq"] = True
+            config["ipMasqBackend"] = scenario.split("-")[1]
+        return config
+
+    def lease_config(self, leases):
+        return {"cniVersion": CNI_VERSION, "name": f"leases-{leases}", "type": "bridge",
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": f"10.21{self.index}.0.0/16"}]],
+                         "dataDir": str(self.lease_dir)}}
+
+    def prefill(self, leases):
+        """`leases` lease files in the reference's format, the last one recorded as last reserved."""
+        directory = self.lease_dir / f"leases-{leases}"
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True)
+        last = None
+        for n in range(leases):
+            value = n + 2  # .0.1 is the gateway
+            last = f"10.21{self.index}.{value >> 8}.{value & 255}"
+            fd = os.open(directory / last, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, f"prefill-{n:05d}\r\neth0".encode())
+            os.close(fd)
+        if last:
+            (directory / "last_reserved_ip.0").write_text(last)
+        return directory
+
+
+def masquerade_in_use(container_id):
+    """Which firewall holds masquerade rules for this container right after its ipMasq ADD (both
+    backends name the container ID in a comment): the reference 1.1.1 predates ipMasqBackend
+    (v1.6.0), ignores the key and always uses iptables."""
+    seen = []
+    if container_id in sh("iptables-save", "-t", "nat", check=False):
+        seen.append("iptables")
+    if container_id in sh("nft", "list", "table", "inet", "cni_plugins_masquerade", check=False):
+        seen.append("nftables")
+    return "+".join(seen) or "none"
+
+
+def with_prev_result(config, add_stdout):
+    merged = dict(config)
+    merged["prevResult"] = json.loads(add_stdout)
+    return merged
+
+
+def encode(config):
+    return json.dumps(config).encode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements.
+
+
+class Samples:
+    def __init__(self):
+        self.values = []
+        self.failures = 0
+        self.first_error = None
+
+    def add(self, value):
+        self.values.append(value)
+
+    def fail(self, message):
+        self.failures += 1
+        if self.first_error is None:
+            self.first_error = message
+
+    def summary(self):
+        values = self.values
+        return {
+            "samples": values,
+            "median": statistics.median(values) if values else None,
+            "min": min(values) if values else None,
+            "max": max(values) if values else None,
+            "failures": self.failures,
+            "first_error": self.first_error,
+        }
+
+
+class Bench:
+    def __init__(self, args, implementations, spawner, namespaces, floor_binary, workdir):
+        self.args = args
+        self.impls = implementations
+        self.spawner = spawner
+        self.ns = namespaces
+        self.floor = floor_binary
+        self.workdir = workdir
+        self.samples = {}  # (row id, impl key) -> Samples
+        self.rows = []  # row definitions in table order
+        self.counter = 0
+        self.floor_bridge = f"cbr{os.getpid() % 100000}f"
+        self.masq_seen = {}  # (impl, scenario) -> the firewall machinery an ADD actually used
+        self.define_rows()
+
+    # Row definitions: id, label, unit, kind ("time" | "rate" | "rss"), target.
+    def define_rows(self):
+        rows = self.rows
+        for plugin in PLUGINS:
+            rows.append(dict(id=f"startup-{plugin}", label=f"start-up: {plugin} VERSION", unit="ms", kind="time",
+                             target=("ratio", "<=", 0.9)))
+        for plugin in PLUGINS:
+            rows.append(dict(id=f"startup-cold-{plugin}", label=f"start-up cold (evicted): {plugin}", unit="ms",
+                             kind="time", target=None))
+        scenarios = [
+            ("base", "bridge + host-local v4", {"ADD": ("ratio", "<=", 0.4), "DEL": ("ratio", "<=", 0.9)}),
+            ("masq-iptables", "ipMasq iptables", {"ADD": ("ratio", "<=", 0.3), "DEL": ("ratio", "<=", 0.4)}),
+            ("masq-nftables", "ipMasq nftables", {"ADD": ("ratio", "<=", 0.3), "DEL": ("ratio", "<=", 0.4)}),
+            ("dual", "dual-stack (host-local v4+v6)", {}),
+            ("static", "bridge + static", {}),
+        ]
+        self.scenarios = [s[0] for s in scenarios]
+        for key, label, targets in scenarios:
+            for command in ("ADD", "CHECK", "DEL"):
+                rows.append(dict(id=f"{key}-{command}", label=f"{label}: {command}", unit="ms", kind="time",
+                                 target=targets.get(command)))
+        rows.append(dict(id="create-bridge-ADD", label="ADD that creates the bridge", unit="ms", kind="time",
+                         target=None))
+        for parallel in self.args.parallel_levels:
+            mode = "sequential" if parallel == 1 else f"{parallel} parallel"
+            target = ("ratio", ">=", 2.0) if parallel == 16 else None
+            rows.append(dict(id=f"throughput-{parallel}", label=f"throughput {self.args.containers} ctrs, {mode}: "
+                             "ADD+DEL", unit="ctr/s", kind="rate", target=target))
+            for phase in ("ADD", "DEL"):
+                rows.append(dict(id=f"throughput-{parallel}-{phase}", label=f"  ... {phase} phase only",
+                                 unit="ctr/s", kind="rate", target=None))
+        for leases in self.args.lease_counts:
+            for command in ("ADD", "DEL"):
+                target = ("own-0-leases", "<=", 2.0) if leases == max(self.args.lease_counts) and leases > 0 else None
+                rows.append(dict(id=f"leases-{leases}-{command}", label=f"host-local {command}, {leases:,} leases",
+                                 unit="ms", kind="time", target=target))
+        rows.append(dict(id="rss-bridge-ADD", label="peak RSS: bridge + host-local ADD", unit="MiB", kind="rss",
+                         target=("ratio", "<=", 1.0)))
+        rows.append(dict(id="rss-host-local-ADD", label="peak RSS: host-local ADD alone", unit="MiB", kind="rss",
+                         target=None))
+
+    def sample(self, row, impl_key):
+        return self.samples.setdefault((row, impl_key), Samples())
+
+    def unique_id(self, prefix):
+        self.counter += 1
+        return f"{prefix}-{os.getpid()}-{self.counter}"
+
+    def record(self, row, impl, run, what):
+        """Records a successful run's time (ms) or its failure."""
+        samples = self.sample(row, impl.key)
+        if run.ok:
+            samples.add(run.elapsed_s * 1000)
+        else:
+            samples.fail(f"{what}: {run.describe()}")
+        return run.ok
+
+    # ---- one round for one implementation
+    def round(self, impl, number):
+        print(f"  round {number + 1}: {impl.label}", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        self.evict_all()
+        self.startup(impl)
+        for scenario in self.scenarios:
+            self.single(impl, scenario)
+        self.create_bridge(impl)
+        self.leases(impl)
+        self.peak_rss(impl)
+        self.throughput(impl, number)
+        self.floor_round()
+        print(f"    {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+
+    def evict_all(self):
+        for path in self.evictable:
+            evict(path)
+
+    def startup(self, impl):
+        for plugin in PLUGINS:  # first exec of each binary after the eviction: cold
+            run = self.spawner.run([impl.binary(plugin)], impl.env("VERSION"))
+            self.record(f"startup-cold-{plugin}", impl, run, f"{plugin} VERSION")
+        for _ in range(self.args.iterations):
+            for plugin in PLUGINS:
+                run = self.spawner.run([impl.binary(plugin)], impl.env("VERSION"))
+                self.record(f"startup-{plugin}", impl, run, f"{plugin} VERSION")
+
+    def single(self, impl, scenario):
+        config = impl.config(scenario)
+        netns = self.ns.path(self.ns.containers[0])
+        for _ in range(self.args.iterations):
+            cid = self.unique_id(scenario)
+            add = self.spawner.run([impl.binary("bridge")], impl.env("ADD", cid, netns), encode(config))
+            ok = self.record(f"{scenario}-ADD", impl, add, f"{scenario} ADD")
+            after = with_prev_result(config, add.stdout) if ok else config
+            if ok and scenario.startswith("masq") and (impl.key, scenario) not in self.masq_seen:
+                self.masq_seen[(impl.key, scenario)] = masquerade_in_use(cid)
+            if ok:
+                check = self.spawner.run([impl.binary("bridge")], impl.env("CHECK", cid, netns), encode(after))
+                self.record(f"{scenario}-CHECK", impl, check, f"{scenario} CHECK")
+            delete = self.spawner.run([impl.binary("bridge")], impl.env("DEL", cid, netns), encode(after))
+            if ok:
+                self.record(f"{scenario}-DEL", impl, delete, f"{scenario} DEL")
+            if not (ok and delete.ok):
+                self.ns.clear_container(0)
+
+    def create_bridge(self, impl):
+        netns = self.ns.path(self.ns.containers[0])
+        for i in range(self.args.iterations):
+            bridge = f"cbn{os.getpid() % 100000}{impl.key[0]}{i}"[:15]
+            config = impl.config("base", bridge=bridge)
+            cid = self.unique_id("newbr")
+            add = self.spawner.run([impl.binary("bridge")], impl.env("ADD", cid, netns), encode(config))
+            ok = self.record("create-bridge-ADD", impl, add, "ADD creating the bridge")
+            after = with_prev_result(config, add.stdout) if ok else config
+            delete = self.spawner.run([impl.binary("bridge")], impl.env("DEL", cid, netns), encode(after))
+            if not (ok and delete.ok):
+                self.ns.clear_container(0)
+            subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+
+    def leases(self, impl):
+        netns = self.ns.path(self.ns.containers[0])
+        for leases in self.args.lease_counts:
+            config = encode(impl.lease_config(leases))
+            for _ in range(self.args.iterations):
+                cid = self.unique_id("lease")
+                add = self.spawner.run([impl.binary("host-local")], impl.env("ADD", cid, netns), config)
+                ok = self.record(f"leases-{leases}-ADD", impl, add, f"host-local ADD at {leases} leases")
+                delete = self.spawner.run([impl.binary("host-local")], impl.env("DEL", cid, netns), config)
+                if ok:
+                    self.record(f"leases-{leases}-DEL", impl, delete, f"host-local DEL at {leases} leases")
+
+    def peak_rss(self, impl):
+        """Peak RSS of one ADD: the process tree's ru_maxrss, read by `floor peak-rss` (see there
+        why not straight from here). Separate runs, so the timed runs carry no launcher."""
+        netns = self.ns.path(self.ns.containers[0])
+        report = self.workdir / "peak-rss"
+        cases = (("rss-bridge-ADD", "bridge", encode(impl.config("base"))),
+                 ("rss-host-local-ADD", "host-local", encode(impl.lease_config(0))))
+        for row, plugin, config in cases:
+            for _ in range(self.args.iterations):
+                cid = self.unique_id("rss")
+                report.unlink(missing_ok=True)
+                add = self.spawner.run([self.floor, "peak-rss", str(report), impl.binary(plugin)],
+                                       impl.env("ADD", cid, netns), config)
+                samples = self.sample(row, impl.key)
+                if add.ok:
+                    samples.add(int(report.read_text()) / 1024)
+                else:
+                    samples.fail(f"{plugin} ADD: {add.describe()}")
+                delete = self.spawner.run([impl.binary(plugin)], impl.env("DEL", cid, netns), config)
+                if plugin == "bridge" and not (add.ok and delete.ok):
+                    self.ns.clear_container(0)
+
+    def throughput(self, impl, number):
+        config = encode(impl.config("base"))
+        count = self.args.containers
+        for parallel in self.args.parallel_levels:
+            ids = [self.unique_id(f"tp{parallel}") for _ in range(count)]
+            paths = [self.ns.path(self.ns.containers[i]) for i in range(count)]
+            adds, add_s = self.spawner.run_many(
+                [([impl.binary("bridge")], impl.env("ADD", ids[i], paths[i]), config) for i in range(count)],
+                parallel)
+            dels, del_s = self.spawner.run_many(
+                [([impl.binary("bridge")], impl.env("DEL", ids[i], paths[i]), config) for i in range(count)],
+                parallel)
+            failed = [run for run in adds + dels if not run.ok]
+            row = f"throughput-{parallel}"
+            for key, seconds in ((row, add_s + del_s), (f"{row}-ADD", add_s), (f"{row}-DEL", del_s)):
+                samples = self.sample(key, impl.key)
+                samples.add(count / seconds)
+                for run in failed:
+                    samples.fail(f"throughput x{parallel}: {run.describe()}")
+            if failed:
+                for i in range(count):
+                    self.ns.clear_container(i)
+
+    def floor_round(self):
+        netns = self.ns.path(self.ns.containers[0])
+        lease_dir = self.workdir / "floor-leases"
+        lease_dir.mkdir(exist_ok=True)
+        env = {"PATH": PLUGIN_PATH}
+        for i in range(self.args.iterations):
+            address = f"10.203.0.{10 + i}"
+            lease = str(lease_dir / address)
+            add = self.spawner.run([self.floor, "add", netns, "eth0", f"vfloor{i}", self.floor_bridge,
+                                    f"{address}/16", "10.203.0.1", lease, self.unique_id("floor")], env)
+            self.record_floor("floor-ADD", add)
+            delete = self.spawner.run([self.floor, "del", netns, "eth0", lease], env)
+            self.record_floor("floor-DEL", delete)
+            if not (add.ok and delete.ok):
+                self.ns.clear_container(0)
+                Path(lease).unlink(missing_ok=True)
+            noop = self.spawner.run([self.floor, "noop"], env)
+            self.record_floor("spawn-overhead", noop)
+
+    def record_floor(self, row, run):
+        samples = self.sample(row, "floor")
+        if run.ok:
+            samples.add(run.elapsed_s * 1000)
+        else:
+            samples.fail(run.describe())
+
+    # ---- set-up done once, before the rounds
+    def prepare(self):
+        sh("ip", "link", "add", self.floor_bridge, "type", "bridge")
+        sh("ip", "addr", "add", "10.203.0.1/16", "dev", self.floor_bridge)
+        sh("ip", "link", "set", self.floor_bridge, "up")
+        for impl in self.impls.values():
+            for leases in self.args.lease_counts:
+                impl.prefill(leases)
+        # One untimed ADD/DEL per column creates its bridge and warms the kernel paths alike.
+        netns = self.ns.path(self.ns.containers[0])
+        for impl in self.impls.values():
+            config = impl.config("base")
+            cid = self.unique_id("warmup")
+            add = self.spawner.run([impl.binary("bridge")], impl.env("ADD", cid, netns), encode(config))
+            if not add.ok:
+                raise RuntimeError(f"{impl.label}: warm-up ADD failed: {add.describe()}")
+            self.spawner.run([impl.binary("bridge")], impl.env("DEL", cid, netns), encode(config))
+        self.evictable = []
+        for impl in self.impls.values():
+            for plugin in PLUGINS:
+                binary = Path(impl.binary(plugin))
+                self.evictable.append(binary)
+                self.evictable.extend(shared_libraries(binary))
+        self.evictable.append(Path(self.floor))
+        self.evictable = list(dict.fromkeys(self.evictable))
+
+    def eviction_check(self):
+        self.evict_all()
+        return {str(path): resident_fraction(path) for path in self.evictable}
+
+    # ---- results
+    def results(self):
+        out = []
+        for row in self.rows:
+            ours = self.sample(row["id"], "ours").summary()
+            reference = self.sample(row["id"], "reference").summary()
+            ratio = None
+            if ours["median"] and reference["median"]:
+                ratio = ours["median"] / reference["median"]
+            entry = dict(row, ours=ours, reference=reference, ratio=ratio)
+            entry["target"], entry["met"], entry["target_value"] = self.judge(row, ratio)
+            out.append(entry)
+        floor = {key: self.sample(key, "floor").summary() for key in ("floor-ADD", "floor-DEL", "spawn-overhead")}
+        return out, floor
+
+    def judge(self, row, ratio):
+        target = row["target"]
+        if not target:
+            return None, None, None
+        basis, op, limit = target
+        if basis == "ratio":
+            value = ratio
+            text = f"ours/ref {op} {limit:g}x"
+        else:  # host-local at the most leases vs our own time at 0 leases
+            command = row["id"].rsplit("-", 1)[1]
+            zero = self.sample(f"leases-0-{command}", "ours").summary()["median"]
+            mine = self.sample(row["id"], "ours").summary()["median"]
+            value = mine / zero if mine and zero else None
+            text = f"ours/ours@0 {op} {limit:g}x"
+        if value is None:
+            return text, None, None
+        met = value <= limit if op == "<=" else value >= limit
+        return text, met, value
+
+
+# ---------------------------------------------------------------------------------------------
+# Output.
+
+
+def fmt(value, kind):
+    if value is None:
+        return "-"
+    if kind == "rate":
+        return f"{value:.1f}"
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def cell(summary, kind):
+    if summary["median"] is None:
+        return "FAILED" if summary["failures"] else "-"
+    text = f"{fmt(summary['median'], kind)} ({fmt(summary['min'], kind)}-{fmt(summary['max'], kind)})"
+    if summary["failures"]:
+        text += f" !{summary['failures']}"
+    return text
+
+
+def table(rows, floor, meta):
+    lines = []
+    header = f"{'measurement':<44} {'unit':<6} {'ours median (min-max)':>26} {'reference median (min-max)':>28} " \
+             f"{'ours/ref':>8}  target"
+    lines.append(header)
+    lines.append("-" * len(header) + "-" * 24)
+    for row in rows:
+        ratio = f"{row['ratio']:.2f}x" if row["ratio"] is not None else "-"
+        target = ""
+        if row["target"]:
+            verdict = "MET" if row["met"] else ("NOT MET" if row["met"] is not None else "n/a")
+            value = f" ({row['target_value']:.2f}x)" if row["target_value"] is not None and \
+                row["target"].startswith("ours/ours") else ""
+            target = f"{row['target']}{value}: {verdict}"
+        lines.append(f"{row['label']:<44} {row['unit']:<6} {cell(row['ours'], row['kind']):>26} "
+                     f"{cell(row['reference'], row['kind']):>28} {ratio:>8}  {target}")
+    lines.append("")
+    fa, fd, spawn = floor["floor-ADD"], floor["floor-DEL"], floor["spawn-overhead"]
+    if fa["median"] is not None:
+        lines.append(f"floor (bench/floor: same kernel work, raw netlink, static C): ADD {cell(fa, 'time')} ms, "
+                     f"DEL {cell(fd, 'time')} ms")
+        by_id = {row["id"]: row for row in rows}
+        for command, floor_summary in (("ADD", fa), ("DEL", fd)):
+            row = by_id[f"base-{command}"]
+            parts = []
+            for key in ("ours", "reference"):
+                if row[key]["median"] and floor_summary["median"]:
+                    parts.append(f"{key} {row[key]['median'] / floor_summary['median']:.1f}x floor")
+            if parts:
+                lines.append(f"  bridge + host-local v4 {command}: " + ", ".join(parts))
+    if spawn["median"] is not None:
+        lines.append(f"spawn overhead (posix_spawn + wait4 of a static no-op, included in every time above): "
+                     f"{cell(spawn, 'time')} ms")
+    if meta.get("masquerade_seen"):
+        lines.append("firewall holding the ipMasq rules after ADD: " +
+                     ", ".join(f"{k}: {v}" for k, v in sorted(meta["masquerade_seen"].items())))
+    met = [r for r in rows if r["met"] is True]
+    missed = [r for r in rows if r["target"] and r["met"] is not True]
+    lines.append(f"targets met: {len(met)} of {len(met) + len(missed)}" +
+                 (f"; not met: {', '.join(r['label'].strip() for r in missed)}" if missed else ""))
+    failures = [(r["label"], key, r[key]) for r in rows for key in ("ours", "reference") if r[key]["failures"]]
+    for label, key, summary in failures:
+        lines.append(f"FAILURES {key} / {label.strip()}: {summary['failures']}, first: {summary['first_error']}")
+    lines.append(f"load average before/after: {meta['load_before']} / {meta['load_after']}  "
+                 f"({meta['cpus']} CPUs; values shared with anything else running)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_floor(workdir: Path):
+    source = REPO / "bench" / "floor" / "floor.c"
+    for compiler in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if compiler and shutil.which(compiler):
+            target = workdir / "floor"
+            proc = subprocess.run([compiler, "-O2", "-static", "-o", str(target), str(source)],
+                                  capture_output=True, text=True)
+            if proc.returncode == 0:
+                return str(target)
+            print(f"warning: {compiler} could not build the floor: {proc.stderr.strip()[:300]}", file=sys.stderr)
+    raise RuntimeError("bench/floor/floor.c could not be compiled (cc, gcc or clang with a static libc is "
+                       "needed: it is the floor and the peak-RSS launcher)")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ours", type=Path, default=REPO / "bin", help="our plugins (default: bin/)")
+    parser.add_argument("--reference", type=Path, default=Path("/usr/lib/cni"), help="reference plugins")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of a few minutes")
+    parser.add_argument("--rounds", type=int, help="rounds, alternating A B B A (default 8; quick 4)")
+    parser.add_argument("--iterations", type=int, help="samples per measurement per round (default 5; quick 2)")
+    parser.add_argument("--containers", type=int, help="containers per throughput run (default 100; quick 32)")
+    parser.add_argument("--parallel", default="1,8,16", help="throughput parallelism levels (1 = sequential)")
+    parser.add_argument("--leases", default="0,1000,10000,60000", help="existing lease counts for host-local")
+    parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "latest.json")
+    parser.add_argument("--workroot", type=Path, default=Path("/var/tmp/cnibench"),
+                        help="state directories (on disk, like /var/lib/cni)")
+    args = parser.parse_args(argv)
+    args.rounds = args.rounds or (4 if args.quick else 8)
+    args.iterations = args.iterations or (2 if args.quick else 5)
+    args.containers = args.containers or (32 if args.quick else 100)
+    args.parallel_levels = [int(x) for x in args.parallel.split(",")]
+    args.lease_counts = sorted(int(x) for x in args.leases.split(","))
+    if max(args.lease_counts) > 65000:
+        parser.error("at most 65,000 leases fit the /16")
+    return args
+
+
+def round_order(rounds):
+    """A B B A A B B A ...: each column runs first and last equally often."""
+    pattern = ["ours", "reference", "reference", "ours"]
+    return [pattern[i % 4] for i in range(rounds)]
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt()  # so that the cleanup in main runs
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if os.geteuid() != 0:
+        sys.exit("bench: needs root (it creates network namespaces)")
+    for label, directory in (("ours", args.ours), ("reference", args.reference)):
+        missing = [p for p in PLUGINS if not os.access(directory / p, os.X_OK)]
+        if missing:
+            sys.exit(f"bench: {label}: {', '.join(missing)} missing in {directory} "
+                     "(run `make build`, or pass --ours /usr/lib/cni to check the harness)")
+    remove_stale(args.workroot)
+    workdir = args.workroot / str(os.getpid())
+    workdir.mkdir(parents=True)
+    namespaces = Namespaces(str(os.getpid()), max(args.containers, 1))
+    signal.signal(signal.SIGTERM, _terminate)
+    meta = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "cni_version": CNI_VERSION,
+        "ours": str(args.ours),
+        "reference": str(args.reference),
+        "rounds": round_order(args.rounds),
+        "iterations": args.iterations,
+        "containers": args.containers,
+        "parallel": args.parallel_levels,
+        "leases": args.lease_counts,
+        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "git": sh("git", "-C", REPO, "describe", "--always", "--dirty", check=False).strip(),
+    }
+    try:
+        print(f"bench: setting up ({args.containers} container namespaces, leases "
+              f"{', '.join(map(str, args.lease_counts))})", file=sys.stderr, flush=True)
+        floor = build_floor(workdir)
+        namespaces.create()
+        namespaces.enter_host()
+        sh("ip", "link", "set", "lo", "up")
+        spawner = Spawner(workdir)
+        implementations = {
+            "ours": Implementation("ours", "ours", args.ours.resolve(), 1, workdir),
+            "reference": Implementation("reference", "reference", args.reference.resolve(), 2, workdir),
+        }
+        bench = Bench(args, implementations, spawner, namespaces, floor, workdir)
+        bench.prepare()
+        meta["resident_after_eviction"] = bench.eviction_check()
+        for number, key in enumerate(meta["rounds"]):
+            bench.round(implementations[key], number)
+        rows, floor_results = bench.results()
+        meta["masquerade_seen"] = {f"{impl} {scenario}": used for (impl, scenario), used in bench.masq_seen.items()}
+    finally:
+        namespaces.destroy()
+        shutil.rmtree(workdir, ignore_errors=True)
+    meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    text = table(rows, floor_results, meta)
+    print(text)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"meta": meta, "rows": rows, "floor": floor_results, "table": text}, indent=1))
+    print(f"\n(written to {args.json})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
