@@ -14,7 +14,7 @@ DEB_PACKAGES := libnl-3-dev libnl-route-3-dev iproute2 nftables iptables contain
 	python3 python3-pytest procps util-linux
 RELEASE_FLAGS := -c release --static-swift-stdlib -Xlinker -s
 
-.PHONY: all build deps test unit-test integration-test lint format install clean demo
+.PHONY: all build deps test unit-test integration-test lint format install clean demo bench
 
 all: build
 
@@ -48,6 +48,17 @@ lint:
 
 format:
 	$(SWIFT) format --in-place --recursive Package.swift Sources Tests
+
+# Ours (bin/) against the reference (/usr/lib/cni), side by side; QUICK=1 for a smoke run of a
+# few minutes. bench/README.md explains the table. A C compiler with a static libc builds the floor.
+bench: deps build
+	@missing=$$(for p in gcc libc6-dev; do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	$(PYTHON) bench/run.py $(if $(QUICK),--quick)
 
 install: build
 	install -d $(DESTDIR)$(CNI_BIN_DIR)

@@ -856,6 +856,7 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, _terminate)
     meta = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "pid": os.getpid(),
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
         "cni_version": CNI_VERSION,
