@@ -10,9 +10,15 @@ SWIFT ?= swift
 PYTHON ?= /usr/bin/python3
 # Debian packages: libnl for the build; iproute2, nftables, iptables for the plugins; the
 # reference plugins and pytest for the integration tests and benchmarks.
-DEB_PACKAGES := libnl-3-dev libnl-route-3-dev iproute2 nftables iptables containernetworking-plugins \
+DEB_PACKAGES := pkg-config libnl-3-dev libnl-route-3-dev iproute2 nftables iptables containernetworking-plugins \
 	python3 python3-pytest procps util-linux
 RELEASE_FLAGS := -c release --static-swift-stdlib -Xlinker -s
+# Release binaries link libnl statically too, so they run on a node without libnl installed (as
+# the reference's Go binaries do). SwiftPM takes libnl's link flags from pkg-config; a shadowing
+# libnl-route-3.0.pc whose -L names a directory holding only the .a archives makes it pick those.
+STATIC_DIR := $(CURDIR)/.build-static
+NL_LIBDIR = $(shell pkg-config --variable=libdir libnl-route-3.0)
+RELEASE_ENV = PKG_CONFIG_PATH=$(STATIC_DIR)/pkgconfig
 
 .PHONY: all build deps test unit-test integration-test lint format install clean demo bench
 
@@ -26,10 +32,16 @@ deps:
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-build:
-	$(SWIFT) build $(RELEASE_FLAGS)
+$(STATIC_DIR)/pkgconfig/libnl-route-3.0.pc:
+	@mkdir -p $(STATIC_DIR)/lib $(STATIC_DIR)/pkgconfig
+	@ln -sf $(NL_LIBDIR)/libnl-3.a $(NL_LIBDIR)/libnl-route-3.a $(STATIC_DIR)/lib/
+	@printf 'Name: libnl-route-3.0\nDescription: libnl-route, static\nVersion: 3\nCflags: -I/usr/include/libnl3\nLibs: -L%s -lnl-route-3 -lnl-3\n' \
+		"$(STATIC_DIR)/lib" > $@
+
+build: $(STATIC_DIR)/pkgconfig/libnl-route-3.0.pc
+	$(RELEASE_ENV) $(SWIFT) build $(RELEASE_FLAGS)
 	@mkdir -p bin
-	@bindir=$$($(SWIFT) build $(RELEASE_FLAGS) --show-bin-path); \
+	@bindir=$$($(RELEASE_ENV) $(SWIFT) build $(RELEASE_FLAGS) --show-bin-path); \
 	for p in $(PLUGINS); do \
 		if [ -x "$$bindir/$$p" ]; then install -m 0755 "$$bindir/$$p" bin/$$p; fi; \
 	done; ls -l bin
@@ -65,4 +77,4 @@ install: build
 	for p in $(PLUGINS); do [ -x bin/$$p ] && install -m 0755 bin/$$p $(DESTDIR)$(CNI_BIN_DIR)/$$p; done
 
 clean:
-	rm -rf .build bin
+	rm -rf .build .build-static bin

@@ -21,8 +21,11 @@ let package = Package(
         // The CNI protocol: environment, config, results, errors, CNI_ARGS, delegation, dispatch.
         .target(name: "CNI", dependencies: ["NetAddress", "Exec"]),
 
-        .testTarget(name: "CNITests", dependencies: ["CNI"]),
+        // libnl wrappers: links, addresses, routes, bridge ports, network namespaces, sysctls.
+        .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
 
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),
+        .testTarget(name: "CNITests", dependencies: ["CNI"]),
+        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetAddress"]),
     ]
 )

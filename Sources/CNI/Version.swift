@@ -24,12 +24,20 @@ public struct CNIVersion: Comparable, Hashable, Sendable, CustomStringConvertibl
         self.init(numbers[0], numbers[1], numbers[2])
     }
 
+    // Spec versions read best as written (`.v0_4_0`), so these keep their underscores.
+    // swift-format-ignore: AlwaysUseLowerCamelCase
     public static let v0_1_0 = CNIVersion(0, 1, 0)
+    // swift-format-ignore: AlwaysUseLowerCamelCase
     public static let v0_2_0 = CNIVersion(0, 2, 0)
+    // swift-format-ignore: AlwaysUseLowerCamelCase
     public static let v0_3_0 = CNIVersion(0, 3, 0)
+    // swift-format-ignore: AlwaysUseLowerCamelCase
     public static let v0_3_1 = CNIVersion(0, 3, 1)
+    // swift-format-ignore: AlwaysUseLowerCamelCase
     public static let v0_4_0 = CNIVersion(0, 4, 0)
+    // swift-format-ignore: AlwaysUseLowerCamelCase
     public static let v1_0_0 = CNIVersion(1, 0, 0)
+    // swift-format-ignore: AlwaysUseLowerCamelCase
     public static let v1_1_0 = CNIVersion(1, 1, 0)
 
     /// Every version a runtime may send us, oldest first.

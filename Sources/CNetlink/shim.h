@@ -18,5 +18,13 @@
 #include <linux/if_bridge.h>
 #include <linux/rtnetlink.h>
 #include <linux/neighbour.h>
+#include <linux/veth.h>
+#include <linux/nsfs.h>
+#include <sys/ioctl.h>
+#include <sys/statfs.h>
+
+// ioctl(2) is variadic, which Swift cannot call: the namespace type of an nsfs file
+// (CLONE_NEWNET for a network namespace), or -1 with errno (ENOTTY: not a namespace file).
+static inline int cni_namespace_type(int fd) { return ioctl(fd, NS_GET_NSTYPE); }
 
 #endif
