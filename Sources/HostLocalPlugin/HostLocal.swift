@@ -1,0 +1,152 @@
+import CNI
+import IPAM
+import NetAddress
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#endif
+
+/// The host-local IPAM plugin: addresses from configured ranges, leases on local disk in the
+/// reference's format (see `LeaseStore`).
+public enum HostLocal {
+    public static let handlers = PluginHandlers(add: add, del: del, check: check, status: status, gc: gc)
+
+    static func add(_ request: PluginRequest) throws(CNIError) -> CNIResult {
+        let config = try HostLocalConfig.load(request)
+        let dns = try config.resolvConf.map { path throws(CNIError) in try ResolvConf.load(path) } ?? DNS()
+        let assignment = try config.assignRequested()
+        let owner = LeaseOwner(containerID: request.containerID, ifname: request.ifName)
+        return try LeaseStore.withLock(dataDir: config.dataDir, network: config.network) {
+            store throws(CNIError) in
+            // One container interface gets one address per range set, never two.
+            let held = try store.leases(of: owner) + store.leases(of: owner.legacy)
+            for set in config.rangeSets {
+                if let existing = held.first(where: set.contains) {
+                    throw CNIError(
+                        .addressUnavailable,
+                        "\(existing) has been allocated to \(owner.containerID), duplicate allocation is not allowed",
+                        details: "\(owner) already holds \(existing); DEL it before adding it again")
+                }
+            }
+            var taken: [IPAddress] = []
+            var ips: [CNIResult.IPConfig] = []
+            do throws(CNIError) {
+                for (index, set) in config.rangeSets.enumerated() {
+                    let ip = try Allocator.allocate(
+                        from: set, index: index, requested: assignment[index], for: owner, in: store)
+                    taken.append(ip.address.address)
+                    ips.append(ip)
+                }
+            } catch {
+                // The lock is still held: release exactly what this ADD took, nothing else.
+                for address in taken { _ = try? store.release(address, of: owner) }
+                throw error
+            }
+            return CNIResult(ips: ips, routes: config.routes, dns: dns)
+        }
+    }
+
+    static func del(_ request: PluginRequest) throws(CNIError) {
+        let config = try HostLocalConfig.location(request)
+        // Nothing was ever leased on this network here: nothing to release.
+        guard directoryExists(LeaseStore.directory(dataDir: config.dataDir, network: config.network)) else { return }
+        let owner = LeaseOwner(containerID: request.containerID, ifname: request.ifName)
+        try LeaseStore.withLock(dataDir: config.dataDir, network: config.network) { store throws(CNIError) in
+            // Legacy id-only leases count only when the interface holds none of its own (the reference's rule).
+            let exact = try store.leases(of: owner)
+            let holder = exact.isEmpty ? owner.legacy : owner
+            let addresses = exact.isEmpty ? try store.leases(of: holder) : exact
+            var failures: [String] = []
+            for address in addresses {
+                do throws(CNIError) {
+                    try store.release(address, of: holder)
+                } catch {
+                    failures.append(error.message)
+                }
+            }
+            if !failures.isEmpty {
+                throw CNIError(.storeFailure, failures.joined(separator: "; "), details: "releasing \(owner)")
+            }
+        }
+    }
+
+    static func check(_ request: PluginRequest) throws(CNIError) {
+        let config = try HostLocalConfig.location(request)
+        let owner = LeaseOwner(containerID: request.containerID, ifname: request.ifName)
+        let found: Bool
+        if directoryExists(LeaseStore.directory(dataDir: config.dataDir, network: config.network)) {
+            found = try LeaseStore.withLock(dataDir: config.dataDir, network: config.network) {
+                store throws(CNIError) in
+                if try !store.leases(of: owner).isEmpty { return true }
+                return try !store.leases(of: owner.legacy).isEmpty
+            }
+        } else {
+            found = false
+        }
+        guard found else {
+            throw CNIError(
+                .checkFailed, "host-local: Failed to find address added by container \(request.containerID)",
+                details:
+                    "no lease of \(owner) in \(LeaseStore.directory(dataDir: config.dataDir, network: config.network))")
+        }
+    }
+
+    static func gc(_ request: PluginRequest) throws(CNIError) {
+        let config = try HostLocalConfig.location(request)
+        let valid = try request.validAttachments()
+        guard directoryExists(LeaseStore.directory(dataDir: config.dataDir, network: config.network)) else { return }
+        let failures = try LeaseStore.withLock(dataDir: config.dataDir, network: config.network) {
+            store throws(CNIError) in
+            try collectGarbage(store, keeping: valid)
+        }
+        if !failures.isEmpty {
+            throw CNIError(
+                .storeFailure, "GC: \(failures.count) lease(s) could not be released",
+                details: failures.joined(separator: "; "))
+        }
+    }
+
+    /// Releases every lease whose owner is not a valid attachment (a legacy lease stays when its
+    /// container has any valid attachment). Goes on after failures and returns them.
+    static func collectGarbage(_ store: LeaseStore, keeping valid: [Attachment]) throws(CNIError) -> [String] {
+        let keep = Set(valid.map { LeaseOwner(containerID: $0.containerID, ifname: $0.ifname) })
+        let keepLegacy = Set(keep.map(\.containerID))
+        var failures: [String] = []
+        for owner in try store.owners() {
+            if owner.isLegacy ? keepLegacy.contains(owner.containerID) : keep.contains(owner) { continue }
+            do throws(CNIError) {
+                for address in try store.leases(of: owner) {
+                    try store.release(address, of: owner)
+                }
+            } catch {
+                failures.append("\(owner): \(error.message)")
+            }
+        }
+        return failures
+    }
+
+    static func status(_ request: PluginRequest) throws(CNIError) {
+        let config = try HostLocalConfig.location(request)
+        let directory = LeaseStore.directory(dataDir: config.dataDir, network: config.network)
+        do throws(CNIError) {
+            try LeaseStore.withLock(dataDir: config.dataDir, network: config.network) { store throws(CNIError) in
+                // Root passes permission checks; this catches read-only filesystems among others.
+                guard access(store.directory, W_OK) == 0 else {
+                    throw CNIError(
+                        .storeFailure, "\(store.directory) is not writable: \(String(cString: strerror(errno)))")
+                }
+            }
+        } catch {
+            throw CNIError(
+                .notAvailable, "host-local: IPAM store \(directory) is not usable",
+                details: error.message)
+        }
+    }
+
+    private static func directoryExists(_ path: String) -> Bool {
+        var info = stat()
+        return stat(path, &info) == 0 && info.st_mode & S_IFMT == S_IFDIR
+    }
+}

@@ -1,0 +1,203 @@
+import CNI
+import IPAM
+import NetAddress
+
+/// host-local's view of its config, validated: every range set, the requested addresses and
+/// where the leases live. Errors are code 7 naming the key and the value.
+struct HostLocalConfig {
+    var network: String
+    var dataDir: String
+    var rangeSets: [RangeSet] = []
+    /// Requested addresses, in the reference's order: CNI_ARGS `IP`, `args.cni.ips`,
+    /// `runtimeConfig.ips`; duplicates dropped.
+    var requested: [IPAddress] = []
+    var routes: [CNIResult.Route] = []
+    var resolvConf: String?
+
+    /// The keys host-local reads, as raw text so that errors can name key and value.
+    struct Keys: Decodable {
+        struct RangeKeys: Decodable {
+            var subnet: String?
+            var rangeStart: String?
+            var rangeEnd: String?
+            var gateway: String?
+        }
+        struct IPAMKeys: Decodable {
+            var subnet: String?
+            var rangeStart: String?
+            var rangeEnd: String?
+            var gateway: String?
+            var ranges: [[RangeKeys]]?
+            var routes: [CNIResult.Route]?
+            var dataDir: String?
+            var resolvConf: String?
+        }
+        struct RuntimeKeys: Decodable {
+            var ips: [String]?
+            var ipRanges: [[RangeKeys]]?
+        }
+        struct ArgsKeys: Decodable {
+            struct CNIKeys: Decodable { var ips: [String]? }
+            var cni: CNIKeys?
+        }
+        var ipam: IPAMKeys?
+        var runtimeConfig: RuntimeKeys?
+        var args: ArgsKeys?
+    }
+
+    /// Only what DEL, CHECK, GC and STATUS need: the store's location. Ranges are not validated,
+    /// so a config edited into something invalid still lets its leases be released.
+    static func location(_ request: PluginRequest) throws(CNIError) -> HostLocalConfig {
+        let keys = try request.decode(Keys.self)
+        guard let ipam = keys.ipam else { throw missingIPAM }
+        return HostLocalConfig(network: request.config.name, dataDir: try dataDir(ipam.dataDir))
+    }
+
+    /// Everything ADD needs, validated.
+    static func load(_ request: PluginRequest) throws(CNIError) -> HostLocalConfig {
+        let keys = try request.decode(Keys.self)
+        guard let ipam = keys.ipam else { throw missingIPAM }
+        var config = HostLocalConfig(network: request.config.name, dataDir: try dataDir(ipam.dataDir))
+        config.routes = ipam.routes ?? []
+        config.resolvConf = ipam.resolvConf.flatMap { $0.isEmpty ? nil : $0 }
+
+        // Final order (the reference's): runtimeConfig.ipRanges, the legacy top-level range, ranges.
+        var sets: [(keys: [Keys.RangeKeys], key: String)] = []
+        for (i, set) in (keys.runtimeConfig?.ipRanges ?? []).enumerated() {
+            sets.append((set, "runtimeConfig.ipRanges[\(i)]"))
+        }
+        if let subnet = ipam.subnet, !subnet.isEmpty {
+            let legacy = Keys.RangeKeys(
+                subnet: subnet, rangeStart: ipam.rangeStart, rangeEnd: ipam.rangeEnd, gateway: ipam.gateway)
+            sets.append(([legacy], "ipam"))
+        }
+        for (i, set) in (ipam.ranges ?? []).enumerated() {
+            sets.append((set, "ipam.ranges[\(i)]"))
+        }
+        guard !sets.isEmpty else {
+            throw CNIError(
+                .invalidNetworkConfig, "no IP ranges specified",
+                details: "set ipam.ranges (or the legacy ipam.subnet)")
+        }
+        for (index, set) in sets.enumerated() {
+            // The legacy range's keys sit directly under ipam (ipam.subnet, not ipam[0].subnet).
+            let rangeKey = { (i: Int) in set.key == "ipam" ? "ipam" : "\(set.key)[\(i)]" }
+            var ranges: [IPRange] = []
+            for (i, range) in set.keys.enumerated() {
+                ranges.append(try parseRange(range, key: rangeKey(i)))
+            }
+            let rangeSet = try RangeSet(ranges, key: set.key)
+            for (earlier, other) in config.rangeSets.enumerated() where other.overlaps(rangeSet) {
+                throw CNIError(
+                    .invalidNetworkConfig,
+                    "range set \(index) overlaps with \(earlier): \(set.key) (\(rangeSet)) and \(sets[earlier].key) "
+                        + "(\(other))")
+            }
+            config.rangeSets.append(rangeSet)
+        }
+        // Before 0.3.0 a result holds one address per family.
+        if request.version < .v0_3_0 {
+            for family in [IPAddress.Family.v4, .v6] where config.rangeSets.filter({ $0.family == family }).count > 1 {
+                throw CNIError(
+                    .invalidNetworkConfig,
+                    "CNI version \(request.config.cniVersion) does not support more than 1 address per family",
+                    details: "use cniVersion 0.3.0 or later for several IPv\(family.rawValue) range sets")
+            }
+        }
+
+        var requested: [(IPAddress, String)] = []
+        let args = try request.args(known: ["IP"])
+        if let text = args["IP"], !text.isEmpty {
+            for item in text.split(separator: ",") {
+                requested.append(
+                    (try parseRequested(String(item), key: "CNI_ARGS IP", code: .invalidEnvironment), "CNI_ARGS IP"))
+            }
+        }
+        for (i, text) in (keys.args?.cni?.ips ?? []).enumerated() {
+            requested.append((try parseRequested(text, key: "args.cni.ips[\(i)]"), "args.cni.ips[\(i)]"))
+        }
+        for (i, text) in (keys.runtimeConfig?.ips ?? []).enumerated() {
+            requested.append((try parseRequested(text, key: "runtimeConfig.ips[\(i)]"), "runtimeConfig.ips[\(i)]"))
+        }
+        for (address, _) in requested where !config.requested.contains(address) {
+            config.requested.append(address)
+        }
+        return config
+    }
+
+    /// Which requested address each range set takes: the first not yet taken that the set
+    /// contains. A requested address no set takes fails the ADD before anything is allocated.
+    func assignRequested() throws(CNIError) -> [IPAddress?] {
+        var remaining = requested
+        var assignment: [IPAddress?] = []
+        for set in rangeSets {
+            if let index = remaining.firstIndex(where: set.contains) {
+                assignment.append(remaining.remove(at: index))
+            } else {
+                assignment.append(nil)
+            }
+        }
+        guard remaining.isEmpty else {
+            throw CNIError(
+                .invalidNetworkConfig,
+                "failed to allocate all requested IPs: \(remaining.map(\.description).joined(separator: " "))",
+                details: "each requested address must lie in a range (rangeStart-rangeEnd) of its own range set: "
+                    + rangeSets.map { "[\($0)]" }.joined(separator: " "))
+        }
+        return assignment
+    }
+
+    private static let missingIPAM = CNIError(
+        .invalidNetworkConfig, "IPAM config missing 'ipam' key", details: "host-local reads its settings from \"ipam\"")
+
+    private static func dataDir(_ value: String?) throws(CNIError) -> String {
+        guard let value, !value.isEmpty else { return LeaseStore.defaultDataDir }
+        guard value.hasPrefix("/") else {
+            // A relative path would depend on the runtime's working directory.
+            throw CNIError(
+                .invalidNetworkConfig, "invalid ipam.dataDir \"\(value)\": not an absolute path",
+                details: "the default is \(LeaseStore.defaultDataDir)")
+        }
+        return value
+    }
+
+    private static func parseRange(_ keys: Keys.RangeKeys, key: String) throws(CNIError) -> IPRange {
+        guard let subnetText = keys.subnet, !subnetText.isEmpty else {
+            throw CNIError(.invalidNetworkConfig, "invalid \(key): missing subnet", details: "e.g. \"10.1.2.0/24\"")
+        }
+        guard let subnet = IPPrefix(subnetText) else {
+            throw CNIError(
+                .invalidNetworkConfig, "invalid \(key).subnet \"\(subnetText)\": not a CIDR",
+                details: "e.g. \"10.1.2.0/24\" or \"2001:db8:1::/64\"")
+        }
+        return try IPRange(
+            subnet: subnet,
+            rangeStart: try address(keys.rangeStart, key: "\(key).rangeStart"),
+            rangeEnd: try address(keys.rangeEnd, key: "\(key).rangeEnd"),
+            gateway: try address(keys.gateway, key: "\(key).gateway"),
+            key: key)
+    }
+
+    private static func address(_ text: String?, key: String) throws(CNIError) -> IPAddress? {
+        guard let text, !text.isEmpty else { return nil }
+        guard let address = IPAddress(text) else {
+            throw CNIError(.invalidNetworkConfig, "invalid \(key) \"\(text)\": not an IP address")
+        }
+        return address
+    }
+
+    /// A requested address, with or without a prefix length (`10.1.2.11` or `10.1.2.11/24`).
+    private static func parseRequested(
+        _ text: String, key: String, code: CNIError.Code = .invalidNetworkConfig
+    ) throws(CNIError) -> IPAddress {
+        let trimmed = text.trimmingCharacters(in: " ")
+        if let address = IPAddress(trimmed) ?? IPPrefix(trimmed)?.address { return address }
+        throw CNIError(code, "invalid \(key) \"\(text)\": not an IP address")
+    }
+}
+
+extension String {
+    fileprivate func trimmingCharacters(in set: Character) -> String {
+        String(drop { $0 == set }.reversed().drop { $0 == set }.reversed())
+    }
+}

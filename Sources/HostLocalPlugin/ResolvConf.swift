@@ -1,0 +1,38 @@
+import CNI
+import FoundationEssentials
+
+/// resolv.conf as the reference reads it into a result's `dns`: `nameserver` (each one),
+/// `domain`, `search` and `options` (all their fields); lines starting with `#` or `;` skipped.
+enum ResolvConf {
+    static func parse(_ text: String) -> DNS {
+        var dns = DNS()
+        for line in text.split(whereSeparator: \.isNewline) {
+            let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+            guard let keyword = fields.first, !keyword.hasPrefix("#"), !keyword.hasPrefix(";") else { continue }
+            let values = Array(fields.dropFirst())
+            switch keyword {
+            case "nameserver":
+                if let server = values.first { dns.nameservers = (dns.nameservers ?? []) + [server] }
+            case "domain":
+                if let domain = values.first { dns.domain = domain }
+            case "search":
+                dns.search = (dns.search ?? []) + values
+            case "options":
+                dns.options = (dns.options ?? []) + values
+            default:
+                continue
+            }
+        }
+        return dns
+    }
+
+    static func load(_ path: String) throws(CNIError) -> DNS {
+        do {
+            return parse(try String(contentsOfFile: path, encoding: .utf8))
+        } catch {
+            throw CNIError(
+                .invalidNetworkConfig, "invalid ipam.resolvConf \"\(path)\": cannot read it",
+                details: "\(error)")
+        }
+    }
+}

@@ -1,0 +1,46 @@
+import CNI
+import NetAddress
+
+/// Takes addresses from range sets for one owner, as host-local does.
+public enum Allocator {
+    /// Takes one address of `set` (range set number `index` of the config) for `owner`:
+    /// `requested` when given (it must lie in the set and not be its range's gateway), otherwise
+    /// the next free address in round-robin order after the set's last reserved address. No
+    /// directory scan: each candidate is simply tried (a link that fails with EEXIST).
+    public static func allocate(
+        from set: RangeSet, index: Int, requested: IPAddress?, for owner: LeaseOwner, in store: LeaseStore
+    ) throws(CNIError) -> CNIResult.IPConfig {
+        if let requested {
+            guard let range = set.range(for: requested) else {
+                throw CNIError(
+                    .invalidNetworkConfig, "requested IP \(requested) is not in range set \(index) (\(set))",
+                    details: "request an address between rangeStart and rangeEnd of a range")
+            }
+            guard requested != range.gateway else {
+                throw CNIError(
+                    .addressUnavailable, "requested ip \(requested) is subnet's gateway",
+                    details: "range \(range) of range set \(index) has gateway \(range.gateway)")
+            }
+            guard try store.reserve(requested, for: owner, rangeSetIndex: index) else {
+                let holder = try store.owner(of: requested).map { " to \($0)" } ?? ""
+                throw CNIError(
+                    .addressUnavailable, "requested IP \(requested) is already allocated\(holder)",
+                    details: "requested IP address \(requested) is not available in range set \(set)")
+            }
+            return CNIResult.IPConfig(address: prefix(requested, in: range), gateway: range.gateway)
+        }
+        for (candidate, range) in set.candidates(after: try store.lastReserved(rangeSetIndex: index))
+        where try store.reserve(candidate, for: owner, rangeSetIndex: index) {
+            return CNIResult.IPConfig(address: prefix(candidate, in: range), gateway: range.gateway)
+        }
+        throw CNIError(
+            .addressUnavailable,
+            "failed to allocate for range \(index): no IP addresses available in range set: \(set)",
+            details: "every address of the set is leased; release some (DEL, GC) or widen the ranges")
+    }
+
+    private static func prefix(_ address: IPAddress, in range: IPRange) -> IPPrefix {
+        // The length comes from a valid prefix of the same family.
+        IPPrefix(address: address, length: range.subnet.length)!
+    }
+}

@@ -1,0 +1,4 @@
+import CNI
+import HostLocalPlugin
+
+Plugin.main(name: "host-local", handlers: HostLocal.handlers)

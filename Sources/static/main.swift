@@ -1,0 +1,4 @@
+import CNI
+import StaticPlugin
+
+Plugin.main(name: "static", handlers: Static.handlers)

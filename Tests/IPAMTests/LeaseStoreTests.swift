@@ -1,0 +1,141 @@
+import CNI
+import IPAM
+import NetAddress
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+@Suite struct LeaseStoreTests {
+    let directory = TemporaryDirectory()
+    let owner = LeaseOwner(containerID: "dummy", ifname: "eth0")
+
+    func withStore<R>(_ body: (LeaseStore) throws(CNIError) -> R) throws -> R {
+        try LeaseStore.withLock(dataDir: directory.path, network: "mynet", body)
+    }
+
+    @Test func writesTheReferenceFormatExactly() throws {
+        let reserved = try withStore { store throws(CNIError) in
+            try store.reserve(ip("10.1.2.2"), for: owner, rangeSetIndex: 0)
+        }
+        #expect(reserved)
+        #expect(directory.read("mynet/10.1.2.2") == "dummy\r\neth0")
+        #expect(directory.mode("mynet/10.1.2.2") == 0o600)
+        #expect(directory.read("mynet/last_reserved_ip.0") == "10.1.2.2")
+        #expect(directory.mode("mynet/lock") == 0o750 & ~currentUmask())
+        // Nothing but leases, the lock and last_reserved_ip in the reference's directory.
+        #expect(directory.list("mynet") == ["10.1.2.2", "last_reserved_ip.0", "lock"])
+        #expect(directory.list(".swift-cni-index/mynet") == ["dummy@eth0"])
+    }
+
+    @Test func ownersParseLikeTheReference() {
+        #expect(LeaseOwner(fileContent: Array("dummy\r\neth0".utf8)) == owner)
+        #expect(LeaseOwner(fileContent: Array("   dummy\r\neth0\n ".utf8)) == owner)
+        #expect(LeaseOwner(fileContent: Array("dummy".utf8)) == owner.legacy)
+        #expect(LeaseOwner(fileContent: Array("dummy\n".utf8)).isLegacy)
+        #expect(LeaseOwner(containerID: "  dummy\n", ifname: "eth0") == owner)
+        #expect(owner.fileContent == Array("dummy\r\neth0".utf8))
+        #expect(owner.legacy.fileContent == Array("dummy".utf8))
+    }
+
+    @Test func aTakenAddressIsNotReservedAgain() throws {
+        directory.write("mynet/10.1.2.2", "other\r\neth0")
+        let reserved = try withStore { store throws(CNIError) in
+            try store.reserve(ip("10.1.2.2"), for: owner, rangeSetIndex: 0)
+        }
+        #expect(!reserved)
+        #expect(directory.read("mynet/10.1.2.2") == "other\r\neth0")
+    }
+
+    @Test func seesLeasesWrittenByAForeignWriterBetweenOperations() throws {
+        try withStore { store throws(CNIError) in
+            _ = try store.reserve(ip("10.1.2.2"), for: owner, rangeSetIndex: 0)
+        }
+        // The reference writes a lease and a legacy one (it does not know our index).
+        directory.write("mynet/10.1.2.3", "dummy\r\neth1")
+        directory.write("mynet/10.1.2.4", "olddummy")
+        let (eth1, legacy, eth0) = try withStore { store throws(CNIError) in
+            (
+                try store.leases(of: LeaseOwner(containerID: "dummy", ifname: "eth1")),
+                try store.leases(of: LeaseOwner(containerID: "olddummy", ifname: "")),
+                try store.leases(of: owner)
+            )
+        }
+        #expect(eth1 == [ip("10.1.2.3")])
+        #expect(legacy == [ip("10.1.2.4")])
+        #expect(eth0 == [ip("10.1.2.2")])
+    }
+
+    @Test func aForeignReleaseLeavesNoStaleAnswer() throws {
+        try withStore { store throws(CNIError) in
+            _ = try store.reserve(ip("10.1.2.2"), for: owner, rangeSetIndex: 0)
+            _ = try store.reserve(ip("10.1.2.3"), for: owner, rangeSetIndex: 1)
+        }
+        // Rewritten behind our back with the directory stamps intact: only verification catches it.
+        let leasePath = directory.path + "/mynet/10.1.2.3"
+        var info = stat()
+        stat(directory.path + "/mynet", &info)
+        directory.write("mynet/10.1.2.3", "someone\r\neth0")
+        var times = [info.st_mtim, info.st_mtim]
+        utimensat(AT_FDCWD, directory.path + "/mynet", &times, 0)
+        _ = leasePath
+        let leases = try withStore { store throws(CNIError) in try store.leases(of: owner) }
+        #expect(leases == [ip("10.1.2.2")])
+        #expect(directory.read(".swift-cni-index/mynet/dummy@eth0")?.contains("10.1.2.3") == false)
+    }
+
+    @Test func anInterruptedOperationIsRepairedByTheNextOne() throws {
+        try withStore { store throws(CNIError) in
+            _ = try store.reserve(ip("10.1.2.2"), for: owner, rangeSetIndex: 0)
+        }
+        // A process killed after linking a lease but before updating the index and stamps.
+        directory.write("mynet/10.1.2.9", "killed\r\neth0")
+        directory.write(".swift-cni-index/mynet/~lease", "killed\r\neth0")
+        let killed = try withStore { store throws(CNIError) in
+            try store.leases(of: LeaseOwner(containerID: "killed", ifname: "eth0"))
+        }
+        #expect(killed == [ip("10.1.2.9")])
+        #expect(!directory.list(".swift-cni-index/mynet").contains("~lease"))
+    }
+
+    @Test func longContainerIDsGetHashedIndexNames() throws {
+        let long = LeaseOwner(containerID: String(repeating: "a", count: 300), ifname: "eth0")
+        try withStore { store throws(CNIError) in
+            _ = try store.reserve(ip("10.1.2.2"), for: long, rangeSetIndex: 0)
+        }
+        let names = directory.list(".swift-cni-index/mynet")
+        #expect(names.count == 1 && names[0].hasPrefix("#"))
+        let (leases, owners) = try withStore { store throws(CNIError) in
+            (try store.leases(of: long), try store.owners())
+        }
+        #expect(leases == [ip("10.1.2.2")])
+        #expect(owners == [long])
+    }
+
+    @Test func oddLeaseContentStillIndexes() throws {
+        directory.write("mynet/10.1.2.7", "we/ird id\r\nif@0")
+        directory.write("mynet/10.1.2.8", "")
+        directory.write("mynet/not-an-ip", "dummy\r\neth0")
+        directory.write("mynet/010.1.2.9", "dummy\r\neth0")  // not the canonical text: not a lease
+        let owners = try withStore { store throws(CNIError) in try store.owners() }
+        #expect(
+            Set(owners)
+                == [
+                    LeaseOwner(fileContent: Array("we/ird id\r\nif@0".utf8)), LeaseOwner(fileContent: []),
+                ])
+    }
+
+    @Test func releaseOnlyRemovesTheOwnersLease() throws {
+        directory.write("mynet/10.1.2.2", "other\r\neth0")
+        let released = try withStore { store throws(CNIError) in try store.release(ip("10.1.2.2"), of: owner) }
+        #expect(!released)
+        #expect(directory.read("mynet/10.1.2.2") == "other\r\neth0")
+    }
+}
+
+private func currentUmask() -> mode_t {
+    let mask = umask(0)
+    umask(mask)
+    return mask
+}
