@@ -8,6 +8,8 @@ let package = Package(
     products: [
         .executable(name: "host-local", targets: ["host-local"]),
         .executable(name: "static", targets: ["static"]),
+        .executable(name: "bridge", targets: ["bridge"]),
+        .executable(name: "loopback", targets: ["loopback"]),
     ],
     targets: [
         // Glibc declarations Swift's Glibc module lacks (setns, pipe2, CLONE_NEWNET).
@@ -24,6 +26,8 @@ let package = Package(
         .target(name: "Exec", dependencies: ["CSystem"]),
         // The CNI protocol: environment, config, results, errors, CNI_ARGS, delegation, dispatch.
         .target(name: "CNI", dependencies: ["NetAddress", "Exec"]),
+        // ipMasq (iptables and nftables) and the bridge's MAC spoof check, as one transaction each.
+        .target(name: "Masquerade", dependencies: ["NetAddress", "Exec"]),
 
         // libnl wrappers: links, addresses, routes, bridge ports, network namespaces, sysctls.
         .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
@@ -36,8 +40,17 @@ let package = Package(
 
         .testTarget(name: "IPAMTests", dependencies: ["IPAM", "HostLocalPlugin", "StaticPlugin"]),
 
+        // The bridge and loopback plugins: thin compositions of the layers above.
+        .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink", "Masquerade"]),
+        .target(name: "LoopbackPlugin", dependencies: ["CNI", "NetAddress", "Netlink"]),
+        .executableTarget(name: "bridge", dependencies: ["BridgePlugin", "CNI"]),
+        .executableTarget(name: "loopback", dependencies: ["LoopbackPlugin", "CNI"]),
+
+        .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "CNI", "NetAddress"]),
+
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),
         .testTarget(name: "CNITests", dependencies: ["CNI"]),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetAddress"]),
+        .testTarget(name: "MasqueradeTests", dependencies: ["Masquerade", "NetAddress"]),
     ]
 )

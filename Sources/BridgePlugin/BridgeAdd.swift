@@ -1,0 +1,500 @@
+import CNI
+import NetAddress
+import Netlink
+
+/// ADD, in the reference's order (CNI-REFERENCE §2.1 steps 1–13), with three differences:
+/// the container namespace and CNI_IFNAME are checked before anything is created; the veth is
+/// created with its peer directly in the container namespace; and every step that leaves
+/// something behind registers its undo, so a failure later leaves no veth, lease or rule.
+/// (A bridge this ADD created stays, as the reference's do: other attachments may share it
+/// by the time we fail, and an idle bridge costs nothing.)
+struct BridgeAdd {
+    let request: PluginRequest
+    let config: BridgeConfig
+    let rollback = Rollback()
+
+    func run() throws(CNIError) -> CNIResult {
+        do {
+            let result = try add()
+            rollback.commit()
+            return result
+        } catch {
+            rollback.unwind()
+            throw error
+        }
+    }
+
+    private func add() throws(CNIError) -> CNIResult {
+        let ifName = request.ifName
+        let containerNamespace = try openContainerNamespace(request.netns)
+        let container = try socket(in: containerNamespace)
+        let host = try hostSocket()
+        if try netlink(
+            "failed to look up \(ifName) in netns \"\(request.netns)\"",
+            { () throws(NetlinkError) in
+                try container.link(named: ifName)
+            }) != nil
+        {
+            throw CNIError(
+                .invalidEnvironment, "container veth name (\"\(ifName)\") peer provided (\"\") already exists",
+                details:
+                    "CNI_IFNAME \(ifName) already exists in netns \"\(request.netns)\"; a runtime must DEL before a second ADD"
+            )
+        }
+
+        var bridge = try ensureBridge(host)
+        let (hostVeth, containerLink) = try createVeth(host: host, container: container, in: containerNamespace)
+        try attach(hostVeth, to: bridge, host: host)
+
+        var result = CNIResult(interfaces: [
+            .init(name: bridge.name, mac: bridge.mac?.description),
+            .init(name: hostVeth.name, mac: hostVeth.mac?.description),
+            .init(name: ifName, mac: containerLink.mac?.description, sandbox: request.netns),
+        ])
+
+        if config.macSpoofCheck {
+            guard let mac = containerLink.mac else {
+                throw CNIError(.netlinkFailure, "container interface \(ifName) has no MAC address for macspoofchk")
+            }
+            try Firewall.setupSpoofCheck(
+                hostVeth: hostVeth.name, containerMAC: mac, containerID: request.containerID, ifName: ifName)
+            rollback.add("remove the mac spoof-check rules") { () throws(CNIError) in
+                try Firewall.teardownSpoofCheck(containerID: request.containerID, ifName: ifName)
+            }
+        }
+
+        if let ipamType = config.ipamType {
+            let ipam = try Delegate.add(ipamType, request)
+            rollback.add("release the addresses (IPAM DEL)") { () throws(CNIError) in
+                try Delegate.del(ipamType, request)
+            }
+            result.ips = ipam.ips
+            result.routes = ipam.routes
+            result.dns = ipam.dns
+            guard !result.ips.isEmpty else {
+                throw CNIError(
+                    .delegationFailure, "IPAM plugin returned missing IP config",
+                    details: "\(ipamType) returned no addresses")
+            }
+            let gateways = calculateGateways(
+                &result, isGateway: config.isGateway, isDefaultGateway: config.isDefaultGateway)
+            try configureContainer(container, namespace: containerNamespace, link: containerLink, result: result)
+            if config.isGateway {
+                if let interface = try configureGateways(gateways, bridge: bridge, host: host) {
+                    result.interfaces.append(interface)
+                }
+            }
+            if config.ipMasq {
+                try Firewall.setupMasquerade(
+                    network: config.network, backend: config.ipMasqBackend, containerID: request.containerID,
+                    ifName: ifName, addresses: result.ips.map(\.address))
+                rollback.add("remove the masquerade rules") { () throws(CNIError) in
+                    try Firewall.teardownMasquerade(
+                        network: config.network, containerID: request.containerID,
+                        ifName: ifName, addresses: result.ips.map(\.address))
+                }
+            }
+        } else if !config.disableContainerInterface {
+            try netlink("failed to set \(ifName) up") { () throws(NetlinkError) in
+                try container.setUp(index: containerLink.index)
+            }
+        }
+
+        var finalHostVeth = hostVeth
+        if !config.disableContainerInterface {
+            finalHostVeth = try waitForOperUp(hostVeth, host: host)
+        }
+        // The host end's MAC can change after creation (#805); the bridge's follows its ports.
+        result.interfaces[1].mac = finalHostVeth.mac?.description
+        bridge = try fetchBridge(host)
+        result.interfaces[0].mac = bridge.mac?.description
+        if let dns = config.dns { result.dns = dns }
+        return result
+    }
+
+    // MARK: Bridge
+
+    /// Creates the bridge or takes the existing one, reconciling what the config says about it
+    /// (MTU, VLAN filtering, promiscuous mode), and brings it up.
+    private func ensureBridge(_ host: NetlinkSocket) throws(CNIError) -> Link {
+        let name = config.bridge
+        let created = try netlink("failed to create bridge \"\(name)\"") { () throws(NetlinkError) in
+            try host.createBridge(name: name, mtu: config.mtu, vlanFiltering: config.needsVLANFiltering)
+        }
+        var bridge = try fetchBridge(host)
+        if !created {
+            if let mtu = config.mtu, bridge.mtu != mtu {
+                try netlink("failed to set the MTU of existing bridge \"\(name)\" to \(mtu)") {
+                    () throws(NetlinkError) in try host.setMTU(index: bridge.index, mtu)
+                }
+            }
+            if config.needsVLANFiltering && bridge.vlanFiltering != true {
+                try netlink("failed to enable VLAN filtering on existing bridge \"\(name)\"") {
+                    () throws(NetlinkError) in try host.setBridgeVLANFiltering(index: bridge.index, true)
+                }
+            }
+        }
+        if config.promiscMode && !bridge.isPromiscuous {
+            try netlink("could not set promiscuous mode on \"\(name)\"") { () throws(NetlinkError) in
+                try host.setPromiscuous(index: bridge.index, true)
+            }
+        }
+        // We own the routes on this interface (the reference does the same, ignoring errors).
+        setSysctlIgnoringErrors("net/ipv6/conf/\(name)/accept_ra", "0")
+        if !bridge.isUp {
+            try netlink("failed to set bridge \"\(name)\" up") { () throws(NetlinkError) in
+                try host.setUp(index: bridge.index)
+            }
+            bridge.isUp = true
+        }
+        return bridge
+    }
+
+    private func fetchBridge(_ host: NetlinkSocket) throws(CNIError) -> Link {
+        let name = config.bridge
+        guard
+            let link = try netlink(
+                "could not lookup \"\(name)\"",
+                { () throws(NetlinkError) in
+                    try host.link(named: name)
+                })
+        else {
+            throw CNIError(.netlinkFailure, "could not lookup \"\(name)\": link not found")
+        }
+        guard link.isBridge else {
+            throw CNIError(
+                .invalidNetworkConfig, "\"\(name)\" already exists but is not a bridge",
+                details: "key bridge: \(name) is a \(link.kind ?? "device without a kind"); choose another bridge name")
+        }
+        return link
+    }
+
+    // MARK: veth
+
+    /// Creates the pair in one request: a random `vethXXXXXXXX` here, CNI_IFNAME directly in the
+    /// container namespace. Registers the undo (deleting the host end removes both).
+    private func createVeth(
+        host: NetlinkSocket, container: NetlinkSocket, in namespace: Namespace
+    ) throws(CNIError) -> (host: Link, container: Link) {
+        let ifName = request.ifName
+        var attempt = 0
+        var hostLink: Link? = nil
+        while hostLink == nil {
+            attempt += 1
+            let hostName = randomHostVethName()
+            do throws(NetlinkError) {
+                hostLink = try host.createVethPair(
+                    name: hostName, mtu: config.mtu, peerName: ifName, peerMAC: config.containerMAC,
+                    peerNamespace: namespace)
+            } catch {
+                guard error.isExists else {
+                    // The request may have failed after the kernel made the pair (e.g. reading it
+                    // back): never leave it behind.
+                    try? host.deleteLink(named: hostName)
+                    throw CNIError(
+                        .netlinkFailure, "failed to create veth \(hostName)/\(ifName)", details: error.description)
+                }
+                guard error.existingLinkName == hostName else {
+                    throw CNIError(
+                        .invalidEnvironment,
+                        "container veth name (\"\(ifName)\") peer provided (\"\(hostName)\") already exists",
+                        details: "CNI_IFNAME \(ifName) already exists in netns \"\(request.netns)\"")
+                }
+                guard attempt < 10 else {
+                    throw CNIError(
+                        .netlinkFailure, "failed to find a free host veth name after \(attempt) attempts",
+                        details: error.description)
+                }
+            }
+        }
+        guard let hostLink else { throw CNIError(.netlinkFailure, "veth creation returned nothing") }
+        rollback.add("delete veth \(hostLink.name)") { () throws(CNIError) in
+            do throws(NetlinkError) {
+                try host.deleteLink(index: hostLink.index)
+            } catch {
+                guard error.isNotFound else {
+                    throw CNIError(.netlinkFailure, "failed to delete \(hostLink.name)", details: error.description)
+                }
+            }
+        }
+        guard
+            let containerLink = try netlink(
+                "failed to look up \(ifName) in netns \"\(request.netns)\"",
+                { () throws(NetlinkError) in try container.link(named: ifName) })
+        else {
+            throw CNIError(.netlinkFailure, "veth peer \(ifName) vanished from netns \"\(request.netns)\"")
+        }
+        return (hostLink, containerLink)
+    }
+
+    /// The host end: bridge port, hairpin, isolation, VLANs, up.
+    private func attach(_ hostVeth: Link, to bridge: Link, host: NetlinkSocket) throws(CNIError) {
+        let name = hostVeth.name
+        try netlink("failed to connect \"\(name)\" to bridge \(bridge.name)") { () throws(NetlinkError) in
+            try host.setMaster(index: hostVeth.index, masterIndex: bridge.index)
+        }
+        // Both default to off on a new port: only a request to turn one on costs a message.
+        if config.hairpinMode || config.portIsolation {
+            try netlink("failed to set hairpin mode / isolation on \(name)") { () throws(NetlinkError) in
+                try host.setBridgePort(
+                    index: hostVeth.index, hairpin: config.hairpinMode ? true : nil,
+                    isolated: config.portIsolation ? true : nil)
+            }
+        }
+        try configureVLANs(port: hostVeth, host: host, access: config.vlan, trunk: config.trunkVLANs)
+        setSysctlIgnoringErrors("net/ipv6/conf/\(name)/accept_ra", "0")
+        try netlink("failed to set \(name) up") { () throws(NetlinkError) in try host.setUp(index: hostVeth.index) }
+    }
+
+    /// Access VLAN (PVID, untagged) and trunk VLANs (tagged) on a port. Unless
+    /// `preserveDefaultVlan`, the port's pre-existing VLANs (the bridge's default VID 1) go first.
+    /// A trunk without an access VLAN keeps VID 1 as its native VLAN.
+    private func configureVLANs(port: Link, host: NetlinkSocket, access: Int, trunk: [Int]?) throws(CNIError) {
+        guard access != 0 || trunk != nil else { return }
+        let name = port.name
+        if !config.preserveDefaultVlan {
+            let existing = try netlink("failed to list VLANs of \(name)") { () throws(NetlinkError) in
+                try host.bridgeVLANs(index: port.index)
+            }
+            for vlan in existing {
+                try netlink("failed to remove default vlan on interface \"\(name)\"") { () throws(NetlinkError) in
+                    try host.deleteBridgeVLAN(index: port.index, vid: vlan.vid)
+                }
+            }
+        }
+        let native = access != 0 ? access : (config.preserveDefaultVlan ? nil : 1)
+        for range in vlanRanges((trunk ?? []).filter { $0 != native }) {
+            try netlink("failed to setup vlan tag on interface \"\(name)\"") { () throws(NetlinkError) in
+                try host.addBridgeVLANs(index: port.index, vids: range)
+            }
+        }
+        if let native, access != 0 || trunk != nil {
+            try netlink("failed to setup vlan tag on interface \"\(name)\"") { () throws(NetlinkError) in
+                try host.addBridgeVLAN(index: port.index, vid: native, pvid: true, untagged: true)
+            }
+        }
+    }
+
+    // MARK: Container side
+
+    /// Sysctls (one namespace switch), addresses, link up, DAD wait, routes.
+    private func configureContainer(
+        _ container: NetlinkSocket, namespace: Namespace, link: Link, result: CNIResult
+    ) throws(CNIError) {
+        let ifName = request.ifName
+        let hasIPv6 = result.ips.contains { $0.address.family == .v6 }
+        let enableDAD = config.enableDAD
+        try inside(namespace) { () throws(CNIError) in
+            if enableDAD {
+                setSysctlIgnoringErrors("net/ipv6/conf/\(ifName)/enhanced_dad", "1")
+                setSysctlIgnoringErrors("net/ipv6/conf/\(ifName)/accept_dad", "1")
+            } else {
+                setSysctlIgnoringErrors("net/ipv6/conf/\(ifName)/accept_dad", "0")
+            }
+            // Gratuitous ARP when the link comes up, so neighbours learn the new MAC at once.
+            setSysctlIgnoringErrors("net/ipv4/conf/\(ifName)/arp_notify", "1")
+            if hasIPv6 {
+                for interface in ["lo", ifName] {
+                    let key = "net/ipv6/conf/\(interface)/disable_ipv6"
+                    // Missing (IPv6 off in the kernel) or already 0: nothing to do.
+                    guard let value = try? Sysctl.read(key), value != "0" else { continue }
+                    try setSysctl(key, "0", "failed to enable IPv6 for interface \"\(interface)\"")
+                }
+                setSysctlIgnoringErrors("net/ipv6/conf/\(ifName)/keep_addr_on_down", "1")
+            }
+        }
+        for ip in result.ips {
+            // Without enabledad, no DAD at all (the reference: accept_dad=0; nodad says so per address).
+            let flags: AddressFlags = ip.address.family == .v6 && !enableDAD ? [.noDAD] : []
+            do {
+                try container.addAddress(index: link.index, ip.address, broadcast: true, flags: flags)
+            } catch {
+                guard error.isExists else {
+                    throw CNIError(
+                        .netlinkFailure, "failed to add IP addr \(ip.address) to \"\(ifName)\"",
+                        details: error.description)
+                }
+            }
+        }
+        try netlink("failed to set \(ifName) up") { () throws(NetlinkError) in try container.setUp(index: link.index) }
+
+        let v4Gateway = result.ips.first { $0.address.family == .v4 && $0.gateway != nil }?.gateway
+        let v6Gateway = result.ips.first { $0.address.family == .v6 && $0.gateway != nil }?.gateway
+        if enableDAD && v6Gateway != nil {
+            do {
+                try container.waitForDAD(index: link.index)
+            } catch {
+                throw CNIError(
+                    .netlinkFailure, "failed while waiting for addresses to settle", details: error.description)
+            }
+        }
+        for route in result.routes {
+            let gateway = route.gw ?? (route.dst.family == .v4 ? v4Gateway : v6Gateway)
+            let kernelRoute = Route(
+                destination: route.dst.network, gateway: gateway, outputIndex: link.index,
+                scope: route.scope.map { Scope(rawValue: UInt8(truncatingIfNeeded: $0)) } ?? .universe,
+                table: route.table ?? Route.mainTable, priority: route.priority)
+            try netlink("failed to add route '\(route.dst) via \(gateway.map(\.description) ?? "-") dev \(ifName)'") {
+                () throws(NetlinkError) in _ = try container.addRoute(kernelRoute)
+            }
+        }
+    }
+
+    // MARK: Gateways
+
+    /// Puts the gateway addresses on the bridge (or on the VLAN gateway interface), pins the
+    /// bridge's MAC and enables forwarding per family. Returns the VLAN gateway interface when
+    /// one is used, for the result.
+    private func configureGateways(
+        _ gateways: GatewayPlan, bridge: Link, host: NetlinkSocket
+    ) throws(CNIError) -> CNIResult.Interface? {
+        guard !gateways.all.isEmpty else { return nil }
+        var target = bridge
+        var vlanInterface: CNIResult.Interface? = nil
+        if let name = config.vlanGatewayInterface {
+            target = try ensureVLANGatewayInterface(name, bridge: bridge, host: host)
+            vlanInterface = .init(name: target.name, mac: target.mac?.description)
+        }
+        for gateway in gateways.all {
+            try ensureAddress(gateway, on: target, host: host)
+        }
+        if vlanInterface == nil, let mac = bridge.mac {
+            // Otherwise the kernel gives the bridge the lowest MAC of its ports, which changes
+            // as containers come and go (cni#285).
+            try netlink("could not set bridge's mac") { () throws(NetlinkError) in
+                try host.setMAC(index: bridge.index, mac)
+            }
+        }
+        if !gateways.v4.isEmpty {
+            try setSysctl("net/ipv4/ip_forward", "1", "failed to enable forwarding")
+        }
+        if !gateways.v6.isEmpty {
+            try setSysctl("net/ipv6/conf/all/forwarding", "1", "failed to enable forwarding")
+        }
+        return vlanInterface
+    }
+
+    /// The reference's `ensureAddr`: an identical address is fine; another IPv4 address, or an
+    /// overlapping IPv6 one, is an error unless forceAddress (then it is replaced).
+    private func ensureAddress(_ gateway: IPPrefix, on link: Link, host: NetlinkSocket) throws(CNIError) {
+        let existing = try netlink("could not get list of IP addresses") { () throws(NetlinkError) in
+            try host.addresses(index: link.index, family: gateway.family)
+        }
+        for address in existing.map(\.prefix) {
+            if address == gateway { return }
+            let conflicts =
+                gateway.family == .v4 || address.contains(gateway.address) || gateway.contains(address.address)
+            guard conflicts else { continue }
+            guard config.forceAddress else {
+                throw CNIError(
+                    .invalidNetworkConfig, "\"\(link.name)\" already has an IP address different from \(gateway)",
+                    details: "it has \(address); set forceAddress to replace it, or use another bridge")
+            }
+            try netlink("could not remove IP address from \"\(link.name)\"") { () throws(NetlinkError) in
+                try host.deleteAddress(index: link.index, address)
+            }
+        }
+        do {
+            try host.addAddress(index: link.index, gateway, broadcast: true)
+        } catch {
+            guard error.isExists else {
+                throw CNIError(
+                    .netlinkFailure, "could not add IP address \(gateway) to \"\(link.name)\"",
+                    details: error.description)
+            }
+        }
+    }
+
+    /// The reference's VLAN gateway: a veth pair in the host namespace, `<bridge>.<vlan>` carrying
+    /// the gateway addresses, its peer a bridge port with the access VLAN. Kept across ADDs.
+    private func ensureVLANGatewayInterface(_ name: String, bridge: Link, host: NetlinkSocket) throws(CNIError) -> Link
+    {
+        if let existing = try netlink(
+            "failed to find interface \"\(name)\"",
+            { () throws(NetlinkError) in
+                try host.link(named: name)
+            })
+        {
+            return existing
+        }
+        let hostNamespace: Namespace
+        do {
+            hostNamespace = try Namespace.current()
+        } catch {
+            throw CNIError(.netlinkFailure, "failed to find host namespace", details: error.description)
+        }
+        var attempt = 0
+        var created: Link? = nil
+        while created == nil {
+            attempt += 1
+            let portName = randomHostVethName()
+            do throws(NetlinkError) {
+                created = try host.createVethPair(
+                    name: portName, mtu: bridge.mtu, peerName: name, peerNamespace: hostNamespace)
+            } catch {
+                guard error.isExists, error.existingLinkName == portName, attempt < 10 else {
+                    throw CNIError(
+                        .netlinkFailure, "faild to create vlan gateway \"\(name)\"", details: error.description)
+                }
+            }
+        }
+        guard let port = created else { throw CNIError(.netlinkFailure, "veth creation returned nothing") }
+        try netlink("failed to connect \"\(port.name)\" to bridge \(bridge.name)") { () throws(NetlinkError) in
+            try host.setMaster(index: port.index, masterIndex: bridge.index)
+        }
+        try configureVLANs(port: port, host: host, access: config.vlan, trunk: nil)
+        try netlink("failed to up \"\(port.name)\"") { () throws(NetlinkError) in try host.setUp(index: port.index) }
+        guard
+            let gateway = try netlink(
+                "failed to lookup \"\(name)\"",
+                { () throws(NetlinkError) in
+                    try host.link(named: name)
+                })
+        else {
+            throw CNIError(.netlinkFailure, "failed to lookup \"\(name)\": link not found")
+        }
+        try netlink("failed to up \"\(name)\"") { () throws(NetlinkError) in try host.setUp(index: gateway.index) }
+        return gateway
+    }
+
+    // MARK: Oper state
+
+    /// The host end must reach oper state UP (both ends up, carrier on). The reference sleeps
+    /// 0, 50, 500, 1000, 1000 ms between checks; we check at once and then every 5 ms within the
+    /// same total time, since on a veth the state usually follows within a millisecond.
+    private func waitForOperUp(_ hostVeth: Link, host: NetlinkSocket) throws(CNIError) -> Link {
+        let pollMilliseconds = 5
+        let budgetMilliseconds = 2550
+        var waited = 0
+        while true {
+            guard
+                let link = try netlink(
+                    "failed to look up \(hostVeth.name)",
+                    { () throws(NetlinkError) in
+                        try host.link(index: hostVeth.index)
+                    })
+            else {
+                throw CNIError(.netlinkFailure, "host veth \(hostVeth.name) vanished during ADD")
+            }
+            if link.operState == .up { return link }
+            if waited >= budgetMilliseconds {
+                throw CNIError(.netlinkFailure, "bridge port in error state: \(link.operState)")
+            }
+            sleep(milliseconds: pollMilliseconds)
+            waited += pollMilliseconds
+        }
+    }
+}
+
+/// Sorted VLAN IDs as contiguous ranges (one netlink request per range).
+func vlanRanges(_ ids: [Int]) -> [ClosedRange<Int>] {
+    var ranges: [ClosedRange<Int>] = []
+    for id in ids.sorted() {
+        if let last = ranges.last, last.upperBound + 1 == id {
+            ranges[ranges.count - 1] = last.lowerBound...id
+        } else if ranges.last?.contains(id) != true {
+            ranges.append(id...id)
+        }
+    }
+    return ranges
+}

@@ -1,0 +1,73 @@
+import CNI
+import Masquerade
+import NetAddress
+
+/// The bridge's firewall rules (ipMasq, mac spoof-check) through the Masquerade module, which
+/// keeps the reference's names so either implementation finds the other's rules. Every failure
+/// is CNI code 104 (`firewallFailure`).
+enum Firewall {
+    static func setupMasquerade(
+        network: String, backend configured: String?, containerID: String, ifName: String, addresses: [IPPrefix]
+    ) throws(CNIError) {
+        let backend: FirewallBackend
+        do {
+            backend = try FirewallBackend.choose(configured: configured)
+        } catch {
+            throw CNIError(.invalidNetworkConfig, error.description, details: "key ipMasqBackend")
+        }
+        try firewall { () throws(FirewallError) in
+            try IPMasquerade().setup(
+                backend: backend, network: network, containerID: containerID, ifname: ifName, addresses: addresses)
+        }
+    }
+
+    /// Removes the attachment's masquerading from both backends (the config's backend may have
+    /// changed since ADD); works without `addresses`.
+    static func teardownMasquerade(network: String, containerID: String, ifName: String, addresses: [IPPrefix]?)
+        throws(CNIError)
+    {
+        try firewall { () throws(FirewallError) in
+            try IPMasquerade().teardown(
+                network: network, containerID: containerID, ifname: ifName, addresses: addresses)
+        }
+    }
+
+    static func garbageCollectMasquerade(network: String, valid: [Attachment]) throws(CNIError) {
+        try firewall { () throws(FirewallError) in
+            try IPMasquerade().garbageCollect(
+                network: network, validAttachments: valid.map { ($0.containerID, $0.ifname) })
+        }
+    }
+
+    static func setupSpoofCheck(hostVeth: String, containerMAC: MACAddress, containerID: String, ifName: String)
+        throws(CNIError)
+    {
+        try firewall { () throws(FirewallError) in
+            try MACSpoofCheck().setup(
+                containerID: containerID, ifname: ifName, hostInterface: hostVeth, mac: containerMAC)
+        }
+    }
+
+    static func teardownSpoofCheck(containerID: String, ifName: String) throws(CNIError) {
+        try firewall { () throws(FirewallError) in
+            try MACSpoofCheck().teardown(containerID: containerID, ifname: ifName)
+        }
+    }
+
+    /// Spoof checks are not per network: an unlisted attachment's rules go only when its host
+    /// veth is gone (it may be a live container of another network).
+    static func garbageCollectSpoofCheck(valid: [Attachment]) throws(CNIError) {
+        try firewall { () throws(FirewallError) in
+            try MACSpoofCheck().garbageCollect(validAttachments: valid.map { ($0.containerID, $0.ifname) })
+        }
+    }
+
+    private static func firewall(_ body: () throws(FirewallError) -> Void) throws(CNIError) {
+        do {
+            try body()
+        } catch {
+            throw CNIError(
+                .firewallFailure, "\(error.backend.rawValue): failed to \(error.operation)", details: error.description)
+        }
+    }
+}

@@ -1,0 +1,92 @@
+/// The firewall implementations this module drives.
+public enum FirewallBackend: String, Sendable, Hashable, CaseIterable {
+    case iptables
+    case nftables
+}
+
+/// A firewall operation that failed. The bridge plugin reports it as CNI code 104
+/// (`firewallFailure`); the description names the backend, what was being done, the command
+/// and what the command said.
+public struct FirewallError: Error, Sendable, Equatable, CustomStringConvertible {
+    public enum Reason: Sendable, Equatable {
+        /// The program is missing or could not be spawned.
+        case notRunnable(String)
+        /// The program ran and exited non-zero; its stderr.
+        case failed(status: Int32, stderr: String)
+        /// The program's listing could not be understood.
+        case unreadableOutput(String)
+        /// A name that cannot be written into a rule (nft identifiers allow only `[A-Za-z0-9_./-]`).
+        case unsupportedName(String)
+    }
+
+    public var backend: FirewallBackend
+    /// What was being done, e.g. `set up masquerading for "mynet" container "abc" eth0`.
+    public var operation: String
+    /// The command line, e.g. `iptables-restore --noflush --wait`.
+    public var command: String
+    public var reason: Reason
+
+    public init(backend: FirewallBackend, operation: String, command: String, reason: Reason) {
+        self.backend = backend
+        self.operation = operation
+        self.command = command
+        self.reason = reason
+    }
+
+    public var description: String {
+        let detail: String
+        switch reason {
+        case .notRunnable(let why): detail = why
+        case .failed(let status, let stderr):
+            let message = stderr.split(whereSeparator: \.isNewline).joined(separator: "; ")
+            detail = "exit status \(status)" + (message.isEmpty ? "" : ": \(message)")
+        case .unreadableOutput(let why): detail = "unexpected output: \(why)"
+        case .unsupportedName(let name): detail = "name \"\(name)\" cannot be used in an nftables rule"
+        }
+        let commandPart = command.isEmpty ? "" : " (\(command))"
+        return "\(backend.rawValue): failed to \(operation)\(commandPart): \(detail)"
+    }
+}
+
+/// `ipMasqBackend` names neither `"iptables"` nor `"nftables"`.
+public struct UnknownBackendError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var value: String
+    public var description: String { "unknown ipmasq backend \"\(value)\" (use \"iptables\" or \"nftables\")" }
+}
+
+extension FirewallBackend {
+    /// The reference's choice: an explicit `"iptables"` / `"nftables"` wins; without one, iptables
+    /// unless it is unusable here and nftables is usable. Detection costs one exec in the common
+    /// case (iptables works) and is skipped entirely when the backend is configured.
+    public static func choose(configured: String?, runner: some CommandRunner = SystemCommandRunner())
+        throws(UnknownBackendError) -> FirewallBackend
+    {
+        if let configured {
+            guard let backend = FirewallBackend(rawValue: configured) else {
+                throw UnknownBackendError(value: configured)
+            }
+            return backend
+        }
+        if iptablesUsable(runner) { return .iptables }
+        if nftablesUsable(runner) { return .nftables }
+        // Neither answered (e.g. no CAP_NET_ADMIN at detection): fall back to what is installed.
+        if !runner.isInstalled("iptables") && runner.isInstalled("nft") { return .nftables }
+        return .iptables
+    }
+
+    /// iptables can read the nat table (fails on hosts where only nftables tables are compatible,
+    /// "table `nat' is incompatible, use 'nft' tool").
+    static func iptablesUsable(_ runner: some CommandRunner) -> Bool {
+        guard runner.isInstalled("iptables") else { return false }
+        let output = try? runner.run("iptables", ["--wait", "-t", "nat", "-S", "POSTROUTING"], stdin: [])
+        return output?.succeeded ?? false
+    }
+
+    /// nft can talk to the kernel (a dry-run transaction exercises the netlink path).
+    static func nftablesUsable(_ runner: some CommandRunner) -> Bool {
+        guard runner.isInstalled("nft") else { return false }
+        let output = try? runner.run(
+            "nft", ["--check", "add", "table", "inet", "cni_plugins_supports_test"], stdin: [])
+        return output?.succeeded ?? false
+    }
+}

@@ -1,0 +1,168 @@
+import NetAddress
+
+/// ipMasq for the bridge plugin: SNAT traffic from a container's addresses leaving their subnets,
+/// with the reference plugins' exact iptables or nftables layout. Each operation costs one listing
+/// and at most one transaction per tool (iptables per family), instead of an exec per rule.
+public struct IPMasquerade {
+    public var runner: any CommandRunner
+
+    public init(runner: any CommandRunner = SystemCommandRunner()) {
+        self.runner = runner
+    }
+
+    /// Masquerades traffic from `addresses` (container addresses with their prefix length) to
+    /// anything outside their subnets and not multicast. Re-running it for the same attachment
+    /// replaces that attachment's rules (no duplicates).
+    public func setup(
+        backend: FirewallBackend, network: String, containerID: String, ifname: String, addresses: [IPPrefix]
+    ) throws(FirewallError) {
+        guard !addresses.isEmpty else { return }
+        let operation = "set up masquerading for \(attachment(network, containerID, ifname))"
+        switch backend {
+        case .iptables:
+            let tool = FirewallTool(runner: runner, backend: .iptables, operation: operation)
+            for family in [IPAddress.Family.v4, .v6] {
+                let ofFamily = addresses.filter { $0.family == family }
+                guard !ofFamily.isEmpty else { continue }
+                let rules = IPTablesMasquerade(family: family)
+                try apply(rules, tool, whenUnusable: .fail) { current in
+                    rules.setupScript(
+                        current: current, network: network, containerID: containerID, ifname: ifname,
+                        addresses: ofFamily)
+                }
+            }
+        case .nftables:
+            let tool = FirewallTool(runner: runner, backend: .nftables, operation: operation)
+            let comment = Naming.nftComment(network: network, ifname: ifname, containerID: containerID)
+            guard Naming.isNFTQuotable(comment) else { throw tool.error(.unsupportedName(comment)) }
+            try applyNFT(tool, whenUnusable: .fail) { listing in
+                let stale =
+                    listing.map {
+                        NFTablesMasquerade.handles(of: $0, network: network, containerID: containerID, ifname: ifname)
+                    } ?? []
+                return NFTablesMasquerade.setupScript(
+                    network: network, containerID: containerID, ifname: ifname, addresses: addresses,
+                    staleHandles: stale)
+            }
+        }
+    }
+
+    /// Removes the attachment's masquerading from both backends (it may have been set up by another
+    /// configuration or by the reference plugin). Works from (network, container, ifname) alone:
+    /// `addresses` nil or empty means they are unknown (netns gone, empty CNI_NETNS). Missing rules
+    /// are success; a backend that is not usable here has nothing to remove.
+    public func teardown(network: String, containerID: String, ifname: String, addresses: [IPPrefix]?)
+        throws(FirewallError)
+    {
+        let operation = "tear down masquerading for \(attachment(network, containerID, ifname))"
+        var firstError: FirewallError?
+        let iptables = FirewallTool(runner: runner, backend: .iptables, operation: operation)
+        for family in [IPAddress.Family.v4, .v6] {
+            let rules = IPTablesMasquerade(family: family)
+            do {
+                try apply(rules, iptables, whenUnusable: .skip) { current in
+                    rules.teardownScript(
+                        current: current, network: network, containerID: containerID, ifname: ifname,
+                        addresses: addresses)
+                }
+            } catch {
+                firstError = firstError ?? error
+            }
+        }
+        do {
+            let nftables = FirewallTool(runner: runner, backend: .nftables, operation: operation)
+            try applyNFT(nftables, whenUnusable: .skip) { listing in
+                guard let listing else { return nil }
+                let handles = NFTablesMasquerade.handles(
+                    of: listing, network: network, containerID: containerID, ifname: ifname)
+                return handles.isEmpty ? nil : NFTablesMasquerade.deleteScript(handles: handles)
+            }
+        } catch {
+            firstError = firstError ?? error
+        }
+        if let firstError { throw firstError }
+    }
+
+    /// Removes `network`'s masquerading (both backends) for attachments not in `validAttachments`.
+    /// iptables rules name only the container (comment `name: "<net>" id: "<cid>"`): a container
+    /// none of whose attachments is valid loses its chain; invalid interfaces of a valid container
+    /// lose the jumps their marker rules own.
+    public func garbageCollect(network: String, validAttachments: [(containerID: String, ifname: String)])
+        throws(FirewallError)
+    {
+        let operation = "garbage-collect masquerading for network \"\(network)\""
+        var firstError: FirewallError?
+        let iptables = FirewallTool(runner: runner, backend: .iptables, operation: operation)
+        for family in [IPAddress.Family.v4, .v6] {
+            let rules = IPTablesMasquerade(family: family)
+            do {
+                try apply(rules, iptables, whenUnusable: .skip) { current in
+                    rules.garbageCollectScript(current: current, network: network, valid: validAttachments)
+                }
+            } catch {
+                firstError = firstError ?? error
+            }
+        }
+        do {
+            let nftables = FirewallTool(runner: runner, backend: .nftables, operation: operation)
+            try applyNFT(nftables, whenUnusable: .skip) { listing in
+                guard let listing else { return nil }
+                let handles = NFTablesMasquerade.garbageHandles(
+                    of: listing, network: network, valid: validAttachments)
+                return handles.isEmpty ? nil : NFTablesMasquerade.deleteScript(handles: handles)
+            }
+        } catch {
+            firstError = firstError ?? error
+        }
+        if let firstError { throw firstError }
+    }
+
+    // MARK: applying
+
+    enum Unusable { case fail, skip }
+
+    /// Lists the nat table once, computes the script, applies it in one restore. A restore can
+    /// fail when another plugin changed the same rules between our listing and our transaction,
+    /// so it is recomputed from a fresh listing once.
+    private func apply(
+        _ rules: IPTablesMasquerade, _ tool: FirewallTool, whenUnusable: Unusable,
+        script: (SavedNATTable) -> String?
+    ) throws(FirewallError) {
+        if whenUnusable == .skip && !runner.isInstalled(rules.saveCommand) { return }
+        for attempt in 1...2 {
+            let save = try tool.attempt(rules.saveCommand, IPTablesMasquerade.saveArguments)
+            guard save.succeeded else {
+                // A failing save means this iptables cannot hold our rules here; nothing to remove.
+                if whenUnusable == .skip { return }
+                throw tool.failure(rules.saveCommand, IPTablesMasquerade.saveArguments, save)
+            }
+            guard let text = script(SavedNATTable(parsing: save.stdoutText)) else { return }
+            let restore = try tool.attempt(rules.restoreCommand, IPTablesMasquerade.restoreArguments, stdin: text)
+            if restore.succeeded { return }
+            if attempt == 2 { throw tool.failure(rules.restoreCommand, IPTablesMasquerade.restoreArguments, restore) }
+        }
+    }
+
+    private func applyNFT(_ tool: FirewallTool, whenUnusable: Unusable, script: (NFTListing?) -> String?)
+        throws(FirewallError)
+    {
+        if whenUnusable == .skip && !runner.isInstalled("nft") { return }
+        for attempt in 1...2 {
+            let listing: NFTListing?
+            do {
+                listing = try tool.nftList(NFTablesMasquerade.listChecks)
+            } catch {
+                guard whenUnusable == .skip, !FirewallBackend.nftablesUsable(runner) else { throw error }
+                return
+            }
+            guard let text = script(listing) else { return }
+            let output = try tool.attempt("nft", ["-f", "-"], stdin: text)
+            if output.succeeded { return }
+            if attempt == 2 { throw tool.failure("nft", ["-f", "-"], output) }
+        }
+    }
+
+    private func attachment(_ network: String, _ containerID: String, _ ifname: String) -> String {
+        "network \"\(network)\" container \"\(containerID)\" interface \"\(ifname)\""
+    }
+}

@@ -1,0 +1,4 @@
+import BridgePlugin
+import CNI
+
+Plugin.main(name: "bridge", handlers: BridgePlugin.handlers)

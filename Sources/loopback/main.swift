@@ -1,0 +1,4 @@
+import CNI
+import LoopbackPlugin
+
+Plugin.main(name: "loopback", handlers: LoopbackPlugin.handlers)

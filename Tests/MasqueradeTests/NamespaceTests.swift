@@ -1,0 +1,259 @@
+import NetAddress
+import Testing
+
+@testable import Masquerade
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+private let isRoot = getuid() == 0
+
+/// A network namespace of our own; the firewall tools run inside it through `ip netns exec`, so the
+/// host's rules are never touched. Deleted when released, also when a test fails.
+private final class TestNamespace {
+    let name: String
+    let runner: SystemCommandRunner
+
+    init() throws {
+        name = "masqtest-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let output = try SystemCommandRunner().run("ip", ["netns", "add", name], stdin: [])
+        try #require(output.succeeded, "ip netns add \(name): \(output.stderrText)")
+        runner = SystemCommandRunner(prefix: ["ip", "netns", "exec", name])
+    }
+
+    deinit {
+        _ = try? SystemCommandRunner().run("ip", ["netns", "delete", name], stdin: [])
+    }
+
+    /// Runs a command in the namespace and requires success; returns stdout.
+    @discardableResult
+    func run(_ program: String, _ arguments: String...) throws -> String {
+        let output = try runner.run(program, arguments, stdin: [])
+        try #require(output.succeeded, "\(program) \(arguments.joined(separator: " ")): \(output.stderrText)")
+        return output.stdoutText
+    }
+
+    func natRules(_ family: IPAddress.Family = .v4) throws -> [String] {
+        try run(family == .v4 ? "iptables-save" : "ip6tables-save", "-t", "nat").split(separator: "\n")
+            .filter { $0.hasPrefix("-A ") || $0.hasPrefix(":CNI-") }.map(String.init)
+    }
+}
+
+private func prefix(_ text: String) -> IPPrefix { IPPrefix(text)! }
+private let chainOfC1 = Naming.iptablesChain(network: "testnet", containerID: "c1")
+
+@Suite(.enabled(if: isRoot, "needs root: creates network namespaces and firewall rules in them"))
+struct IPTablesNamespaceTests {
+    @Test func lifecycleWithTwoInterfacesOfOneContainer() throws {
+        let ns = try TestNamespace()
+        let masq = IPMasquerade(runner: ns.runner)
+        let eth0 = [prefix("10.77.0.5/24"), prefix("2001:db8:77::5/64")]
+        try masq.setup(backend: .iptables, network: "testnet", containerID: "c1", ifname: "eth0", addresses: eth0)
+        let afterFirst = try ns.natRules()
+        #expect(afterFirst.contains(":\(chainOfC1) - [0:0]"))
+        #expect(
+            afterFirst.contains(
+                #"-A POSTROUTING -s 10.77.0.5/32 -m comment --comment "name: \"testnet\" id: \"c1\"" -j "#
+                    + chainOfC1))
+        #expect(afterFirst.contains { $0.hasPrefix("-A \(chainOfC1) -d 10.77.0.0/24 ") && $0.hasSuffix("-j ACCEPT") })
+        #expect(
+            afterFirst.contains { $0.hasPrefix("-A \(chainOfC1) ! -d 224.0.0.0/4 ") && $0.hasSuffix("-j MASQUERADE") })
+        #expect(try ns.natRules(.v6).contains { $0.hasPrefix("-A POSTROUTING -s 2001:db8:77::5/128 ") })
+        #expect(try ns.natRules(.v6).contains { $0.hasPrefix("-A \(chainOfC1) ! -d ff00::/8 ") })
+
+        // Again: nothing duplicated.
+        try masq.setup(backend: .iptables, network: "testnet", containerID: "c1", ifname: "eth0", addresses: eth0)
+        #expect(try ns.natRules() == afterFirst)
+
+        try masq.setup(
+            backend: .iptables, network: "testnet", containerID: "c1", ifname: "eth1",
+            addresses: [prefix("10.77.0.6/24")])
+        #expect(try ns.natRules().filter { $0.hasPrefix("-A POSTROUTING") }.count == 2)
+
+        // eth0 goes with its netns (addresses unknown): eth1's masquerading stays whole.
+        try masq.teardown(network: "testnet", containerID: "c1", ifname: "eth0", addresses: nil)
+        let afterEth0 = try ns.natRules()
+        #expect(afterEth0.filter { $0.hasPrefix("-A POSTROUTING") }.count == 1)
+        #expect(afterEth0.contains { $0.hasPrefix("-A POSTROUTING -s 10.77.0.6/32 ") })
+        #expect(!afterEth0.contains { $0.contains("10.77.0.5") })  // its jump and its marker
+        #expect(afterEth0.contains { $0.hasPrefix("-A \(chainOfC1) ! -d 224.0.0.0/4 ") })
+        #expect(try ns.natRules(.v6).isEmpty)
+
+        try masq.teardown(network: "testnet", containerID: "c1", ifname: "eth1", addresses: [prefix("10.77.0.6/24")])
+        #expect(try ns.natRules().isEmpty)
+        try masq.teardown(network: "testnet", containerID: "c1", ifname: "eth1", addresses: [prefix("10.77.0.6/24")])
+        try masq.teardown(network: "testnet", containerID: "c1", ifname: "eth0", addresses: nil)
+        #expect(try ns.natRules().isEmpty)
+    }
+
+    /// The rules the reference plugin makes (its exact iptables invocations) are removed by our
+    /// teardown without addresses, and ours by the reference's teardown sequence.
+    @Test func interoperatesWithTheReferencePlugin() throws {
+        let ns = try TestNamespace()
+        let comment = #"name: "testnet" id: "c1""#
+        try ns.run("iptables", "-t", "nat", "-N", chainOfC1)
+        try ns.run(
+            "iptables", "-t", "nat", "-A", chainOfC1, "-d", "10.77.0.5/24", "-j", "ACCEPT", "-m", "comment",
+            "--comment",
+            comment)
+        try ns.run(
+            "iptables", "-t", "nat", "-A", chainOfC1, "!", "-d", "224.0.0.0/4", "-j", "MASQUERADE", "-m", "comment",
+            "--comment", comment)
+        try ns.run(
+            "iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "10.77.0.5", "-j", chainOfC1, "-m", "comment",
+            "--comment", comment)
+        let masq = IPMasquerade(runner: ns.runner)
+        try masq.teardown(network: "testnet", containerID: "c1", ifname: "eth0", addresses: nil)
+        #expect(try ns.natRules().isEmpty)
+
+        try masq.setup(
+            backend: .iptables, network: "testnet", containerID: "c1", ifname: "eth0",
+            addresses: [prefix("10.77.0.5/24")])
+        // The reference's own existence checks find our rules (its AppendUnique adds nothing).
+        try ns.run(
+            "iptables", "-t", "nat", "-C", "POSTROUTING", "-s", "10.77.0.5", "-j", chainOfC1, "-m", "comment",
+            "--comment", comment)
+        try ns.run(
+            "iptables", "-t", "nat", "-C", chainOfC1, "-d", "10.77.0.5/24", "-j", "ACCEPT", "-m", "comment",
+            "--comment",
+            comment)
+        // The reference's teardown: delete the jump, clear and delete the chain.
+        try ns.run(
+            "iptables", "-t", "nat", "-D", "POSTROUTING", "-s", "10.77.0.5", "-j", chainOfC1, "-m", "comment",
+            "--comment", comment)
+        try ns.run("iptables", "-t", "nat", "-F", chainOfC1)
+        try ns.run("iptables", "-t", "nat", "-X", chainOfC1)
+        #expect(try ns.natRules().isEmpty)
+    }
+
+    @Test func garbageCollectionKeepsValidAttachments() throws {
+        let ns = try TestNamespace()
+        let masq = IPMasquerade(runner: ns.runner)
+        try masq.setup(
+            backend: .iptables, network: "testnet", containerID: "c1", ifname: "eth0",
+            addresses: [prefix("10.77.0.5/24")])
+        try masq.setup(
+            backend: .iptables, network: "testnet", containerID: "c2", ifname: "eth0",
+            addresses: [prefix("10.77.0.6/24")])
+        try masq.setup(
+            backend: .iptables, network: "othernet", containerID: "c3", ifname: "eth0",
+            addresses: [prefix("10.78.0.6/24")])
+        try masq.garbageCollect(network: "testnet", validAttachments: [("c1", "eth0")])
+        let rules = try ns.natRules()
+        #expect(rules.contains { $0.hasPrefix("-A POSTROUTING -s 10.77.0.5/32 ") })
+        #expect(!rules.contains { $0.contains("10.77.0.6") })
+        #expect(!rules.contains { $0.contains(Naming.iptablesChain(network: "testnet", containerID: "c2")) })
+        #expect(rules.contains { $0.hasPrefix("-A POSTROUTING -s 10.78.0.6/32 ") })
+    }
+
+    @Test func defaultBackendHereIsIPTables() throws {
+        let ns = try TestNamespace()
+        #expect(try FirewallBackend.choose(configured: nil, runner: ns.runner) == .iptables)
+    }
+}
+
+@Suite(.enabled(if: isRoot, "needs root: creates network namespaces and firewall rules in them"))
+struct NFTablesNamespaceTests {
+    private func checks(_ ns: TestNamespace) throws -> [String] {
+        let output = try ns.runner.run(
+            "nft", ["list", "chain", "inet", "cni_plugins_masquerade", "masq_checks"], stdin: [])
+        guard output.succeeded else { return [] }
+        return output.stdoutText.split(separator: "\n").map { String($0.drop { $0 == "\t" || $0 == " " }) }
+            .filter { $0.contains("masquerade comment") }
+    }
+
+    @Test func lifecycle() throws {
+        let ns = try TestNamespace()
+        let masq = IPMasquerade(runner: ns.runner)
+        let comment0 = Naming.nftComment(network: "testnet", ifname: "eth0", containerID: "c1")
+        try masq.setup(
+            backend: .nftables, network: "testnet", containerID: "c1", ifname: "eth0",
+            addresses: [prefix("10.77.0.5/24"), prefix("2001:db8:77::5/64")])
+        #expect(
+            try checks(ns) == [
+                "ip saddr 10.77.0.5 ip daddr != 10.77.0.0/24 masquerade comment \"\(comment0)\"",
+                "ip6 saddr 2001:db8:77::5 ip6 daddr != 2001:db8:77::/64 masquerade comment \"\(comment0)\"",
+            ])
+        let postrouting = try ns.run("nft", "list", "chain", "inet", "cni_plugins_masquerade", "postrouting")
+        #expect(postrouting.contains("type nat hook postrouting priority srcnat"))
+        #expect(postrouting.contains("ip daddr 224.0.0.0/4 return"))
+        #expect(postrouting.contains("goto masq_checks"))
+
+        // A new ADD of the same attachment replaces its rules.
+        try masq.setup(
+            backend: .nftables, network: "testnet", containerID: "c1", ifname: "eth0",
+            addresses: [prefix("10.77.0.9/24")])
+        #expect(try checks(ns) == ["ip saddr 10.77.0.9 ip daddr != 10.77.0.0/24 masquerade comment \"\(comment0)\""])
+        #expect(try ns.run("nft", "list", "chain", "inet", "cni_plugins_masquerade", "postrouting") == postrouting)
+
+        try masq.setup(
+            backend: .nftables, network: "testnet", containerID: "c1", ifname: "eth1",
+            addresses: [prefix("10.77.0.6/24")])
+        try masq.teardown(network: "testnet", containerID: "c1", ifname: "eth0", addresses: nil)
+        #expect(try checks(ns).count == 1)
+        #expect(try checks(ns).first?.contains("10.77.0.6") == true)
+        try masq.teardown(network: "testnet", containerID: "c1", ifname: "eth0", addresses: nil)
+        try masq.teardown(network: "testnet", containerID: "c1", ifname: "eth1", addresses: [])
+        #expect(try checks(ns).isEmpty)
+    }
+
+    @Test func teardownWithoutTheTableSucceeds() throws {
+        let ns = try TestNamespace()
+        try IPMasquerade(runner: ns.runner).teardown(
+            network: "testnet", containerID: "c1", ifname: "eth0", addresses: nil)
+    }
+
+    @Test func garbageCollection() throws {
+        let ns = try TestNamespace()
+        let masq = IPMasquerade(runner: ns.runner)
+        for (network, containerID, ip) in [
+            ("testnet", "c1", "10.77.0.5/24"), ("testnet", "c2", "10.77.0.6/24"),
+            ("othernet", "c3", "10.78.0.7/24"),
+        ] {
+            try masq.setup(
+                backend: .nftables, network: network, containerID: containerID, ifname: "eth0", addresses: [prefix(ip)])
+        }
+        try masq.garbageCollect(network: "testnet", validAttachments: [("c2", "eth0")])
+        let remaining = try checks(ns)
+        #expect(remaining.count == 2)
+        #expect(remaining.contains { $0.contains("10.77.0.6") })
+        #expect(remaining.contains { $0.contains("10.78.0.7") })
+    }
+}
+
+@Suite(.enabled(if: isRoot, "needs root: creates network namespaces and firewall rules in them"))
+struct SpoofCheckNamespaceTests {
+    @Test func lifecycle() throws {
+        let ns = try TestNamespace()
+        let check = MACSpoofCheck(runner: ns.runner)
+        let mac = MACAddress("02:00:00:00:12:34")!
+        try check.setup(containerID: "c1", ifname: "eth0", hostInterface: "veth0001", mac: mac)
+        try check.setup(containerID: "c1", ifname: "eth0", hostInterface: "veth0001", mac: mac)
+        try check.setup(
+            containerID: "c2", ifname: "eth0", hostInterface: "veth0002", mac: MACAddress("02:00:00:00:12:35")!)
+        let table = try ns.run("nft", "list", "table", "bridge", "nat")
+        #expect(table.contains("type filter hook prerouting priority dstnat; policy accept;"))  // -300 is dstnat
+        #expect(
+            table.components(
+                separatedBy: "iifname \"veth0001\" jump cni-br-iface-c1-eth0 comment \"macspoofchk-c1-eth0\""
+            )
+            .count == 2)
+        #expect(table.contains("ether saddr 02:00:00:00:12:34 return comment \"macspoofchk-c1-eth0\""))
+        #expect(table.contains("drop comment \"macspoofchk-c1-eth0\""))
+
+        try check.teardown(containerID: "c1", ifname: "eth0")
+        let after = try ns.run("nft", "list", "table", "bridge", "nat")
+        #expect(!after.contains("c1-eth0"))
+        #expect(after.contains("cni-br-iface-c2-eth0-mac"))
+        try check.teardown(containerID: "c1", ifname: "eth0")
+
+        try check.garbageCollect(validAttachments: []) { _ in false }
+        #expect(!(try ns.run("nft", "list", "table", "bridge", "nat")).contains("cni-br-iface"))
+    }
+
+    @Test func teardownWithoutTheTableSucceeds() throws {
+        let ns = try TestNamespace()
+        try MACSpoofCheck(runner: ns.runner).teardown(containerID: "c1", ifname: "eth0")
+    }
+}
