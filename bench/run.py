@@ -64,10 +64,10 @@ def sh(*argv, check=True, input=None):
 
 
 class Run:
-    __slots__ = ("status", "elapsed_s", "stdout", "stderr")
+    __slots__ = ("status", "elapsed_s", "cpu_s", "stdout", "stderr")
 
-    def __init__(self, status, elapsed_s, stdout, stderr):
-        self.status, self.elapsed_s = status, elapsed_s
+    def __init__(self, status, elapsed_s, cpu_s, stdout, stderr):
+        self.status, self.elapsed_s, self.cpu_s = status, elapsed_s, cpu_s
         self.stdout, self.stderr = stdout, stderr
 
     @property
@@ -91,6 +91,8 @@ class Spawner:
 
     The time of a run is from just before posix_spawn to wait4's return: it includes the
     spawn itself (measured on its own as the "spawn overhead" note) but no Python pipe handling.
+    The CPU time is user + system time of the child and of every descendant it waited for (the
+    IPAM plugin, iptables): much less disturbed than wall time by other load on the machine.
     """
 
     def __init__(self, workdir: Path):
@@ -115,9 +117,9 @@ class Spawner:
         return os.posix_spawn(argv[0], argv, env, file_actions=actions)
 
     @staticmethod
-    def _collect(status, elapsed, out_path, err_path):
+    def _collect(status, elapsed, rusage, out_path, err_path):
         code = os.waitstatus_to_exitcode(status)
-        return Run(code, elapsed, out_path.read_text(errors="replace"),
+        return Run(code, elapsed, rusage.ru_utime + rusage.ru_stime, out_path.read_text(errors="replace"),
                    err_path.read_text(errors="replace"))
 
     def run(self, argv, env, stdin=b""):
@@ -128,16 +130,16 @@ class Spawner:
         try:
             start = time.perf_counter_ns()
             pid = self._spawn(argv, env, in_path, out_path, err_path)
-            _, status = os.waitpid(pid, 0)
+            _, status, rusage = os.wait4(pid, 0)
             elapsed = (time.perf_counter_ns() - start) / 1e9
         except _Timeout:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            return Run(-9, RUN_TIMEOUT_S, "", f"killed after {RUN_TIMEOUT_S} s")
+            return Run(-9, RUN_TIMEOUT_S, 0, "", f"killed after {RUN_TIMEOUT_S} s")
         finally:
             signal.alarm(0)
             signal.signal(signal.SIGALRM, previous)
-        return self._collect(status, elapsed, out_path, err_path)
+        return self._collect(status, elapsed, rusage, out_path, err_path)
 
     def run_many(self, jobs, parallel):
         """Runs (argv, env, stdin) jobs, at most `parallel` at a time; returns (runs, wall seconds)."""
@@ -152,10 +154,10 @@ class Spawner:
                     argv, env, in_path, out_path, err_path = prepared[pending]
                     running[self._spawn(argv, env, in_path, out_path, err_path)] = (pending, time.perf_counter_ns())
                     pending += 1
-                pid, status = os.waitpid(-1, 0)
+                pid, status, rusage = os.wait4(-1, 0)
                 index, began = running.pop(pid)
                 elapsed = (time.perf_counter_ns() - began) / 1e9
-                runs[index] = self._collect(status, elapsed, prepared[index][3], prepared[index][4])
+                runs[index] = self._collect(status, elapsed, rusage, prepared[index][3], prepared[index][4])
         finally:
             for pid in running:  # only after an exception: leave no child behind
                 try:
@@ -503,6 +505,7 @@ class Bench:
         samples = self.sample(row, impl.key)
         if run.ok:
             samples.add(run.elapsed_s * 1000)
+            self.sample(f"{row}:cpu", impl.key).add(run.cpu_s * 1000)
         else:
             samples.fail(f"{what}: {run.describe()}")
         return run.ok
@@ -691,6 +694,11 @@ class Bench:
             if ours["median"] and reference["median"]:
                 ratio = ours["median"] / reference["median"]
             entry = dict(row, ours=ours, reference=reference, ratio=ratio)
+            if row["kind"] == "time":
+                cpu = {key: self.sample(f"{row['id']}:cpu", key).summary() for key in ("ours", "reference")}
+                entry["cpu_ms"] = cpu
+                entry["cpu_ratio"] = (cpu["ours"]["median"] / cpu["reference"]["median"]
+                                      if cpu["ours"]["median"] and cpu["reference"]["median"] else None)
             entry["target"], entry["met"], entry["target_value"] = self.judge(row, ratio)
             out.append(entry)
         floor = {key: self.sample(key, "floor").summary() for key in ("floor-ADD", "floor-DEL", "spawn-overhead")}
@@ -744,7 +752,7 @@ def cell(summary, kind):
 def table(rows, floor, meta):
     lines = []
     header = f"{'measurement':<44} {'unit':<6} {'ours median (min-max)':>26} {'reference median (min-max)':>28} " \
-             f"{'ours/ref':>8}  target"
+             f"{'ours/ref':>8} {'cpu o/r':>7}  target"
     lines.append(header)
     lines.append("-" * len(header) + "-" * 24)
     for row in rows:
@@ -755,8 +763,9 @@ def table(rows, floor, meta):
             value = f" ({row['target_value']:.2f}x)" if row["target_value"] is not None and \
                 row["target"].startswith("ours/ours") else ""
             target = f"{row['target']}{value}: {verdict}"
+        cpu = f"{row['cpu_ratio']:.2f}x" if row.get("cpu_ratio") is not None else ""
         lines.append(f"{row['label']:<44} {row['unit']:<6} {cell(row['ours'], row['kind']):>26} "
-                     f"{cell(row['reference'], row['kind']):>28} {ratio:>8}  {target}")
+                     f"{cell(row['reference'], row['kind']):>28} {ratio:>8} {cpu:>7}  {target}")
     lines.append("")
     fa, fd, spawn = floor["floor-ADD"], floor["floor-DEL"], floor["spawn-overhead"]
     if fa["median"] is not None:
