@@ -657,6 +657,26 @@ class Bench:
                 Path(lease).unlink(missing_ok=True)
             noop = self.spawner.run([self.floor, "noop"], env)
             self.record_floor("spawn-overhead", noop)
+        # The kernel's own limit for the throughput rows: the same containers, the floor's work only.
+        parallel, count = max(self.args.parallel_levels), self.args.containers
+        addresses = [f"10.203.{1 + i // 250}.{10 + i % 250}" for i in range(count)]
+        leases = [str(lease_dir / address) for address in addresses]
+        adds, add_s = self.spawner.run_many(
+            [([self.floor, "add", self.ns.path(self.ns.containers[i]), "eth0", f"vflt{i}", self.floor_bridge,
+               f"{addresses[i]}/16", "10.203.0.1", leases[i], f"floor-{i}"], env, b"")
+             for i in range(count)], parallel)
+        dels, del_s = self.spawner.run_many(
+            [([self.floor, "del", self.ns.path(self.ns.containers[i]), "eth0", leases[i]], env, b"")
+             for i in range(count)], parallel)
+        samples = self.sample("floor-throughput", "floor")
+        failed = [run for run in adds + dels if not run.ok]
+        if failed:
+            samples.fail(failed[0].describe())
+            for i in range(count):
+                self.ns.clear_container(i)
+                Path(leases[i]).unlink(missing_ok=True)
+        else:
+            samples.add(count / (add_s + del_s))
 
     def record_floor(self, row, run):
         samples = self.sample(row, "floor")
@@ -715,7 +735,8 @@ class Bench:
                                       if cpu["ours"]["median"] and cpu["reference"]["median"] else None)
             entry["target"], entry["met"], entry["target_value"] = self.judge(row, ratio)
             out.append(entry)
-        floor = {key: self.sample(key, "floor").summary() for key in ("floor-ADD", "floor-DEL", "spawn-overhead")}
+        floor = {key: self.sample(key, "floor").summary()
+                 for key in ("floor-ADD", "floor-DEL", "floor-throughput", "spawn-overhead")}
         return out, floor
 
     def judge(self, row, ratio):
@@ -794,6 +815,10 @@ def table(rows, floor, meta):
                     parts.append(f"{key} {row[key]['median'] / floor_summary['median']:.1f}x floor")
             if parts:
                 lines.append(f"  bridge + host-local v4 {command}: " + ", ".join(parts))
+    throughput = floor["floor-throughput"]
+    if throughput["median"] is not None:
+        lines.append(f"  floor throughput, {meta['containers']} ctrs ADD+DEL, {max(meta['parallel'])} parallel: "
+                     f"{cell(throughput, 'rate')} ctr/s (the kernel's limit for the throughput rows)")
     if spawn["median"] is not None:
         lines.append(f"spawn overhead (posix_spawn + wait4 of a static no-op, included in every time above): "
                      f"{cell(spawn, 'time')} ms")
@@ -809,8 +834,9 @@ def table(rows, floor, meta):
     failures = [(r["label"], key, r[key]) for r in rows for key in ("ours", "reference") if r[key]["failures"]]
     for label, key, summary in failures:
         lines.append(f"FAILURES {key} / {label.strip()}: {summary['failures']}, first: {summary['first_error']}")
-    lines.append(f"load average before/after: {meta['load_before']} / {meta['load_after']}  "
-                 f"({meta['cpus']} CPUs; values shared with anything else running)")
+    lines.append(f"load average before/after: {meta['load_before']} / {meta['load_after']}; CPU pressure "
+                 f"(PSI some avg60) {meta['cpu_pressure_before']} / {meta['cpu_pressure_after']} % "
+                 f"({meta['cpus']} CPUs, shared with anything else running: high values mean noisy times)")
     return "\n".join(lines)
 
 
@@ -841,6 +867,9 @@ def parse_args(argv):
     parser.add_argument("--containers", type=int, help="containers per throughput run (default 100; quick 32)")
     parser.add_argument("--parallel", default="1,8,16", help="throughput parallelism levels (1 = sequential)")
     parser.add_argument("--leases", default="0,1000,10000,60000", help="existing lease counts for host-local")
+    parser.add_argument("--nice", type=int, default=-10,
+                        help="niceness increment for the run and every plugin (default -10: less noise from "
+                             "other work on a shared machine; 0 to leave it)")
     parser.add_argument("--only", default=",".join(GROUPS),
                         help=f"measurement groups to run, comma-separated (default all: {','.join(GROUPS)}); "
                              "rows of the others stay empty")
@@ -859,6 +888,17 @@ def parse_args(argv):
     if max(args.lease_counts) > 65000:
         parser.error("at most 65,000 leases fit the /16")
     return args
+
+
+def cpu_pressure():
+    """Share of the last minute in which some runnable task waited for a CPU (Linux PSI)."""
+    try:
+        for line in Path("/proc/pressure/cpu").read_text().splitlines():
+            if line.startswith("some"):
+                return float(line.split("avg60=")[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        pass
+    return None
 
 
 def round_order(rounds):
@@ -898,12 +938,17 @@ def main(argv=None):
         "containers": args.containers,
         "parallel": args.parallel_levels,
         "leases": args.lease_counts,
+        "nice": args.nice,
         "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "cpu_pressure_before": cpu_pressure(),
         "git": sh("git", "-C", REPO, "describe", "--always", "--dirty", check=False).strip(),
     }
     try:
-        print(f"bench: setting up ({args.containers} container namespaces, leases "
-              f"{', '.join(map(str, args.lease_counts))})", file=sys.stderr, flush=True)
+        if args.nice:
+            os.nice(args.nice)  # inherited by every plugin run, both columns alike
+        print(f"bench: setting up ({args.containers} container namespaces"
+              + (f", leases {', '.join(map(str, args.lease_counts))}" if "leases" in args.only else "") + ")",
+              file=sys.stderr, flush=True)
         floor = build_floor(workdir)
         namespaces.create()
         namespaces.enter_host()
@@ -924,6 +969,7 @@ def main(argv=None):
         namespaces.destroy()
         shutil.rmtree(workdir, ignore_errors=True)
     meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    meta["cpu_pressure_after"] = cpu_pressure()
     text = table(rows, floor_results, meta)
     print(text)
     args.json.parent.mkdir(parents=True, exist_ok=True)
