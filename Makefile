@@ -11,7 +11,8 @@ PYTHON ?= /usr/bin/python3
 # Debian packages: libnl for the build; iproute2, nftables, iptables for the plugins; the
 # reference plugins and pytest for the integration tests and benchmarks.
 DEB_PACKAGES := pkg-config libnl-3-dev libnl-route-3-dev iproute2 nftables iptables containernetworking-plugins \
-	python3 python3-pytest procps util-linux
+	python3 python3-pytest procps util-linux \
+	podman runc conmon containerd golang-go golang-github-appc-cni-dev busybox-static python3-yaml curl iputils-ping
 RELEASE_FLAGS := -c release --static-swift-stdlib -Xlinker -s
 # Release binaries link libnl statically too, so they run on a node without libnl installed (as
 # the reference's Go binaries do). SwiftPM takes libnl's link flags from pkg-config; a shadowing
@@ -45,6 +46,9 @@ build: $(STATIC_DIR)/pkgconfig/libnl-route-3.0.pc
 	for p in $(PLUGINS); do \
 		if [ -x "$$bindir/$$p" ]; then install -m 0755 "$$bindir/$$p" bin/$$p; fi; \
 	done; ls -l bin
+
+demo: deps build
+	bash scripts/demo.sh
 
 test: deps build unit-test integration-test
 

@@ -6,10 +6,10 @@ import PackageDescription
 let package = Package(
     name: "swift-cni",
     products: [
-        .executable(name: "host-local", targets: ["host-local"]),
-        .executable(name: "static", targets: ["static"]),
         .executable(name: "bridge", targets: ["bridge"]),
         .executable(name: "loopback", targets: ["loopback"]),
+        .executable(name: "host-local", targets: ["host-local"]),
+        .executable(name: "static", targets: ["static"]),
     ],
     targets: [
         // Glibc declarations Swift's Glibc module lacks (setns, pipe2, CLONE_NEWNET).
@@ -31,14 +31,6 @@ let package = Package(
 
         // libnl wrappers: links, addresses, routes, bridge ports, network namespaces, sysctls.
         .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
-        // Address ranges, the allocator and the lease store shared by the IPAM plugins.
-        .target(name: "IPAM", dependencies: ["CNI", "NetAddress"]),
-        .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
-        .target(name: "StaticPlugin", dependencies: ["CNI", "IPAM"]),
-        .executableTarget(name: "host-local", dependencies: ["HostLocalPlugin"]),
-        .executableTarget(name: "static", dependencies: ["StaticPlugin"]),
-
-        .testTarget(name: "IPAMTests", dependencies: ["IPAM", "HostLocalPlugin", "StaticPlugin"]),
 
         // The bridge and loopback plugins: thin compositions of the layers above.
         .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink", "Masquerade"]),
@@ -47,6 +39,14 @@ let package = Package(
         .executableTarget(name: "loopback", dependencies: ["LoopbackPlugin", "CNI"]),
 
         .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "CNI", "NetAddress"]),
+        // Address ranges, the allocator and the lease store shared by the IPAM plugins.
+        .target(name: "IPAM", dependencies: ["CNI", "NetAddress"]),
+        .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
+        .target(name: "StaticPlugin", dependencies: ["CNI", "IPAM"]),
+        .executableTarget(name: "host-local", dependencies: ["HostLocalPlugin"]),
+        .executableTarget(name: "static", dependencies: ["StaticPlugin"]),
+
+        .testTarget(name: "IPAMTests", dependencies: ["IPAM", "HostLocalPlugin", "StaticPlugin"]),
 
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),
         .testTarget(name: "CNITests", dependencies: ["CNI"]),

@@ -36,7 +36,8 @@ struct BridgeAdd {
             }) != nil
         {
             throw CNIError(
-                .invalidEnvironment, "container veth name (\"\(ifName)\") peer provided (\"\") already exists",
+                .invalidEnvironment,
+                "container veth name (\"\(ifName)\") peer provided (\"\(randomHostVethName())\") already exists",
                 details:
                     "CNI_IFNAME \(ifName) already exists in netns \"\(request.netns)\"; a runtime must DEL before a second ADD"
             )

@@ -61,12 +61,24 @@ public enum Exec {
         posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
         if errorOutput == .capture { posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2) }
 
+        // A child that exits without reading all of stdin must not kill us with SIGPIPE: ignore it
+        // here (write then fails with EPIPE) and give the child the default disposition back.
+        signal(SIGPIPE, SIG_IGN)
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var defaultSignals = sigset_t()
+        sigemptyset(&defaultSignals)
+        sigaddset(&defaultSignals, SIGPIPE)
+        posix_spawnattr_setsigdefault(&attributes, &defaultSignals)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF))
+
         let argv = [path] + arguments
         let env = (environment ?? currentEnvironment()).map { "\($0.key)=\($0.value)" }
         var pid: pid_t = 0
         let spawnError = withCStrings(argv) { argvPointers in
             withCStrings(env) { envPointers in
-                posix_spawn(&pid, path, &actions, nil, argvPointers, envPointers)
+                posix_spawn(&pid, path, &actions, &attributes, argvPointers, envPointers)
             }
         }
         // The child has its copies; close our ends it uses.

@@ -26,7 +26,9 @@ import Testing
         #expect(directory.mode("mynet/lock") == 0o750 & ~currentUmask())
         // Nothing but leases, the lock and last_reserved_ip in the reference's directory.
         #expect(directory.list("mynet") == ["10.1.2.2", "last_reserved_ip.0", "lock"])
-        #expect(directory.list(".swift-cni-index/mynet") == ["dummy@eth0"])
+        let index = directory.list(".swift-cni-index/mynet")
+        #expect(index.count == 1 && index[0].hasPrefix("b"))
+        #expect(directory.read(".swift-cni-index/mynet/\(index[0])") == "swift-cni-index 2\ndummy eth0 10.1.2.2\n")
     }
 
     @Test func ownersParseLikeTheReference() {
@@ -82,7 +84,9 @@ import Testing
         _ = leasePath
         let leases = try withStore { store throws(CNIError) in try store.leases(of: owner) }
         #expect(leases == [ip("10.1.2.2")])
-        #expect(directory.read(".swift-cni-index/mynet/dummy@eth0")?.contains("10.1.2.3") == false)
+        for name in directory.list(".swift-cni-index/mynet") {
+            #expect(directory.read(".swift-cni-index/mynet/\(name)")?.contains("10.1.2.3") == false)
+        }
     }
 
     @Test func anInterruptedOperationIsRepairedByTheNextOne() throws {
@@ -92,25 +96,28 @@ import Testing
         // A process killed after linking a lease but before updating the index and stamps.
         directory.write("mynet/10.1.2.9", "killed\r\neth0")
         directory.write(".swift-cni-index/mynet/~lease", "killed\r\neth0")
+        directory.write(".swift-cni-index/mynet/~bucket", "swift-cni-index 2\nkil")
         let killed = try withStore { store throws(CNIError) in
             try store.leases(of: LeaseOwner(containerID: "killed", ifname: "eth0"))
         }
         #expect(killed == [ip("10.1.2.9")])
-        #expect(!directory.list(".swift-cni-index/mynet").contains("~lease"))
+        #expect(directory.list(".swift-cni-index/mynet").allSatisfy { !$0.hasPrefix("~") })
     }
 
-    @Test func longContainerIDsGetHashedIndexNames() throws {
+    @Test func manyOwnersRoundTripThroughTheIndex() throws {
         let long = LeaseOwner(containerID: String(repeating: "a", count: 300), ifname: "eth0")
+        let owners = [long] + (0..<250).map { LeaseOwner(containerID: "c\($0)", ifname: "eth\($0 % 3)") }
         try withStore { store throws(CNIError) in
-            _ = try store.reserve(ip("10.1.2.2"), for: long, rangeSetIndex: 0)
+            for (i, owner) in owners.enumerated() {
+                _ = try store.reserve(IPAddress(v4: 0x0a01_0000 + UInt32(i) + 2), for: owner, rangeSetIndex: 0)
+            }
         }
-        let names = directory.list(".swift-cni-index/mynet")
-        #expect(names.count == 1 && names[0].hasPrefix("#"))
-        let (leases, owners) = try withStore { store throws(CNIError) in
-            (try store.leases(of: long), try store.owners())
+        #expect(directory.list(".swift-cni-index/mynet").count <= 256)
+        let (leases, listed) = try withStore { store throws(CNIError) in
+            (try owners.map { owner throws(CNIError) in try store.leases(of: owner) }, try store.owners())
         }
-        #expect(leases == [ip("10.1.2.2")])
-        #expect(owners == [long])
+        #expect(leases.enumerated().allSatisfy { $1 == [IPAddress(v4: 0x0a01_0000 + UInt32($0) + 2)] })
+        #expect(Set(listed) == Set(owners))
     }
 
     @Test func oddLeaseContentStillIndexes() throws {

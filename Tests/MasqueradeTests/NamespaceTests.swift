@@ -16,6 +16,7 @@ private final class TestNamespace {
     let runner: SystemCommandRunner
 
     init() throws {
+        _ = Self.removeLeftovers
         name = "masqtest-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let output = try SystemCommandRunner().run("ip", ["netns", "add", name], stdin: [])
         try #require(output.succeeded, "ip netns add \(name): \(output.stderrText)")
@@ -25,6 +26,20 @@ private final class TestNamespace {
     deinit {
         _ = try? SystemCommandRunner().run("ip", ["netns", "delete", name], stdin: [])
     }
+
+    /// Namespaces of earlier test processes that died before their cleanup ran (a crash skips
+    /// deinit): ours by prefix, and only those whose process is gone.
+    private static let removeLeftovers: Void = {
+        guard let list = try? SystemCommandRunner().run("ip", ["netns", "list"], stdin: []) else { return }
+        for line in list.stdoutText.split(separator: "\n") {
+            let name = String(line.prefix { $0 != " " })
+            let parts = name.split(separator: "-")
+            guard parts.count == 3, parts[0] == "masqtest", let pid = pid_t(parts[1]), pid != getpid(),
+                kill(pid, 0) != 0, errno == ESRCH
+            else { continue }
+            _ = try? SystemCommandRunner().run("ip", ["netns", "delete", name], stdin: [])
+        }
+    }()
 
     /// Runs a command in the namespace and requires success; returns stdout.
     @discardableResult

@@ -20,6 +20,17 @@ import Testing
         #expect(output.stdoutText == "CNI_COMMAND=VERSION\n")
     }
 
+    @Test func aChildThatIgnoresStdinDoesNotKillUs() throws {
+        // Writing to a pipe nobody reads raises SIGPIPE; we must survive it and report the exit.
+        let input = Array(repeating: UInt8(ascii: "x"), count: 1_000_000)
+        let output = try Exec.run("/bin/sh", ["-c", "exit 4"], stdin: input)
+        #expect(output.status == 4)
+        // The child gets SIGPIPE's default disposition back (a shell pipeline relies on it).
+        let trap = try Exec.run("/bin/grep", ["SigIgn", "/proc/self/status"])
+        let mask = trap.stdoutText.split(separator: "\t").last.flatMap { UInt64($0.prefix(16), radix: 16) }
+        #expect(mask.map { $0 & (1 << (13 - 1)) == 0 } == true, "SIGPIPE (13) still ignored: \(trap.stdoutText)")
+    }
+
     @Test func missingProgramIsAFailure() {
         #expect(throws: Exec.Failure.self) { try Exec.run("/nonexistent/plugin") }
     }

@@ -1,0 +1,535 @@
+"""bridge: ADD/DEL/CHECK/STATUS/GC exec'd as a runtime does, kernel state checked with ip/bridge/nft.
+
+Every test runs the plugin inside a "host" namespace it created (see test_bridge_support.py), so
+nothing reaches the real host. Reference test names (CNI-REFERENCE §3) are quoted where they map.
+"""
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cnitest import BIN_DIR, REF_DIR, sh, unique
+from test_bridge_support import (World, addresses, bridge_ports, global_addresses, ipj, link, links, nat_rules,
+                                 nft_comments, nft_rules, run_in, vlan_filtering_supported, with_prev, world)
+
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+def assert_nothing_left(world, container, ifname="eth0", leases_before=()):
+    assert world.host_veths() == [], "a host veth was left behind"
+    if container is not None:
+        assert link(container, ifname) is None, f"{ifname} was left in the container"
+    assert world.leases() == sorted(leases_before), "a lease was left behind"
+    assert nat_rules(world.host) == [], "an iptables rule was left behind"
+    assert [c for c in nft_comments(world.host) if c] == [], "an nft rule was left behind"
+
+
+# ---------------------------------------------------------------------------------------------
+# ADD / DEL, per family ("configures and deconfigures a bridge and veth with default route")
+
+def check_attachment(world, container, result, bridge_addresses, ifname="eth0"):
+    interfaces = result["interfaces"]
+    assert len(interfaces) == 3
+    assert interfaces[0]["name"] == world.bridge
+    assert interfaces[1]["name"].startswith("veth") and len(interfaces[1]["name"]) == 12
+    assert interfaces[2] == {**interfaces[2], "name": ifname, "sandbox": container.path}
+    assert all(MAC_RE.match(i["mac"]) for i in interfaces)
+    assert interfaces[2]["mac"] != interfaces[0]["mac"]
+    assert all(ip["interface"] == 2 for ip in result["ips"])
+
+    bridge = link(world.host, world.bridge)
+    assert bridge["linkinfo"]["info_kind"] == "bridge"
+    assert bridge["address"] == interfaces[0]["mac"], "result has the bridge's final MAC"
+    host_veth = link(world.host, interfaces[1]["name"])
+    assert host_veth["master"] == world.bridge
+    assert host_veth["operstate"] == "UP"
+    assert host_veth["address"] == interfaces[1]["mac"]
+    peer = link(container, ifname)
+    assert peer["linkinfo"]["info_kind"] == "veth" and peer["operstate"] == "UP"
+    assert peer["address"] == interfaces[2]["mac"]
+    assert sorted(global_addresses(world.host, world.bridge)) == sorted(bridge_addresses)
+    assert sorted(global_addresses(container, ifname)) == sorted(ip["address"] for ip in result["ips"])
+
+
+@pytest.mark.parametrize("version", ["0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+def test_ipv4_add_check_del(world, version):
+    container = world.container()
+    config = world.config(version, isDefaultGateway=True)
+    result = world.add(config, container)
+    assert result["cniVersion"] == version
+    assert result["ips"][0]["address"] == "10.77.0.2/24" and result["ips"][0]["gateway"] == "10.77.0.1"
+    if version.startswith("0."):
+        assert result["ips"][0]["version"] == "4"
+    assert result["routes"] == [{"dst": "0.0.0.0/0", "gw": "10.77.0.1"}]
+    check_attachment(world, container, result, ["10.77.0.1/24"])
+    # Kernel-visible details of the reference: broadcast on IPv4 addresses, routes with proto boot.
+    assert ("10.77.0.2", 24, "10.77.0.255") in addresses(container, "eth0")
+    default = ipj(container, "route", "show", "default", "proto", "boot")
+    assert default and default[0]["gateway"] == "10.77.0.1"
+    assert world.host.run("sysctl", "-n", "net.ipv4.ip_forward").strip() == "1"
+    assert container.run("sysctl", "-n", "net.ipv4.conf.eth0.arp_notify").strip() == "1"
+    assert world.leases() == ["10.77.0.2"]
+
+    if version >= "0.4.0":
+        check = world.run("CHECK", with_prev(config, result), container)
+        assert check.ok, str(check)
+
+    delete = world.run("DEL", with_prev(config, result), container)
+    assert delete.ok, str(delete)
+    assert link(container, "eth0") is None and world.host_veths() == []
+    assert world.leases() == []
+    assert link(world.host, world.bridge) is not None, "the bridge stays (as the reference's)"
+    again = world.run("DEL", config, container)
+    assert again.ok, f"repeated DEL must succeed: {again}"
+
+
+def test_ipv6(world):
+    container = world.container()
+    config = world.config(subnet="2001:db8:77::/64", isDefaultGateway=True)
+    result = world.add(config, container)
+    assert result["ips"][0]["address"] == "2001:db8:77::2/64"
+    assert result["routes"] == [{"dst": "::/0", "gw": "2001:db8:77::1"}]
+    check_attachment(world, container, result, ["2001:db8:77::1/64"])
+    assert container.run("sysctl", "-n", "net.ipv6.conf.eth0.accept_dad").strip() == "0"
+    assert container.run("sysctl", "-n", "net.ipv6.conf.eth0.keep_addr_on_down").strip() == "1"
+    assert world.host.run("sysctl", "-n", "net.ipv6.conf.all.forwarding").strip() == "1"
+    # No DAD without enabledad: the address is usable at once.
+    flags = [a for e in ipj(container, "addr", "show", "dev", "eth0") for a in e["addr_info"]
+             if a["local"] == "2001:db8:77::2"][0]
+    assert not flags.get("tentative")
+    assert world.run("CHECK", with_prev(config, result), container).ok
+    assert world.run("DEL", config, container).ok
+    assert world.leases() == []
+
+
+def test_dual_stack_ping_between_two_containers(world):
+    config = world.config(subnet=["10.77.0.0/24", "2001:db8:77::/64"], isGateway=True)
+    first, second = world.container(), world.container()
+    result_one = world.add(config, first, containerid="one")
+    result_two = world.add(config, second, containerid="two")
+    check_attachment(world, first, result_one, ["10.77.0.1/24", "2001:db8:77::1/64"])
+    assert len(bridge_ports(world.host, world.bridge)) == 2
+    v4 = result_two["ips"][0]["address"].split("/")[0]
+    v6 = result_two["ips"][1]["address"].split("/")[0]
+    first.run("ping", "-c", "1", "-W", "2", v4)
+    first.run("ping", "-6", "-c", "1", "-W", "2", v6)
+    first.run("ping", "-c", "1", "-W", "2", "10.77.0.1")  # the gateway on the bridge
+    for cid, ns in (("one", first), ("two", second)):
+        assert world.run("DEL", config, ns, containerid=cid).ok
+    assert world.leases() == [] and world.host_veths() == []
+
+
+def test_l2_only(world):
+    container = world.container()
+    config = world.config(ipam=False)
+    result = world.add(config, container)
+    assert "ips" not in result and len(result["interfaces"]) == 3
+    assert link(container, "eth0")["operstate"] == "UP"
+    assert global_addresses(world.host, world.bridge) == []
+    # The reference's CHECK fails on L2 configs (it always delegates IPAM CHECK); ours works.
+    assert world.run("CHECK", with_prev(config, result), container).ok
+    assert world.run("STATUS", world.config("1.1.0", ipam=False)).ok
+    assert world.run("DEL", config, container).ok
+
+
+def test_existing_bridge_is_reused_and_reconciled(world):
+    world.host.run("ip", "link", "add", world.bridge, "type", "bridge")
+    index = link(world.host, world.bridge)["ifindex"]
+    container = world.container()
+    world.add(world.config(mtu=1400), container)
+    bridge = link(world.host, world.bridge)
+    assert bridge["ifindex"] == index, "handles an existing bridge (keeps ifindex)"
+    assert bridge["mtu"] == 1400, "configured mtu set on an existing bridge"
+    assert link(container, "eth0")["mtu"] == 1400
+    assert bridge["operstate"] in ("UP", "UNKNOWN")
+
+
+def test_existing_link_that_is_not_a_bridge(world):
+    world.host.run("ip", "link", "add", world.bridge, "type", "veth", "peer", "name", unique("p", 10))
+    container = world.container()
+    run = world.run("ADD", world.config(), container)
+    assert not run.ok and run.json["code"] == 7
+    assert run.json["msg"] == f'"{world.bridge}" already exists but is not a bridge'
+    assert link(container, "eth0") is None and world.leases() == []
+
+
+def test_bridge_address_conflict_rolls_back_everything(world):
+    """'checks ip release in case of error': a failure after IPAM leaves no lease and no veth."""
+    world.host.run("ip", "link", "add", world.bridge, "type", "bridge")
+    world.host.run("ip", "addr", "add", "10.0.0.1/8", "dev", world.bridge)
+    container = world.container()
+    run = world.run("ADD", world.config(subnet="10.1.2.0/24", isGateway=True, ipMasq=True), container)
+    assert not run.ok
+    assert run.json["msg"] == f'"{world.bridge}" already has an IP address different from 10.1.2.1/24'
+    assert_nothing_left(world, container)
+    assert global_addresses(world.host, world.bridge) == ["10.0.0.1/8"]
+
+
+def test_force_address_replaces_ipv4(world):
+    """'ensure bridge address' case 0: 10.0.0.1/8 replaced by the gateway with forceAddress."""
+    world.host.run("ip", "link", "add", world.bridge, "type", "bridge")
+    world.host.run("ip", "addr", "add", "10.0.0.1/8", "dev", world.bridge)
+    world.add(world.config(subnet="10.1.2.0/24", isGateway=True, forceAddress=True), world.container())
+    assert global_addresses(world.host, world.bridge) == ["10.1.2.1/24"]
+
+
+def test_ipv6_gateways_coexist_unless_overlapping(world):
+    """'ensure bridge address' cases 1 and 2."""
+    world.host.run("ip", "link", "add", world.bridge, "type", "bridge")
+    world.host.run("ip", "addr", "add", "2001:db8:1::1/64", "dev", world.bridge, "nodad")
+    world.add(world.config(subnet="2001:db8:2::/64", isGateway=True), world.container())
+    assert sorted(global_addresses(world.host, world.bridge)) == ["2001:db8:1::1/64", "2001:db8:2::1/64"]
+    run = world.run("ADD", world.config(subnet="2001:db8:1::/48", isGateway=True), world.container(),
+                    containerid="other")
+    assert not run.ok and "already has an IP address different from 2001:db8:1::1/48" in run.json["msg"]
+
+
+def test_stable_bridge_mac(world):
+    """'creates a bridge with a stable MAC address': pinned when the gateway is set."""
+    config = world.config(isGateway=True)
+    first = world.add(config, world.container(), containerid="a")
+    mac = link(world.host, world.bridge)["address"]
+    assert first["interfaces"][0]["mac"] == mac
+    second = world.add(config, world.container(), containerid="b")
+    assert second["interfaces"][0]["mac"] == mac == link(world.host, world.bridge)["address"]
+
+
+def test_hairpin_and_port_isolation(world):
+    container = world.container()
+    result = world.add(world.config(hairpinMode=True, portIsolation=True), container)
+    port = link(world.host, result["interfaces"][1]["name"])
+    data = port["linkinfo"]["info_slave_data"]
+    assert data["hairpin"] is True and data["isolated"] is True
+    other = world.add(world.config(), world.container(), containerid="other")
+    data = link(world.host, other["interfaces"][1]["name"])["linkinfo"]["info_slave_data"]
+    assert data["hairpin"] is False and data["isolated"] is False
+
+
+def test_promiscuous_mode(world):
+    world.add(world.config(promiscMode=True), world.container())
+    assert "PROMISC" in link(world.host, world.bridge)["flags"]
+
+
+def test_hairpin_with_promisc_is_rejected_before_anything(world):
+    run = world.run("ADD", world.config(hairpinMode=True, promiscMode=True), world.container())
+    assert not run.ok and run.json["code"] == 7
+    assert run.json["msg"] == "cannot set hairpin mode and promiscuous mode at the same time"
+    assert link(world.host, world.bridge) is None
+
+
+@pytest.mark.parametrize("keys", [{"vlan": 100}, {"vlanTrunk": [{"id": 101}, {"minID": 200, "maxID": 210}]},
+                                  {"vlan": 100, "vlanTrunk": [{"id": 101}]},
+                                  {"vlan": 100, "preserveDefaultVlan": True}])
+def test_vlans(world, keys):
+    container = world.container()
+    supported, reason = vlan_filtering_supported(world.host)
+    config = world.config(ipam=False, **keys)
+    run = world.run("ADD", config, container)
+    if not supported:
+        # This kernel cannot filter VLANs on a bridge: the ADD fails cleanly, nothing left.
+        assert not run.ok and run.json["code"] == 100, str(run)
+        assert_nothing_left(world, container)
+        pytest.skip(f"kernel has no bridge VLAN filtering ({reason}); checked the clean failure only")
+    assert run.ok, str(run)
+    port = run.json["interfaces"][1]["name"]
+    vlans = json.loads(world.host.run("bridge", "-j", "vlan", "show", "dev", port))
+    vids = {v["vlan"]: v.get("flags", []) for entry in vlans for v in entry["vlans"]}
+    if "vlan" in keys:
+        assert "PVID" in vids[100] and "Egress Untagged" in vids[100]
+    for entry in keys.get("vlanTrunk", []):
+        assert entry.get("id", entry.get("minID")) in vids
+    if not keys.get("preserveDefaultVlan") and "vlan" in keys:
+        assert 1 not in vids
+
+
+def test_vlan_out_of_range_is_rejected(world):
+    for vlan in (-100, 5000):
+        run = world.run("ADD", world.config(vlan=vlan), world.container())
+        assert run.json["msg"] == f"invalid VLAN ID {vlan} (must be between 0 and 4094)"
+
+
+def test_mac_spoof_check(world):
+    container = world.container()
+    config = world.config(macspoofchk=True)
+    result = world.add(config, container)
+    host_veth, mac = result["interfaces"][1]["name"], result["interfaces"][2]["mac"]
+    rules = nft_rules(world.host, "bridge", "nat")
+    assert all(r.get("comment") == "macspoofchk-ctr1-eth0" for r in rules) and len(rules) == 4
+    text = world.host.run("nft", "list", "table", "bridge", "nat")
+    assert f'iifname "{host_veth}" jump cni-br-iface-ctr1-eth0' in text
+    assert f"ether saddr {mac} return" in text
+    assert world.run("DEL", config, container).ok
+    assert nft_rules(world.host, "bridge", "nat") == []
+
+
+@pytest.mark.parametrize("backend", [None, "iptables", "nftables"])
+def test_ipmasq(world, backend):
+    """'configures a bridge and ipMasq rules with ipMasqBackend "" / "iptables" / "nftables"'."""
+    container = world.container()
+    keys = {"ipMasq": True, "isGateway": True}
+    if backend:
+        keys["ipMasqBackend"] = backend
+    config = world.config(subnet=["10.77.0.0/24", "2001:db8:77::/64"], **keys)
+    world.add(config, container)
+    if backend == "nftables":
+        comments = nft_comments(world.host, "inet", "cni_plugins_masquerade")
+        mine = [c for c in comments if c and f"net: {world.network}" in c]
+        assert len(mine) == 2 and all("if: eth0, id: ctr1" in c for c in mine)
+        assert nat_rules(world.host) == []
+    else:
+        rules = "\n".join(nat_rules(world.host))
+        assert "-A POSTROUTING -s 10.77.0.2/32" in rules and "-j MASQUERADE" in rules
+        assert "-A POSTROUTING -s 2001:db8:77::2/128" in rules
+        assert f'name: \\"{world.network}\\" id: \\"ctr1\\"' in rules
+    assert world.run("DEL", config, container).ok
+    assert nat_rules(world.host) == []
+    assert [c for c in nft_comments(world.host, "inet") if c] == []
+
+
+def test_mac_precedence(world):
+    """'uses an explicit MAC address for the container iface' from CNI_ARGS, args, runtimeConfig."""
+    cases = [
+        ({}, "MAC=c2:11:22:33:44:03", "c2:11:22:33:44:03"),
+        ({"args": {"cni": {"mac": "c2:11:22:33:44:02"}}}, "MAC=c2:11:22:33:44:03", "c2:11:22:33:44:02"),
+        ({"args": {"cni": {"mac": "c2:11:22:33:44:02"}}, "runtimeConfig": {"mac": "c2:11:22:33:44:01"}},
+         "MAC=c2:11:22:33:44:03", "c2:11:22:33:44:01"),
+    ]
+    for index, (keys, cni_args, expected) in enumerate(cases):
+        container = world.container()
+        result = world.add(world.config(ipam=False, **keys), container, containerid=f"c{index}", args=cni_args)
+        assert result["interfaces"][2]["mac"] == expected
+        assert link(container, "eth0")["address"] == expected
+
+
+def test_disable_container_interface(world):
+    container = world.container()
+    result = world.add(world.config(ipam=False, disableContainerInterface=True), container)
+    assert link(container, "eth0")["operstate"] == "DOWN"
+    assert "UP" not in link(container, "eth0")["flags"]
+    assert link(world.host, result["interfaces"][1]["name"])["master"] == world.bridge
+    run = world.run("ADD", world.config(disableContainerInterface=True), world.container(), containerid="x")
+    assert run.json["msg"] == "cannot use IPAM when DisableContainerInterface flag is set"
+
+
+# ---------------------------------------------------------------------------------------------
+# Failures leave nothing behind
+
+def test_missing_ipam_plugin(world):
+    container = world.container()
+    config = world.config(ipam={"type": "no-such-ipam"}, macspoofchk=True)
+    run = world.run("ADD", config, container)
+    assert not run.ok and "no-such-ipam" in run.json["msg"]
+    assert_nothing_left(world, container)
+
+
+def test_exhausted_range(world):
+    config = world.config(subnet="10.77.0.0/30", ipMasq=True, macspoofchk=True)
+    world.add(config, world.container(), containerid="first")
+    assert world.leases() == ["10.77.0.2"]
+    rules_before = nat_rules(world.host)
+    container = world.container()
+    run = world.run("ADD", config, container, containerid="second")
+    assert not run.ok, str(run)
+    assert link(container, "eth0") is None
+    assert len(world.host_veths()) == 1, "only the first container's veth"
+    assert world.leases() == ["10.77.0.2"]
+    assert nat_rules(world.host) == rules_before
+    assert all("second" not in c for c in nft_comments(world.host))
+
+
+def test_existing_ifname_in_container(world):
+    container = world.container()
+    container.run("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p")
+    run = world.run("ADD", world.config(), container)
+    assert not run.ok and "already exists" in run.json["msg"] and "eth0" in run.json["msg"]
+    assert world.host_veths() == [] and world.leases() == []
+
+
+def test_bad_netns(world, tmp_path):
+    missing = world.run("ADD", world.config(), netns="/run/netns/does-not-exist-" + unique("x"))
+    assert missing.json["code"] == 3
+    regular = tmp_path / "not-a-netns"
+    regular.write_text("")
+    not_ns = world.run("ADD", world.config(), netns=str(regular))
+    assert not_ns.json["code"] == 4 and "not a network namespace" in not_ns.json["details"]
+    own = world.run("ADD", world.config(), netns=world.host.path)
+    assert own.json["code"] == 4
+    assert link(world.host, world.bridge) is None and world.leases() == []
+
+
+# ---------------------------------------------------------------------------------------------
+# DEL in degraded states: the lease and the rules still go
+
+DEGRADED = ["empty-netns", "netns-gone", "link-gone", "netns-unmounted"]
+
+
+@pytest.mark.parametrize("state", DEGRADED)
+def test_del_degraded(world, state, tmp_path):
+    container = world.container()
+    config = world.config(ipMasq=True, macspoofchk=True, isGateway=True)
+    result = world.add(config, container)
+    netns = container.path
+    if state == "empty-netns":
+        netns = ""
+    elif state == "netns-gone":
+        sh("ip", "netns", "del", container.name)
+    elif state == "link-gone":
+        container.run("ip", "link", "del", "eth0")
+    elif state == "netns-unmounted":
+        # What a runtime leaves when it unmounted the netns but not the file.
+        sh("ip", "netns", "del", container.name)
+        netns = str(tmp_path / "netns-file")
+        Path(netns).write_text("")
+    for attempt in range(2):
+        run = world.run("DEL", with_prev(config, result), netns=netns)
+        assert run.ok, f"DEL #{attempt + 1} in state {state}: {run}"
+    assert world.leases() == []
+    assert nat_rules(world.host) == []
+    assert [c for c in nft_comments(world.host) if c] == []
+    if state != "empty-netns":
+        assert world.host_veths() == []
+
+
+def test_del_without_prev_result_and_empty_netns_still_removes_rules(world):
+    container = world.container()
+    config = world.config(ipMasq=True)
+    world.add(config, container)
+    assert world.run("DEL", config, netns="").ok
+    assert nat_rules(world.host) == [] and world.leases() == []
+
+
+def test_two_interfaces_of_one_container(world):
+    container = world.container()
+    config = world.config(ipMasq=True, macspoofchk=True)
+    world.add(config, container, ifname="eth0")
+    world.add(config, container, ifname="eth1")
+    assert world.run("DEL", config, container, ifname="eth0").ok
+    rules = "\n".join(nat_rules(world.host))
+    assert "-A POSTROUTING -s 10.77.0.3/32" in rules and "10.77.0.2/32" not in rules
+    assert set(nft_comments(world.host, "bridge")) == {"macspoofchk-ctr1-eth1"}
+    assert world.leases() == ["10.77.0.3"]
+    assert world.run("DEL", config, container, ifname="eth1").ok
+    assert nat_rules(world.host) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# CHECK, STATUS, GC
+
+def test_check_after_tampering(world):
+    container = world.container()
+    config = world.config(isDefaultGateway=True)
+    result = world.add(config, container)
+    checked = with_prev(config, result)
+    assert world.run("CHECK", checked, container).ok
+    assert world.run("CHECK", config, container).json["msg"] == "Required prevResult missing"
+
+    container.run("ip", "route", "del", "default")
+    run = world.run("CHECK", checked, container)
+    assert not run.ok and "0.0.0.0/0" in run.json["msg"]
+    container.run("ip", "route", "add", "default", "via", "10.77.0.1")
+
+    container.run("ip", "addr", "del", "10.77.0.2/24", "dev", "eth0")
+    run = world.run("CHECK", checked, container)
+    assert run.json["msg"] == "Failed to match addr 10.77.0.2/24 on interface eth0"
+
+    container.run("ip", "link", "del", "eth0")
+    run = world.run("CHECK", checked, container)
+    assert not run.ok and "eth0" in run.json["msg"]
+
+
+def test_check_wrong_mac_and_promisc(world):
+    container = world.container()
+    config = world.config(ipam=False)
+    result = world.add(config, container)
+    world.host.run("ip", "link", "set", world.bridge, "promisc", "on")
+    run = world.run("CHECK", with_prev(config, result), container)
+    assert "Promisc Mode" in run.json["msg"]
+    world.host.run("ip", "link", "set", world.bridge, "promisc", "off")
+    container.run("ip", "link", "set", "eth0", "address", "c2:00:00:00:00:99")
+    run = world.run("CHECK", with_prev(config, result), container)
+    assert "doesn't match container Mac" in run.json["msg"]
+
+
+def test_status(world):
+    assert world.run("STATUS", world.config("1.1.0")).ok
+    missing = world.run("STATUS", world.config("1.1.0", ipam={"type": "no-such-ipam"}))
+    assert not missing.ok and "no-such-ipam" in missing.json["msg"]
+    assert world.run("STATUS", world.config("1.0.0")).json["code"] == 1
+
+
+def test_gc_removes_what_is_not_valid(world):
+    config = world.config("1.1.0", ipMasq=True, macspoofchk=True)
+    keep, drop = world.container(), world.container()
+    world.add(config, keep, containerid="keep")
+    world.add(config, drop, containerid="drop")
+    # The runtime lost "drop" (no DEL): its netns and veth are gone, its lease and rules remain.
+    sh("ip", "netns", "del", drop.name)
+    assert len(world.leases()) == 2
+    gc = dict(config)
+    gc["cni.dev/valid-attachments"] = [{"containerID": "keep", "ifname": "eth0"}]
+    run = run_in(world.host, "bridge", "GC", gc, containerid="", ifname="")
+    assert run.ok, str(run)
+    assert world.leases() == ["10.77.0.2"]
+    rules = "\n".join(nat_rules(world.host))
+    assert "10.77.0.2/32" in rules and "10.77.0.3/32" not in rules
+    assert set(c for c in nft_comments(world.host, "bridge")) == {"macspoofchk-keep-eth0"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Results in every version, delegation to the reference's IPAM
+
+@pytest.mark.parametrize("version", ["0.1.0", "0.2.0"])
+def test_legacy_versions(world, version):
+    container = world.container()
+    result = world.add(world.config(version, isGateway=True), container)
+    assert result["ip4"]["ip"] == "10.77.0.2/24" and "interfaces" not in result
+    # More than one address per family cannot be written in these versions (host-local refuses).
+    run = world.run("ADD", world.config(version, subnet=["10.77.1.0/24", "10.77.2.0/24", "2001:db8::/64"]),
+                    world.container(), containerid="three")
+    assert not run.ok
+    assert world.host_veths() == [next(n for n in world.host_veths())] and len(world.host_veths()) == 1
+
+
+def test_delegates_to_reference_host_local(world):
+    reference = REF_DIR / "host-local"
+    if not reference.exists():
+        pytest.skip(f"reference host-local not installed at {reference}")
+    container = world.container()
+    config = world.config()
+    result = world.add(config, container, path=str(REF_DIR))
+    assert result["ips"][0]["address"] == "10.77.0.2/24"
+    assert world.leases() == ["10.77.0.2"]
+    assert world.run("DEL", config, container, path=str(REF_DIR)).ok
+    assert world.leases() == []
+
+
+# ---------------------------------------------------------------------------------------------
+# conf-examples work as given (bridge name and dataDir replaced so they stay private)
+
+EXAMPLES = sorted(p for p in (Path(__file__).resolve().parent.parent / "conf-examples").glob("bridge-*")
+                  if "vlan" not in p.name)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_conf_examples(world, example):
+    document = json.loads(example.read_text())
+    if "plugins" in document:
+        config = dict(document["plugins"][0], cniVersion=document["cniVersion"], name=document["name"])
+    else:
+        config = document
+    config["bridge"] = world.bridge
+    config["name"] = world.network
+    if config.get("ipam", {}).get("type") == "host-local":
+        config["ipam"]["dataDir"] = world.data_dir
+    container = world.container()
+    result = world.add(config, container)
+    assert result["interfaces"][2]["sandbox"] == container.path
+    if config["cniVersion"] >= "0.4.0":
+        check = world.run("CHECK", with_prev(config, result), container)
+        assert check.ok, str(check)
+    assert world.run("DEL", with_prev(config, result), container).ok
+    assert_nothing_left(world, container)

@@ -1,0 +1,111 @@
+"""containerd's `ctr run --cni` drives our plugins: ADD gives the container an address from our
+host-local, and the DEL ctr sends after the task exits — with an EMPTY CNI_NETNS, since the
+container's netns is gone by then — releases the lease and removes the bridge's ipMasq rules.
+
+containerd runs privately (own root/state/socket under a temp dir) inside a private mount
+namespace where /etc/cni/net.d and /opt/cni/bin are bind mounts of temp dirs; the image is made
+here from busybox-static as an OCI archive and imported with `ctr image import`."""
+
+import ipaddress
+import json
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from clients.common import (announce, assemble_plugin_dir, delete_link, firewall_mentions, free_subnet, leases,
+                            LEASE_ROOT, plugins_under_test, purge_firewall, reference_gap, remove_lease_dir,
+                            veths_on_bridge)
+from clients.containerd import Containerd
+from clients.images import IMAGE_NAME, build_rootfs, write_oci_archive
+from cnitest import unique
+
+
+@pytest.fixture(scope="module")
+def containerd(request, tmp_path_factory):
+    base = tmp_path_factory.mktemp("containerd")
+    engine = Containerd(base, assemble_plugin_dir(base / "plugins"))
+    try:
+        engine.start()
+        archive = write_oci_archive(build_rootfs(base / "rootfs"), base / "busybox-oci.tar")
+        engine.ctr("image", "import", "--snapshotter", "native", archive)
+        announce(request, f"containerd/ctr {engine.version()} (private instance) with {plugins_under_test()}")
+        yield engine
+    finally:
+        engine.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def network(containerd):
+    """A conflist as the first (only) file ctr sees, with a unique name, bridge and test range."""
+    name, bridge, subnet = unique("swct-", 16), unique("swct", 13), free_subnet()
+    conflist = {
+        "cniVersion": "1.0.0", "name": name,
+        "plugins": [
+            {"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": True,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "firewall"},
+        ],
+    }
+    path = containerd.net_dir / "10-swift-cni.conflist"
+    path.write_text(json.dumps(conflist))
+    try:
+        yield {"name": name, "bridge": bridge, "subnet": subnet}
+    finally:
+        path.unlink(missing_ok=True)
+        delete_link(bridge)
+        remove_lease_dir(name)
+        purge_firewall(f'"{name}"')
+        purge_firewall(subnet.rsplit(".", 1)[0] + ".")
+
+
+def test_ctr_run_cni_add_then_del_with_empty_netns(containerd, network, tmp_path):
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    container = unique("swctc-", 16)
+    runtime_id = f"default-{container}"  # ctr names the CNI attachment <namespace>-<container>
+    script = "ip -o -4 addr show eth0 > /sync/addr; ip -4 route > /sync/routes; " \
+             "while [ ! -e /sync/go ]; do sleep 0.1; done"
+    ctr = containerd.ctr_popen("run", "--rm", "--cni", "--snapshotter", "native",
+                               "--mount", f"type=bind,src={sync},dst=/sync,options=rbind:rw",
+                               IMAGE_NAME, container, "sh", "-c", script,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not (sync / "routes").exists() and ctr.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not (sync / "routes").exists():
+            ctr.kill()
+            out, err = ctr.communicate()
+            pytest.fail(f"ctr run --cni did not start the container: rc={ctr.returncode} {err.decode()}\n"
+                        f"plugin calls: {containerd.calls()}\n{containerd.log_tail()}")
+        time.sleep(0.1)  # the routes file may still be being written
+        fields = (sync / "addr").read_text().split()
+        address = fields[fields.index("inet") + 1].split("/")[0]
+        assert ipaddress.ip_address(address) in ipaddress.ip_network(network["subnet"])
+        assert f"default via {str(next(ipaddress.ip_network(network['subnet']).hosts()))}" in (sync / "routes").read_text()
+        assert leases(network["name"]) == [address]
+        lease = (LEASE_ROOT / network["name"] / address).read_text()
+        assert lease.split()[0] == runtime_id, f"lease content {lease!r}"
+        assert len(veths_on_bridge(network["bridge"])) == 1
+        assert firewall_mentions(runtime_id), "the bridge's ipMasq rules for the container are missing"
+        adds = [c for c in containerd.calls() if c[0] == "bridge" and c[1] == "ADD"]
+        assert len(adds) == 1 and adds[0][2].startswith("/proc/"), f"ADD calls: {adds}"
+    finally:
+        (sync / "go").touch()
+        out, err = ctr.communicate(timeout=60)
+    assert ctr.returncode == 0, f"ctr run failed: {err.decode()}"
+
+    calls = containerd.calls()
+    # Our bridge delegated to our host-local through CNI_PATH, for ADD and for DEL.
+    assert [c[1] for c in calls if c[0] == "host-local"] == ["ADD", "DEL"], calls
+    dels = [c for c in calls if c[0] == "bridge" and c[1] == "DEL"]
+    assert dels and all(c[2] == "" for c in dels), f"ctr was expected to send DEL with an empty CNI_NETNS: {dels}"
+    assert leases(network["name"]) == [], "DEL with empty CNI_NETNS must release the lease"
+    assert veths_on_bridge(network["bridge"]) == []
+    left = firewall_mentions(runtime_id, f"{address}/32")
+    if left:
+        reference_gap("bridge keeps ipMasq rules when DEL has no netns (plugins#810)")
+    assert left == [], "DEL with empty CNI_NETNS left firewall rules:\n" + "\n".join(left)
