@@ -529,7 +529,7 @@ class Bench:
         if "rss" in groups:
             self.peak_rss(impl)
         if "throughput" in groups:
-            self.throughput(impl, number)
+            self.throughput(impl)
         if "floor" in groups:
             self.floor_round()
         print(f"    {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
@@ -614,7 +614,7 @@ class Bench:
                 if plugin == "bridge" and not (add.ok and delete.ok):
                     self.ns.clear_container(0)
 
-    def throughput(self, impl, number):
+    def throughput(self, impl):
         config = encode(impl.config("base"))
         count = self.args.containers
         for parallel in self.args.parallel_levels:
