@@ -5,7 +5,7 @@ Every plugin execution happens inside a dedicated "host" network namespace that 
 creates (the script itself enters it, with a private mount namespace whose /sys belongs to it,
 as `ip netns exec` would arrange, so no per-run `ip` process is added to the timings). Bridges,
 addresses and firewall rules therefore never touch the real host; they vanish with the namespace.
-Container namespaces, bridge names and the ranges (10.201-10.223.x.x, fd00:bc::/32) are private.
+Container namespaces, bridge names and the ranges (10.201-10.212.x.x, fd00:bc::/32) are private.
 
 Rounds alternate A B B A (ours, reference, reference, ours, ...) so that drift on a shared
 machine hits both columns alike; before each round the plugin binaries (and any shared library
@@ -892,10 +892,12 @@ def parse_args(argv):
     parser.add_argument("--only", default=",".join(GROUPS),
                         help=f"measurement groups to run, comma-separated (default all: {','.join(GROUPS)}); "
                              "rows of the others stay empty")
-    parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "latest.json")
+    parser.add_argument("--json", type=Path,
+                        help="where to write the JSON (default bench/results/latest.json; quick.json with --quick)")
     parser.add_argument("--workroot", type=Path, default=Path("/var/tmp/cnibench"),
                         help="state directories (on disk, like /var/lib/cni)")
     args = parser.parse_args(argv)
+    args.json = args.json or REPO / "bench" / "results" / ("quick.json" if args.quick else "latest.json")
     args.rounds = args.rounds or (4 if args.quick else 8)
     args.iterations = args.iterations or (2 if args.quick else 5)
     args.containers = args.containers or (32 if args.quick else 100)
@@ -994,6 +996,10 @@ def main(argv=None):
         namespaces.destroy()
         shutil.rmtree(workdir, ignore_errors=True)
         shutil.rmtree(io_dir, ignore_errors=True)
+        try:
+            args.workroot.rmdir()  # only when no other run is using it
+        except OSError:
+            pass
     meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     meta["cpu_pressure_after"] = cpu_pressure()
     text = table(rows, floor_results, meta)
