@@ -12,45 +12,45 @@ let package = Package(
         .executable(name: "static", targets: ["static"]),
     ],
     targets: [
-        // Glibc declarations Swift's Glibc module lacks (setns, pipe2, CLONE_NEWNET).
+        // C: Glibc declarations Swift's Glibc module lacks (setns, pipe2, CLONE_NEWNET).
         .systemLibrary(name: "CSystem"),
-        // libnl-3 / libnl-route-3 headers, wrapped only by Netlink.
+        // C: libnl-3 / libnl-route-3 headers, wrapped only by Netlink.
         .systemLibrary(
             name: "CNetlink",
             pkgConfig: "libnl-route-3.0",
             providers: [.apt(["libnl-3-dev", "libnl-route-3-dev"])]
         ),
+
         // IP and MAC address value types shared by every layer (no dependencies).
         .target(name: "NetAddress"),
         // Runs a program to completion (delegated plugins, iptables-restore, nft): one small spawner.
         .target(name: "Exec", dependencies: ["CSystem"]),
         // The CNI protocol: environment, config, results, errors, CNI_ARGS, delegation, dispatch.
         .target(name: "CNI", dependencies: ["NetAddress", "Exec"]),
+        // Address ranges, the allocator and the lease store shared by the IPAM plugins.
+        .target(name: "IPAM", dependencies: ["CNI", "NetAddress"]),
+        // libnl wrappers: links, addresses, routes, bridge ports, network namespaces, sysctls.
+        .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
         // ipMasq (iptables and nftables) and the bridge's MAC spoof check, as one transaction each.
         .target(name: "Masquerade", dependencies: ["NetAddress", "Exec"]),
 
-        // libnl wrappers: links, addresses, routes, bridge ports, network namespaces, sysctls.
-        .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
-
-        // The bridge and loopback plugins: thin compositions of the layers above.
+        // Each plugin's logic: a library, so tests can drive it; a thin composition of the above.
         .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink", "Masquerade"]),
         .target(name: "LoopbackPlugin", dependencies: ["CNI", "NetAddress", "Netlink"]),
-        .executableTarget(name: "bridge", dependencies: ["BridgePlugin", "CNI"]),
-        .executableTarget(name: "loopback", dependencies: ["LoopbackPlugin", "CNI"]),
-
-        .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "CNI", "NetAddress"]),
-        // Address ranges, the allocator and the lease store shared by the IPAM plugins.
-        .target(name: "IPAM", dependencies: ["CNI", "NetAddress"]),
         .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
         .target(name: "StaticPlugin", dependencies: ["CNI", "IPAM"]),
+
+        // The executables: one-line mains.
+        .executableTarget(name: "bridge", dependencies: ["BridgePlugin", "CNI"]),
+        .executableTarget(name: "loopback", dependencies: ["LoopbackPlugin", "CNI"]),
         .executableTarget(name: "host-local", dependencies: ["HostLocalPlugin"]),
         .executableTarget(name: "static", dependencies: ["StaticPlugin"]),
 
-        .testTarget(name: "IPAMTests", dependencies: ["IPAM", "HostLocalPlugin", "StaticPlugin"]),
-
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),
         .testTarget(name: "CNITests", dependencies: ["CNI"]),
+        .testTarget(name: "IPAMTests", dependencies: ["IPAM", "HostLocalPlugin", "StaticPlugin"]),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetAddress"]),
         .testTarget(name: "MasqueradeTests", dependencies: ["Masquerade", "NetAddress"]),
+        .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "CNI", "NetAddress"]),
     ]
 )

@@ -3,8 +3,9 @@
 
 Prefills a /16 with 0 / 1,000 / 10,000 / 60,000 leases in the reference's on-disk format (one
 file per address holding `<containerID>\\r\\n<ifname>`, plus last_reserved_ip.0), then times ADD
-and DEL (median of --runs) for each plugin on its own copy of the store. Our first operation on a
-store the reference wrote rebuilds our index once (one scan); it is reported separately.
+and DEL (median of --runs, runs alternating between the sizes) for each plugin on its own stores.
+Our first operation on a store the reference wrote rebuilds our index once (one scan); it is
+reported separately as "first ADD".
 
 Usage: bench/hostlocal_scale.py [--ours bin/host-local] [--reference /usr/lib/cni/host-local]
 Not part of `make test`: timings depend on the machine.
@@ -55,20 +56,29 @@ def timed(plugin: str, command: str, stdin: bytes, container: str) -> float:
     return elapsed * 1000
 
 
-def measure(plugin: str, count: int, runs: int):
-    directory = Path(tempfile.mkdtemp(prefix="hostlocal-bench-"))
+def measure(plugin: str, sizes, runs: int):
+    """Per size: (first ADD, median ADD, median DEL) in ms. Runs alternate between the sizes so
+    that the load of a shared machine weighs on all of them alike."""
+    directories = {size: Path(tempfile.mkdtemp(prefix=f"hostlocal-bench-{size}-")) for size in sizes}
     try:
-        prefill(directory, count)
-        stdin = config(directory)
-        first = timed(plugin, "ADD", stdin, "warmup")
-        timed(plugin, "DEL", stdin, "warmup")
-        adds, dels = [], []
+        for size, directory in directories.items():
+            prefill(directory, size)
+        # Write the prefill back first: otherwise its writeback lands in the measured runs.
+        os.sync()
+        first = {}
+        for size, directory in directories.items():
+            first[size] = timed(plugin, "ADD", config(directory), "warmup")
+            timed(plugin, "DEL", config(directory), "warmup")
+        adds = {size: [] for size in sizes}
+        dels = {size: [] for size in sizes}
         for i in range(runs):
-            adds.append(timed(plugin, "ADD", stdin, f"bench{i}"))
-            dels.append(timed(plugin, "DEL", stdin, f"bench{i}"))
-        return first, statistics.median(adds), statistics.median(dels)
+            for size, directory in directories.items():
+                adds[size].append(timed(plugin, "ADD", config(directory), f"bench{i}"))
+                dels[size].append(timed(plugin, "DEL", config(directory), f"bench{i}"))
+        return {size: (first[size], statistics.median(adds[size]), statistics.median(dels[size])) for size in sizes}
     finally:
-        shutil.rmtree(directory, ignore_errors=True)
+        for directory in directories.values():
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def main():
@@ -79,11 +89,13 @@ def main():
     parser.add_argument("--sizes", default="0,1000,10000,60000")
     args = parser.parse_args()
     plugins = [("ours", args.ours)] + ([("reference", args.reference)] if Path(args.reference).exists() else [])
+    sizes = [int(s) for s in args.sizes.split(",")]
+    results = {name: measure(plugin, sizes, args.runs) for name, plugin in plugins}
     print(f"{'leases':>7} {'plugin':>9} {'first ADD ms':>13} {'ADD ms':>8} {'DEL ms':>8}")
-    for size in (int(s) for s in args.sizes.split(",")):
-        for name, plugin in plugins:
-            first, add, delete = measure(plugin, size, args.runs)
-            print(f"{size:>7} {name:>9} {first:>13.1f} {add:>8.1f} {delete:>8.1f}", flush=True)
+    for size in sizes:
+        for name, _ in plugins:
+            first, add, delete = results[name][size]
+            print(f"{size:>7} {name:>9} {first:>13.1f} {add:>8.1f} {delete:>8.1f}")
 
 
 if __name__ == "__main__":

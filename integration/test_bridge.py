@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -465,9 +466,16 @@ def test_gc_removes_what_is_not_valid(world):
     config = world.config("1.1.0", ipMasq=True, macspoofchk=True)
     keep, drop = world.container(), world.container()
     world.add(config, keep, containerid="keep")
-    world.add(config, drop, containerid="drop")
+    dropped = world.add(config, drop, containerid="drop")
     # The runtime lost "drop" (no DEL): its netns and veth are gone, its lease and rules remain.
     sh("ip", "netns", "del", drop.name)
+    # The kernel destroys a deleted netns's veth pair asynchronously: wait until the host end is
+    # gone, as it is long before a runtime's GC.
+    host_veth = dropped["interfaces"][1]["name"]
+    deadline = time.monotonic() + 10
+    while host_veth in world.host_veths() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert host_veth not in world.host_veths()
     assert len(world.leases()) == 2
     gc = dict(config)
     gc["cni.dev/valid-attachments"] = [{"containerID": "keep", "ifname": "eth0"}]

@@ -343,3 +343,21 @@ def test_status(data_dir):
     run = run_plugin(OURS, "STATUS", conf(data_dir, "1.1.0", dataDir=str(data_dir / "file/sub")))
     assert run.error_code() == 50, run
     assert str(data_dir / "file/sub/mynet") in run.json["msg"]
+
+
+# --- conf-examples stay valid ----------------------------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "conf-examples"
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("host-local-*")))
+def test_conf_examples_allocate(data_dir, example):
+    import json
+    loaded = json.loads((EXAMPLES / example).read_text())
+    plugin = loaded["plugins"][0] if "plugins" in loaded else loaded
+    config = {**plugin, "cniVersion": loaded["cniVersion"], "name": loaded["name"]}
+    config["ipam"] = {**plugin["ipam"], "dataDir": str(data_dir)}
+    run = add(config)
+    assert run.ok, run
+    if "requested" in example:
+        assert addresses(run) == ["10.26.0.42/24"]

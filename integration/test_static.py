@@ -114,3 +114,11 @@ def test_status_and_gc_succeed():
     config = conf("1.1.0", **BASIC)
     assert run("STATUS", config).ok
     assert run("GC", {**config, "cni.dev/valid-attachments": []}).ok
+
+
+def test_conf_example():
+    import json
+    from pathlib import Path
+    example = Path(__file__).resolve().parent.parent / "conf-examples/static-addresses.conf"
+    added = run("ADD", json.loads(example.read_text()))
+    assert [ip["address"] for ip in added.json["ips"]] == ["10.27.0.5/24", "fd00:27::5/64"], added

@@ -51,8 +51,14 @@ public enum Delegate {
 
     static func run(_ type: String, _ command: Command, _ request: PluginRequest) throws(CNIError) -> [UInt8] {
         let path = try find(type, in: request.cniPath)
-        var environment = request.environment.variables
-        environment["CNI_COMMAND"] = command.rawValue
+        var environment: [String: String]? = nil
+        if request.environment.inheritsProcessEnvironment {
+            // Our own environment, inherited whole: only the command differs.
+            setenv("CNI_COMMAND", command.rawValue, 1)
+        } else {
+            environment = request.environment.variables
+            environment?["CNI_COMMAND"] = command.rawValue
+        }
         var output: Exec.Output? = nil
         // A plugin binary being replaced is briefly "text file busy"; runtimes retry, so do we.
         for attempt in 0..<5 {

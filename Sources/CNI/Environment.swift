@@ -20,7 +20,17 @@ public struct CNIEnvironment: Sendable {
     public let ifName: String
     public let cniArgs: String
     public let cniPath: [String]
+    /// The variables given. For a real plugin process these are only the CNI ones, and the rest
+    /// of the process environment is passed to delegates by inheritance (see below).
     public let variables: [String: String]
+    /// True in a plugin process: a delegated plugin inherits our whole environment (with only
+    /// CNI_COMMAND changed). False when `variables` is the complete environment (tests).
+    public var inheritsProcessEnvironment = false
+
+    /// Every variable the spec and the reference define.
+    public static let variableNames = [
+        "CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH", "CNI_NETNS_OVERRIDE",
+    ]
 
     /// The variables in the order the reference reports them when missing.
     static let requirements: [(name: String, commands: Set<Command>)] = [

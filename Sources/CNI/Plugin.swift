@@ -39,7 +39,12 @@ public enum Plugin {
 
     /// Runs one command from the process's environment and stdin, prints, and exits.
     public static func main(name: String, handlers: PluginHandlers) -> Never {
-        let environment = Exec.currentEnvironment()
+        // Only the CNI variables: the rest of the environment reaches a delegated plugin by
+        // inheritance (Delegate), so it is never copied at start-up.
+        var environment: [String: String] = [:]
+        for name in CNIEnvironment.variableNames {
+            if let value = getenv(name) { environment[name] = String(cString: value) }
+        }
         let outcome: (stdout: [UInt8], status: Int32)
         if (environment["CNI_COMMAND"] ?? "").isEmpty {
             // What the reference does without CNI_COMMAND: describe ourselves on stderr, exit 0.
@@ -65,8 +70,8 @@ public enum Plugin {
     }
 
     static func execute(
-        name: String, environment: [String: String], stdin readStdin: () throws(CNIError) -> [UInt8],
-        handlers: PluginHandlers
+        name: String, environment: [String: String], inheritsProcessEnvironment: Bool = false,
+        stdin readStdin: () throws(CNIError) -> [UInt8], handlers: PluginHandlers
     ) -> (stdout: [UInt8], status: Int32) {
         // Errors before the config is read carry the newest version; after, the config's own.
         var errorVersion = CNIVersion.latest
@@ -81,7 +86,8 @@ public enum Plugin {
                 // stdin is ignored, as in the reference; runtimes send placeholders elsewhere.
                 return (versionInfo() + [0x0a], 0)
             }
-            let cniEnvironment = try CNIEnvironment(command: command, variables: environment)
+            var cniEnvironment = try CNIEnvironment(command: command, variables: environment)
+            cniEnvironment.inheritsProcessEnvironment = inheritsProcessEnvironment
             let stdin = try readStdin()
             let config = try decodeConfig(stdin)
             if let version = CNIVersion(config.cniVersion), version.isSupported { errorVersion = version }

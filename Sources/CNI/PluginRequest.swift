@@ -30,8 +30,37 @@ public struct PluginRequest: Sendable {
         } catch let error as CNIError {
             throw error
         } catch {
-            throw CNIError(.invalidNetworkConfig, "invalid network config", details: describe(decodingError: error))
+            throw CNIError(
+                .invalidNetworkConfig, "invalid network config",
+                details: Self.numberProblem(in: stdin, error: error) ?? describe(decodingError: error))
         }
+    }
+
+    /// swift-foundation reports a number that does not fit an integer key (1500.5, 2^64) as
+    /// corrupted data with no coding path, which names no key. The JSON is valid (the common keys
+    /// decoded), so point at the first number no integer key could take.
+    static func numberProblem(in stdin: [UInt8], error: any Error) -> String? {
+        guard case .some(.dataCorrupted(let context)) = error as? DecodingError, context.codingPath.isEmpty,
+            let value = try? JSONDecoder().decode(JSONValue.self, from: Data(stdin))
+        else { return nil }
+        func search(_ value: JSONValue, _ path: String) -> String? {
+            switch value {
+            case .number(let number) where number.rounded() != number || abs(number) > 9.2e18:
+                return "key \(path): expected an integer, found \(number)"
+            case .array(let items):
+                for (index, item) in items.enumerated() {
+                    if let found = search(item, "\(path)[\(index)]") { return found }
+                }
+            case .object(let members):
+                for key in members.keys.sorted() {
+                    if let found = search(members[key]!, path.isEmpty ? key : "\(path).\(key)") { return found }
+                }
+            default:
+                break
+            }
+            return nil
+        }
+        return search(value, "")
     }
 
     /// `prevResult`, parsed in the config's version; nil when absent.

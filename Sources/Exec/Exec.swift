@@ -74,10 +74,13 @@ public enum Exec {
         posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF))
 
         let argv = [path] + arguments
-        let env = (environment ?? currentEnvironment()).map { "\($0.key)=\($0.value)" }
         var pid: pid_t = 0
         let spawnError = withCStrings(argv) { argvPointers in
-            withCStrings(env) { envPointers in
+            guard let environment else {
+                // Ours, as it is: no copy into a dictionary and back.
+                return posix_spawn(&pid, path, &actions, &attributes, argvPointers, environ)
+            }
+            return withCStrings(environment.map { "\($0.key)=\($0.value)" }) { envPointers in
                 posix_spawn(&pid, path, &actions, &attributes, argvPointers, envPointers)
             }
         }

@@ -15,7 +15,7 @@ enum Files {
             details: "errno \(code)")
     }
 
-    /// The file's bytes, or nil when it does not exist.
+    /// The file's bytes, or nil when there is no such file.
     static func read(_ path: String) throws(CNIError) -> [UInt8]? {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         if fd < 0 {
@@ -31,6 +31,9 @@ enum Files {
                 bytes += buffer[0..<count]
             } else if count == 0 {
                 return bytes
+            } else if errno == EISDIR {
+                // A directory where a file was expected (say, one named like an address): no file.
+                return nil
             } else if errno != EINTR {
                 throw failure("read", path)
             }

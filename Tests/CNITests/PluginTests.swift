@@ -181,6 +181,21 @@ import Testing
         #expect(error?.details == "key mtu: expected an integer")
     }
 
+    @Test(arguments: [
+        ("1500.5", "key mtu: expected an integer, found 1500.5"),
+        ("18446744073709551616", "key mtu: expected an integer, found 1.8446744073709552e+19"),
+    ])
+    func numbersThatFitNoIntegerNameTheirKey(number: String, details: String) throws {
+        struct Own: Decodable { var mtu: Int? }
+        let config = #"{"cniVersion":"1.0.0","name":"n","other":[1,2.0],"mtu":\#(number)}"#
+        let request = PluginRequest(
+            environment: CNIEnvironmentFixture.make(command: .add), stdin: Array(config.utf8),
+            config: try JSONDecoder().decode(NetworkConfig.self, from: Data(config.utf8)), version: .v1_0_0)
+        let error = #expect(throws: CNIError.self) { try request.decode(Own.self) }
+        #expect(error?.code == .invalidNetworkConfig)
+        #expect(error?.details == details)
+    }
+
     @Test func gcNeedsTheAttachmentList() throws {
         func request(_ config: String) throws -> PluginRequest {
             PluginRequest(

@@ -112,7 +112,7 @@ import Testing
                 _ = try store.reserve(IPAddress(v4: 0x0a01_0000 + UInt32(i) + 2), for: owner, rangeSetIndex: 0)
             }
         }
-        #expect(directory.list(".swift-cni-index/mynet").count <= 256)
+        #expect(directory.list(".swift-cni-index/mynet").count <= 1024)
         let (leases, listed) = try withStore { store throws(CNIError) in
             (try owners.map { owner throws(CNIError) in try store.leases(of: owner) }, try store.owners())
         }
@@ -125,6 +125,7 @@ import Testing
         directory.write("mynet/10.1.2.8", "")
         directory.write("mynet/not-an-ip", "dummy\r\neth0")
         directory.write("mynet/010.1.2.9", "dummy\r\neth0")  // not the canonical text: not a lease
+        directory.write("mynet/10.1.2.10/inside", "dummy\r\neth0")  // a directory named like an address
         let owners = try withStore { store throws(CNIError) in try store.owners() }
         #expect(
             Set(owners)
