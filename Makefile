@@ -22,7 +22,7 @@ RELEASE_FLAGS := -c release --static-swift-stdlib -Xswiftc -static-executable -X
 # Seconds per libFuzzer target for `make fuzz`.
 FUZZ_SECONDS ?= 60
 
-.PHONY: all build deps test unit-test integration-test lint format install clean demo fuzz stress
+.PHONY: all build deps test unit-test integration-test lint format install clean demo bench fuzz stress
 
 all: build
 
@@ -60,6 +60,17 @@ lint:
 
 format:
 	$(SWIFT) format --in-place --recursive Package.swift Sources Tests
+
+# Ours (bin/) against the reference (/usr/lib/cni), side by side; QUICK=1 for a smoke run of a
+# few minutes. bench/README.md explains the table. A C compiler with a static libc builds the floor.
+bench: deps build
+	@missing=$$(for p in gcc libc6-dev; do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	$(PYTHON) bench/run.py $(if $(QUICK),--quick)
 
 install: build
 	install -d $(DESTDIR)$(CNI_BIN_DIR)

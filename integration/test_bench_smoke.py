@@ -1,0 +1,57 @@
+"""`make bench`'s code paths, once, with tiny counts: for correctness only, never for timing.
+
+Every measurement of bench/run.py runs (both columns, the floor, the peak-RSS launcher, the
+parallel runner, prefilled leases) and the table and JSON must list every row with a value on
+both sides and no failed plugin run. No assertion here looks at a duration.
+"""
+
+import json
+import subprocess
+import sys
+
+from cnitest import BIN_DIR, REF_DIR, REPO
+
+
+def test_bench_runs_every_row_once(tmp_path):
+    output = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--ours", str(BIN_DIR), "--reference", str(REF_DIR),
+         "--rounds", "2", "--iterations", "1", "--containers", "16", "--parallel", "1,8,16",
+         "--leases", "0,10,100", "--json", str(output)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+
+    report = json.loads(output.read_text())
+    rows = {row["id"]: row for row in report["rows"]}
+    expected = (
+        [f"startup-{p}" for p in ("bridge", "host-local", "static", "loopback")]
+        + [f"startup-cold-{p}" for p in ("bridge", "host-local", "static", "loopback")]
+        + [f"{s}-{c}" for s in ("base", "masq-iptables", "masq-nftables", "dual", "static")
+           for c in ("ADD", "CHECK", "DEL")]
+        + ["create-bridge-ADD", "rss-bridge-ADD", "rss-host-local-ADD"]
+        + [f"throughput-{n}{phase}" for n in (1, 8, 16) for phase in ("", "-ADD", "-DEL")]
+        + [f"leases-{n}-{c}" for n in (0, 10, 100) for c in ("ADD", "DEL")]
+    )
+    assert sorted(rows) == sorted(expected)
+    for key in expected:
+        row = rows[key]
+        for column in ("ours", "reference"):
+            summary = row[column]
+            assert summary["failures"] == 0, f"{key} {column}: {summary['first_error']}"
+            assert summary["median"] is not None and summary["median"] > 0, f"{key} {column}: no sample"
+        assert row["ratio"] is not None
+        assert row["label"] in proc.stdout, f"table lacks {row['label']!r}"
+    for key in ("floor-ADD", "floor-DEL", "spawn-overhead"):
+        assert report["floor"][key]["failures"] == 0, report["floor"][key]["first_error"]
+        assert report["floor"][key]["median"] is not None
+    # The targets are judged (met or not) on every targeted row: the verdict exists, whatever it is.
+    targeted = [row for row in report["rows"] if row["target"]]
+    assert targeted and all(row["met"] in (True, False) for row in targeted)
+    assert "targets met:" in proc.stdout
+    # The masquerade detection saw rules for every ipMasq ADD in both columns.
+    seen = report["meta"]["masquerade_seen"]
+    assert set(seen) == {f"{c} {s}" for c in ("ours", "reference") for s in ("masq-iptables", "masq-nftables")}
+    assert all(value != "none" for value in seen.values()), seen
+    # It cleaned up: no namespace of this run is left.
+    leftover = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"cnibench-{report['meta']['pid']}-" not in leftover
