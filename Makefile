@@ -12,7 +12,8 @@ PYTHON ?= /usr/bin/python3
 # reference plugins and pytest for the integration tests and benchmarks.
 DEB_PACKAGES := pkg-config libnl-3-dev libnl-route-3-dev iproute2 nftables iptables containernetworking-plugins \
 	python3 python3-pytest procps util-linux \
-	podman runc conmon containerd golang-go golang-github-appc-cni-dev busybox-static python3-yaml curl iputils-ping
+	podman runc conmon containerd golang-go golang-github-appc-cni-dev busybox-static python3-yaml curl iputils-ping \
+	gcc libc6-dev
 # Release binaries are fully static executables (Swift runtime, libnl, libstdc++ and glibc
 # linked in): no dynamic loader work at each start (a third of a plugin's start-up CPU when
 # linked dynamically), and they run on a node without libnl, like the reference's Go binaries.
@@ -62,14 +63,8 @@ format:
 	$(SWIFT) format --in-place --recursive Package.swift Sources Tests
 
 # Ours (bin/) against the reference (/usr/lib/cni), side by side; QUICK=1 for a smoke run of a
-# few minutes. bench/README.md explains the table. A C compiler with a static libc builds the floor.
+# few minutes. bench/README.md explains the table.
 bench: deps build
-	@missing=$$(for p in gcc libc6-dev; do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-		echo "installing:" $$missing; \
-		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	fi
 	$(PYTHON) bench/run.py $(if $(QUICK),--quick)
 
 install: build
