@@ -55,13 +55,7 @@ public struct BridgeConfig: Sendable, Equatable {
 
     /// Decodes and validates `stdin` (the whole network config) and `cniArgs` (`CNI_ARGS`).
     public static func parse(_ stdin: [UInt8], cniArgs: String) throws(CNIError) -> BridgeConfig {
-        let keys: Keys
-        do {
-            keys = try JSONDecoder().decode(Keys.self, from: Data(stdin))
-        } catch {
-            throw CNIError(.invalidNetworkConfig, "invalid network config", details: describe(decodingError: error))
-        }
-        return try BridgeConfig(keys, cniArgs: cniArgs)
+        try BridgeConfig(PluginRequest.decode(Keys.self, from: stdin), cniArgs: cniArgs)
     }
 
     /// The config of a request (stdin and `CNI_ARGS`).

@@ -25,6 +25,11 @@ public struct PluginRequest: Sendable {
 
     /// Decodes the plugin's own keys. A wrong type or value is code 7 naming the key path.
     public func decode<T: Decodable>(_ type: T.Type) throws(CNIError) -> T {
+        try Self.decode(type, from: stdin)
+    }
+
+    /// The same for any config bytes (a plugin's own parser, a fuzz target).
+    public static func decode<T: Decodable>(_ type: T.Type, from stdin: [UInt8]) throws(CNIError) -> T {
         do {
             return try JSONDecoder().decode(type, from: Data(stdin))
         } catch let error as CNIError {
@@ -32,7 +37,7 @@ public struct PluginRequest: Sendable {
         } catch {
             throw CNIError(
                 .invalidNetworkConfig, "invalid network config",
-                details: Self.numberProblem(in: stdin, error: error) ?? describe(decodingError: error))
+                details: numberProblem(in: stdin, error: error) ?? describe(decodingError: error))
         }
     }
 
