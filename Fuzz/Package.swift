@@ -17,23 +17,25 @@ let package = Package(
         .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
         .target(name: "Masquerade", dependencies: ["NetAddress", "Exec"]),
         .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink", "Masquerade"]),
+        // The libFuzzer entry every target's main.swift calls.
+        .target(name: "FuzzDriver", path: "Targets/FuzzDriver"),
         // Config decoding and the whole entry point (`Plugin.execute`) with random stdin.
         .executableTarget(
-            name: "FuzzPlugin", dependencies: ["CNI"], path: "Targets/FuzzPlugin"),
+            name: "FuzzPlugin", dependencies: ["FuzzDriver", "CNI"], path: "Targets/FuzzPlugin"),
         // CNI_ARGS parsing.
         .executableTarget(
-            name: "FuzzCNIArgs", dependencies: ["CNI"], path: "Targets/FuzzCNIArgs"),
+            name: "FuzzCNIArgs", dependencies: ["FuzzDriver", "CNI"], path: "Targets/FuzzCNIArgs"),
         // Results and prevResult: decode in any version, encode in every version, decode again.
         .executableTarget(
-            name: "FuzzResult", dependencies: ["CNI", "NetAddress"], path: "Targets/FuzzResult"),
+            name: "FuzzResult", dependencies: ["FuzzDriver", "CNI", "NetAddress"], path: "Targets/FuzzResult"),
         // host-local's range and config parsing and the allocation order (@testable: the config
         // type is internal; fuzz.sh builds with -enable-testing).
         .executableTarget(
-            name: "FuzzRange", dependencies: ["HostLocalPlugin", "IPAM", "CNI", "NetAddress"],
+            name: "FuzzRange", dependencies: ["FuzzDriver", "HostLocalPlugin", "IPAM", "CNI", "NetAddress"],
             path: "Targets/FuzzRange"),
         // The bridge plugin's config parser (pure: no netlink, no files).
         .executableTarget(
-            name: "FuzzBridgeConfig", dependencies: ["BridgePlugin", "CNI", "NetAddress"],
+            name: "FuzzBridgeConfig", dependencies: ["FuzzDriver", "BridgePlugin", "CNI", "NetAddress"],
             path: "Targets/FuzzBridgeConfig"),
     ]
 )

@@ -44,11 +44,12 @@ def unique(prefix: str, length: int = 12) -> str:
 
 
 def run_plugin(plugin, command, config, *, containerid="ctr1", netns="", ifname="eth0", args=None,
-               path=None, env=None, bin_dir=None, timeout=60, raw_env=None) -> PluginRun:
+               path=None, env=None, bin_dir=None, timeout=60, raw_env=None, wrapper=()) -> PluginRun:
     """Exec `plugin` (a name in bin_dir, or a path) with the CNI environment and `config` on stdin.
 
     `config` may be a dict (encoded as JSON), str or bytes (sent as is, for bad-input tests).
     `raw_env`, when given, replaces the CNI_* variables entirely (for missing-variable tests).
+    `wrapper` prefixes the command line (e.g. `ip netns exec <host>` to run in a test's "host").
     """
     directory = Path(bin_dir) if bin_dir else BIN_DIR
     executable = Path(plugin) if "/" in str(plugin) else directory / plugin
@@ -73,7 +74,7 @@ def run_plugin(plugin, command, config, *, containerid="ctr1", netns="", ifname=
             environment["CNI_ARGS"] = args
     if env:
         environment.update(env)
-    proc = subprocess.run([str(executable)], input=stdin, capture_output=True, env=environment,
+    proc = subprocess.run([*wrapper, str(executable)], input=stdin, capture_output=True, env=environment,
                           timeout=timeout)
     try:
         parsed = json.loads(proc.stdout) if proc.stdout.strip() else None

@@ -6,40 +6,17 @@ touched. CNI_NETNS points at other namespaces of the test (the containers).
 """
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from cnitest import BIN_DIR, REF_DIR, PluginRun, sh, unique
+from cnitest import run_plugin, sh, unique
 
 
-def run_in(host, plugin, command, config, *, netns="", containerid="ctr1", ifname="eth0", args=None,
-           path=None, env=None, bin_dir=None, timeout=60):
+def run_in(host, plugin, command, config, **kwargs):
     """Exec `plugin` inside namespace `host` as a runtime would (CNI_* env, config on stdin)."""
-    directory = Path(bin_dir) if bin_dir else BIN_DIR
-    executable = Path(plugin) if "/" in str(plugin) else directory / plugin
-    stdin = json.dumps(config).encode() if isinstance(config, (dict, list)) else config
-    environment = {
-        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-        "CNI_COMMAND": command,
-        "CNI_CONTAINERID": containerid,
-        "CNI_NETNS": netns,
-        "CNI_IFNAME": ifname,
-        "CNI_PATH": path if path is not None else str(directory),
-    }
-    if args is not None:
-        environment["CNI_ARGS"] = args
-    if env:
-        environment.update(env)
-    argv = ["ip", "netns", "exec", host.name, str(executable)]
-    proc = subprocess.run(argv, input=stdin, capture_output=True, env=environment, timeout=timeout)
-    try:
-        parsed = json.loads(proc.stdout) if proc.stdout.strip() else None
-    except ValueError:
-        parsed = None
-    return PluginRun(proc.returncode, proc.stdout, proc.stderr.decode(errors="replace"), parsed)
+    return run_plugin(plugin, command, config, wrapper=("ip", "netns", "exec", host.name), **kwargs)
 
 
 def ipj(ns, *argv):

@@ -1,17 +1,3 @@
-#if canImport(Glibc)
-    import Glibc
-#endif
+import FuzzDriver
 
-// SwiftPM links an executable's entry point under its own name (for testable executables), so
-// libFuzzer's `main` is not used; this hands control to libFuzzer's driver with the target's
-// `LLVMFuzzerTestOneInput` (the file beside this one), exactly as libFuzzer's main would.
-@_silgen_name("LLVMFuzzerRunDriver")
-func runFuzzerDriver(
-    _ argc: UnsafeMutablePointer<Int32>,
-    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>>,
-    _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> Int32
-) -> Int32
-
-var argc = CommandLine.argc
-var argv = CommandLine.unsafeArgv
-exit(runFuzzerDriver(&argc, &argv, fuzz))
+runFuzzer(fuzz)
