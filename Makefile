@@ -47,7 +47,7 @@ build:
 demo: deps build
 	bash scripts/demo.sh
 
-test: deps build unit-test integration-test
+test: deps lint build unit-test integration-test
 
 unit-test:
 	$(SWIFT) build --build-tests
