@@ -170,11 +170,6 @@ public struct BridgeConfig: Sendable, Equatable {
     struct Keys: Decodable {
         struct IPAM: Decodable { var type: String? }
         struct RuntimeConfig: Decodable { var mac: String? }
-        struct Args: Decodable {
-            struct CNIArgsSection: Decodable { var mac: String? }
-            var cni: CNIArgsSection?
-        }
-
         var name: String?
         var bridge: String?
         var isGateway: Bool?
@@ -195,7 +190,7 @@ public struct BridgeConfig: Sendable, Equatable {
         var ipam: IPAM?
         var dns: DNS?
         var runtimeConfig: RuntimeConfig?
-        var args: Args?
+        var args: ConventionArgs?
     }
 }
 

@@ -36,13 +36,9 @@ struct HostLocalConfig {
             var ips: [String]?
             var ipRanges: [[RangeKeys]]?
         }
-        struct ArgsKeys: Decodable {
-            struct CNIKeys: Decodable { var ips: [String]? }
-            var cni: CNIKeys?
-        }
         var ipam: IPAMKeys?
         var runtimeConfig: RuntimeKeys?
-        var args: ArgsKeys?
+        var args: ConventionArgs?
     }
 
     /// Only what DEL, CHECK, GC and STATUS need: the store's location. Ranges are not validated,

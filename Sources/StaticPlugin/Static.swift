@@ -57,13 +57,9 @@ struct StaticConfig {
             var dns: DNS?
         }
         struct RuntimeKeys: Decodable { var ips: [String]? }
-        struct ArgsKeys: Decodable {
-            struct CNIKeys: Decodable { var ips: [String]? }
-            var cni: CNIKeys?
-        }
         var ipam: IPAMKeys?
         var runtimeConfig: RuntimeKeys?
-        var args: ArgsKeys?
+        var args: ConventionArgs?
     }
 
     static func load(_ request: PluginRequest) throws(CNIError) -> StaticConfig {
