@@ -54,33 +54,16 @@ public struct IPMasquerade {
     public func teardown(network: String, containerID: String, ifname: String, addresses: [IPPrefix]?)
         throws(FirewallError)
     {
-        let operation = "tear down masquerading for \(attachment(network, containerID, ifname))"
-        var firstError: FirewallError?
-        let iptables = FirewallTool(runner: runner, backend: .iptables, operation: operation)
-        for family in [IPAddress.Family.v4, .v6] {
-            let rules = IPTablesMasquerade(family: family)
-            do {
-                try apply(rules, iptables, whenUnusable: .skip) { current in
-                    rules.teardownScript(
-                        current: current, network: network, containerID: containerID, ifname: ifname,
-                        addresses: addresses)
-                }
-            } catch {
-                firstError = firstError ?? error
-            }
-        }
-        do {
-            let nftables = FirewallTool(runner: runner, backend: .nftables, operation: operation)
-            try applyNFT(nftables, whenUnusable: .skip) { listing in
-                guard let listing else { return nil }
-                let handles = NFTablesMasquerade.handles(
-                    of: listing, network: network, containerID: containerID, ifname: ifname)
-                return handles.isEmpty ? nil : NFTablesMasquerade.deleteScript(handles: handles)
-            }
-        } catch {
-            firstError = firstError ?? error
-        }
-        if let firstError { throw firstError }
+        try removeFromBothBackends(
+            operation: "tear down masquerading for \(attachment(network, containerID, ifname))",
+            iptablesScript: { rules, current in
+                rules.teardownScript(
+                    current: current, network: network, containerID: containerID, ifname: ifname,
+                    addresses: addresses)
+            },
+            nftHandles: {
+                NFTablesMasquerade.handles(of: $0, network: network, containerID: containerID, ifname: ifname)
+            })
     }
 
     /// Removes `network`'s masquerading (both backends) for attachments not in `validAttachments`.
@@ -90,15 +73,27 @@ public struct IPMasquerade {
     public func garbageCollect(network: String, validAttachments: [(containerID: String, ifname: String)])
         throws(FirewallError)
     {
-        let operation = "garbage-collect masquerading for network \"\(network)\""
+        try removeFromBothBackends(
+            operation: "garbage-collect masquerading for network \"\(network)\"",
+            iptablesScript: { rules, current in
+                rules.garbageCollectScript(current: current, network: network, valid: validAttachments)
+            },
+            nftHandles: { NFTablesMasquerade.garbageHandles(of: $0, network: network, valid: validAttachments) })
+    }
+
+    /// Removes rules from iptables (both families) and nftables, going on past a failing backend
+    /// (the others may still hold rules to remove) and reporting the first failure. A backend that
+    /// is not usable here holds nothing of ours.
+    private func removeFromBothBackends(
+        operation: String, iptablesScript: (IPTablesMasquerade, SavedNATTable) -> String?,
+        nftHandles: (NFTListing) -> [Int]
+    ) throws(FirewallError) {
         var firstError: FirewallError?
         let iptables = FirewallTool(runner: runner, backend: .iptables, operation: operation)
         for family in [IPAddress.Family.v4, .v6] {
             let rules = IPTablesMasquerade(family: family)
             do {
-                try apply(rules, iptables, whenUnusable: .skip) { current in
-                    rules.garbageCollectScript(current: current, network: network, valid: validAttachments)
-                }
+                try apply(rules, iptables, whenUnusable: .skip) { iptablesScript(rules, $0) }
             } catch {
                 firstError = firstError ?? error
             }
@@ -107,8 +102,7 @@ public struct IPMasquerade {
             let nftables = FirewallTool(runner: runner, backend: .nftables, operation: operation)
             try applyNFT(nftables, whenUnusable: .skip) { listing in
                 guard let listing else { return nil }
-                let handles = NFTablesMasquerade.garbageHandles(
-                    of: listing, network: network, valid: validAttachments)
+                let handles = nftHandles(listing)
                 return handles.isEmpty ? nil : NFTablesMasquerade.deleteScript(handles: handles)
             }
         } catch {
