@@ -537,7 +537,8 @@ class Bench:
             self.startup(impl)
         if "single" in groups:
             for scenario in self.scenarios:
-                self.single(impl, scenario)
+                if scenario in self.args.scenarios:
+                    self.single(impl, scenario)
         if "create-bridge" in groups:
             self.create_bridge(impl)
         if "leases" in groups:
@@ -892,6 +893,9 @@ def parse_args(argv):
     parser.add_argument("--only", default=",".join(GROUPS),
                         help=f"measurement groups to run, comma-separated (default all: {','.join(GROUPS)}); "
                              "rows of the others stay empty")
+    parser.add_argument("--scenarios", default="base,masq-iptables,masq-nftables,dual,static",
+                        help="the single ADD/CHECK/DEL scenarios to run (default all: base,masq-iptables,"
+                             "masq-nftables,dual,static); rows of the others stay empty")
     parser.add_argument("--json", type=Path,
                         help="where to write the JSON (default bench/results/latest.json; quick.json with --quick)")
     parser.add_argument("--workroot", type=Path, default=Path("/var/tmp/cnibench"),
@@ -904,6 +908,7 @@ def parse_args(argv):
     args.parallel_levels = [int(x) for x in args.parallel.split(",")]
     args.lease_counts = sorted(int(x) for x in args.leases.split(","))
     args.only = set(args.only.split(","))
+    args.scenarios = args.scenarios.split(",")
     if args.only - set(GROUPS):
         parser.error(f"unknown group(s): {', '.join(sorted(args.only - set(GROUPS)))}")
     if max(args.lease_counts) > 65000:

@@ -37,32 +37,51 @@ public enum BridgePlugin {
 
     /// DEL: idempotent, and complete in every degraded state (empty CNI_NETNS, namespace gone,
     /// link already removed). Order as the reference since v1.2.0: the link first (so its
-    /// addresses cannot be handed out while still in use), then IPAM, then the rules. Every step
-    /// runs even if an earlier one failed; the first failure is reported.
+    /// addresses cannot be handed out while still in use), then IPAM; the rules go meanwhile.
+    /// Every step runs even if an earlier one failed; the first failure is reported, in that
+    /// order (link, IPAM, spoof check, masquerade).
+    ///
+    /// Most of a DEL is the kernel's veth teardown (RCU grace periods under RTNL), waited out
+    /// while the IPAM plugin starts up (it gets its config, and so releases the addresses, only
+    /// once the link is gone) and, when there are rules to remove, on a thread of its own while
+    /// this one runs the firewall tools.
     static func del(_ request: PluginRequest) throws(CNIError) {
         let config = try BridgeConfig.load(request)
-        var failures: [CNIError] = []
-        var linkAddresses: [IPPrefix]? = nil
+        var linkFailure: CNIError? = nil
+        var ipamFailure: CNIError? = nil
+        var ruleFailures: [CNIError] = []
 
+        var ipam: Delegate.Pending? = nil
+        if let ipamType = config.ipamType {
+            do {
+                ipam = try Delegate.start(ipamType, .del, request, holdingConfig: true)
+            } catch {
+                ipamFailure = error
+            }
+        }
+
+        var linkAddresses: [IPPrefix]? = nil
+        var linkDeletion: BackgroundWork<CNIError?>? = nil
         switch try openNamespaceForDelete(request.netns) {
         case .gone:
             break
         case .open(let namespace):
             do {
-                linkAddresses = try deleteContainerLink(in: namespace, request: request, readAddresses: config.ipMasq)
+                let link = try startContainerLinkDeletion(
+                    in: namespace, request: request, readAddresses: config.ipMasq,
+                    onThread: config.ipMasq || config.macSpoofCheck)
+                linkAddresses = link.addresses
+                linkDeletion = link.deletion
             } catch {
-                failures.append(error)
+                linkFailure = error
             }
         }
 
-        if let ipamType = config.ipamType {
-            do { try Delegate.del(ipamType, request) } catch { failures.append(error) }
-        }
         if config.macSpoofCheck {
             do {
                 try Firewall.teardownSpoofCheck(containerID: request.containerID, ifName: request.ifName)
             } catch {
-                failures.append(error)
+                ruleFailures.append(error)
             }
         }
         if config.isLayer3 && config.ipMasq {
@@ -74,9 +93,17 @@ public enum BridgePlugin {
                     network: config.network, containerID: request.containerID,
                     ifName: request.ifName, addresses: addresses)
             } catch {
-                failures.append(error)
+                ruleFailures.append(error)
             }
         }
+
+        if let failure = linkDeletion?.join() { linkFailure = failure }
+        if let ipam {
+            ipam.sendConfig()
+            do { _ = try ipam.output() } catch { ipamFailure = error }
+        }
+
+        let failures = [linkFailure, ipamFailure].compactMap { $0 } + ruleFailures
         if var first = failures.first {
             if failures.count > 1 {
                 first.details +=
@@ -87,41 +114,38 @@ public enum BridgePlugin {
         }
     }
 
-    /// Deletes CNI_IFNAME in the namespace; returns its global unicast addresses when asked
-    /// (nil when the link was already gone).
-    private static func deleteContainerLink(
-        in namespace: Namespace, request: PluginRequest, readAddresses: Bool
-    ) throws(CNIError) -> [IPPrefix]? {
+    /// Looks up CNI_IFNAME in the namespace and deletes it as `BackgroundWork` (whose outcome is
+    /// nil or the failure), on a thread if asked; returns its global unicast addresses when asked.
+    /// Both are nil when the link is already gone.
+    private static func startContainerLinkDeletion(
+        in namespace: Namespace, request: PluginRequest, readAddresses: Bool, onThread: Bool
+    ) throws(CNIError) -> (addresses: [IPPrefix]?, deletion: BackgroundWork<CNIError?>?) {
         let container = try socket(in: namespace)
         let ifName = request.ifName
-        guard readAddresses else {
-            do {
-                try container.deleteLink(named: ifName)
-            } catch {
-                guard error.isNotFound else {
-                    throw CNIError(.netlinkFailure, "failed to delete \(ifName)", details: error.description)
-                }
-            }
-            return nil
-        }
         guard
             let link = try netlink(
                 "failed to look up \(ifName)",
                 { () throws(NetlinkError) in
                     try container.link(named: ifName)
                 })
-        else { return nil }
-        let addresses = try netlink("failed to list the addresses of \(ifName)") { () throws(NetlinkError) in
-            try container.addresses(index: link.index)
+        else { return (nil, nil) }
+        var addresses: [IPPrefix]? = nil
+        if readAddresses {
+            addresses = try netlink("failed to list the addresses of \(ifName)") { () throws(NetlinkError) in
+                try container.addresses(index: link.index)
+            }.map(\.prefix).filter { $0.address.isGlobalUnicast }
         }
-        do {
-            try container.deleteLink(index: link.index)
-        } catch {
-            guard error.isNotFound else {
-                throw CNIError(.netlinkFailure, "failed to delete \(ifName)", details: error.description)
+        let deletion = BackgroundWork<CNIError?>(onThread: onThread) {
+            do throws(NetlinkError) {
+                try container.deleteLink(index: link.index)
+            } catch {
+                guard error.isNotFound else {
+                    return CNIError(.netlinkFailure, "failed to delete \(ifName)", details: error.description)
+                }
             }
+            return nil
         }
-        return addresses.map(\.prefix).filter { $0.address.isGlobalUnicast }
+        return (addresses, deletion)
     }
 
     /// The container addresses ADD reported, if the runtime passed its result.

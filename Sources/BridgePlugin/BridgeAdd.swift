@@ -47,6 +47,7 @@ struct BridgeAdd {
             )
         }
 
+        let ipam = try startIPAM()
         var bridge = try ensureBridge(host)
         let (hostVeth, containerLink) = try createVeth(host: host, container: container, in: containerNamespace)
         try attach(hostVeth, to: bridge, host: host)
@@ -68,11 +69,9 @@ struct BridgeAdd {
             }
         }
 
-        if let ipamType = config.ipamType {
-            let ipam = try Delegate.add(ipamType, request)
-            rollback.add("release the addresses (IPAM DEL)") { () throws(CNIError) in
-                try Delegate.del(ipamType, request)
-            }
+        if let pendingIPAM = ipam, let ipamType = config.ipamType {
+            pendingIPAM.sendConfig()
+            let ipam = try pendingIPAM.result()
             result.ips = ipam.ips
             result.routes = ipam.routes
             result.dns = ipam.dns
@@ -115,6 +114,26 @@ struct BridgeAdd {
         result.interfaces[0].mac = bridge.mac?.description
         if let dns = config.dns { result.dns = dns }
         return result
+    }
+
+    // MARK: IPAM
+
+    /// Starts the IPAM plugin's ADD before the bridge and veth are made, holding back its config:
+    /// its process start-up overlaps the netlink work, while what it does (allocate, or run a
+    /// DHCP client on CNI_IFNAME) still happens in the reference's order, once the interface
+    /// exists and is on the bridge, and never for an ADD that failed before. Its undo: a plugin
+    /// that never got its config is stopped (it did nothing); one that did is waited for,
+    /// whatever its outcome, then released (an IPAM DEL of an allocation that never happened is
+    /// a no-op).
+    private func startIPAM() throws(CNIError) -> Delegate.Pending? {
+        guard let ipamType = config.ipamType else { return nil }
+        let pending = try Delegate.start(ipamType, .add, request, holdingConfig: true)
+        rollback.add("release the addresses (IPAM DEL)") { () throws(CNIError) in
+            guard pending.hasConfig else { return pending.cancel() }
+            _ = try? pending.output()
+            try Delegate.del(ipamType, request)
+        }
+        return pending
     }
 
     // MARK: Bridge

@@ -13,8 +13,7 @@ import FoundationEssentials
 /// with its own code, so the runtime sees the IPAM plugin's diagnosis.
 public enum Delegate {
     public static func add(_ type: String, _ request: PluginRequest) throws(CNIError) -> CNIResult {
-        let stdout = try run(type, .add, request)
-        return try CNIResult.decode(stdout, version: request.version)
+        try start(type, .add, request).result()
     }
 
     public static func del(_ type: String, _ request: PluginRequest) throws(CNIError) {
@@ -67,6 +66,18 @@ public enum Delegate {
     }
 
     static func run(_ type: String, _ command: Command, _ request: PluginRequest) throws(CNIError) -> [UInt8] {
+        try start(type, command, request).output()
+    }
+
+    /// Starts plugin `type` for `command` and returns while it runs; `Pending.output()` or
+    /// `result()` waits for it. The caller overlaps its own work with the delegate's (a bridge
+    /// creating the veth while host-local allocates), which the delegate cannot tell apart from a
+    /// plain exec: same binary, environment and stdin. With `holdingConfig`, the plugin gets its
+    /// config (stdin) only at `sendConfig()`: it starts up meanwhile, but cannot act before the
+    /// caller says so, since no plugin knows what to do before reading its config.
+    public static func start(
+        _ type: String, _ command: Command, _ request: PluginRequest, holdingConfig: Bool = false
+    ) throws(CNIError) -> Pending {
         let path = try find(type, in: request.cniPath)
         var environment: [String: String]? = nil
         if request.environment.inheritsProcessEnvironment {
@@ -76,12 +87,12 @@ public enum Delegate {
             environment = request.environment.variables
             environment?["CNI_COMMAND"] = command.rawValue
         }
-        var output: Exec.Output? = nil
         // A plugin binary being replaced is briefly "text file busy"; runtimes retry, so do we.
         for attempt in 0..<5 {
             do {
-                output = try Exec.run(path, environment: environment, stdin: request.stdin, stderr: .capture)
-                break
+                let running = try Exec.start(
+                    path, environment: environment, stdin: request.stdin, stderr: .capture, holdingInput: holdingConfig)
+                return Pending(type: type, command: command, version: request.version, running: running)
             } catch {
                 guard error.errno == ETXTBSY, attempt < 4 else {
                     throw CNIError(.delegationFailure, "failed to run plugin \"\(type)\"", details: error.description)
@@ -89,11 +100,51 @@ public enum Delegate {
                 usleep(UInt32(50_000 * (attempt + 1)))
             }
         }
-        guard let output else { throw CNIError(.delegationFailure, "failed to run plugin \"\(type)\"") }
-        // Its logs are ours to pass on, not to swallow.
-        if !output.stderr.isEmpty { Plugin.writeAll(2, output.stderr) }
-        if output.succeeded { return output.stdout }
-        throw delegateError(type, command, output)
+        throw CNIError(.delegationFailure, "failed to run plugin \"\(type)\"")
+    }
+
+    /// A delegated plugin that `start` launched.
+    public final class Pending {
+        let type: String
+        let command: Command
+        let version: CNIVersion
+        let running: Exec.Running
+        private var stderrPassedOn = false
+
+        init(type: String, command: Command, version: CNIVersion, running: Exec.Running) {
+            self.type = type
+            self.command = command
+            self.version = version
+            self.running = running
+        }
+
+        /// Whether the plugin has its config: it may have acted.
+        public var hasConfig: Bool { running.hasInput }
+
+        /// Lets a plugin started `holdingConfig` go on.
+        public func sendConfig() { running.sendInput() }
+
+        /// Stops a plugin that never got its config (so it did nothing) and reaps it; one that
+        /// got it is waited for instead, since it may be half-way through.
+        public func cancel() {
+            if hasConfig { _ = running.wait() } else { running.terminate() }
+        }
+
+        /// Waits for the plugin: its stdout when it succeeded, else the error it reported. Asked
+        /// again (a rollback making sure it finished), the same answer.
+        public func output() throws(CNIError) -> [UInt8] {
+            let output = running.wait()
+            // Its logs are ours to pass on, not to swallow; once.
+            if !output.stderr.isEmpty && !stderrPassedOn { Plugin.writeAll(2, output.stderr) }
+            stderrPassedOn = true
+            if output.succeeded { return output.stdout }
+            throw delegateError(type, command, output)
+        }
+
+        /// Waits for an ADD and parses its result in the request's version.
+        public func result() throws(CNIError) -> CNIResult {
+            try CNIResult.decode(output(), version: version)
+        }
     }
 
     /// The error a failed delegate reported, or a description of how it failed.

@@ -36,11 +36,23 @@ public enum Exec {
         public var description: String { "cannot run \(program): \(String(cString: strerror(errno)))" }
     }
 
-    /// Runs `path` with `arguments` (argv[1...]) and `environment` (nil: ours).
+    /// Runs `path` with `arguments` (argv[1...]) and `environment` (nil: ours) to completion.
     public static func run(
         _ path: String, _ arguments: [String] = [], environment: [String: String]? = nil,
         stdin input: [UInt8] = [], stderr errorOutput: ErrorOutput = .capture
     ) throws(Failure) -> Output {
+        try start(path, arguments, environment: environment, stdin: input, stderr: errorOutput).wait()
+    }
+
+    /// Starts `path` and returns at once, so the caller can do other work while it runs (a
+    /// delegated IPAM plugin allocating while the bridge creates the veth). As much of stdin as
+    /// the pipe takes (64 KiB, more than any config) is written right away, so the program is
+    /// never left waiting for its input until `wait()`; with `holdingInput`, nothing is written
+    /// until `sendInput()`: the program starts up meanwhile and then waits for its input.
+    public static func start(
+        _ path: String, _ arguments: [String] = [], environment: [String: String]? = nil,
+        stdin input: [UInt8] = [], stderr errorOutput: ErrorOutput = .capture, holdingInput: Bool = false
+    ) throws(Failure) -> Running {
         var inPipe: [Int32] = [-1, -1]
         var outPipe: [Int32] = [-1, -1]
         var errPipe: [Int32] = [-1, -1]
@@ -94,14 +106,132 @@ public enum Exec {
             if errorOutput == .capture { close(errPipe[0]) }
             throw Failure(program: path, errno: spawnError)
         }
-
-        let (stdout, stderr) = pump(
-            input: input, stdinFD: inPipe[1], stdoutFD: outPipe[0],
+        let running = Running(
+            pid: pid, input: input, stdinFD: inPipe[1], stdoutFD: outPipe[0],
             stderrFD: errorOutput == .capture ? errPipe[0] : -1)
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        let exitStatus = status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-        return Output(status: exitStatus, stdout: stdout, stderr: stderr)
+        if !holdingInput { running.sendInput() }
+        return running
+    }
+
+    /// A program `start` launched. `wait()` collects its output and exit status; dropping it
+    /// unwaited also waits (or, if its input was held back, terminates it), so no child outlives
+    /// the call site as a zombie with open pipes.
+    public final class Running {
+        public let pid: pid_t
+        private let input: [UInt8]
+        private var written = 0
+        private var stdinFD: Int32
+        private var stdoutFD: Int32
+        private var stderrFD: Int32
+        private var output: Output?
+        private var inputReleased = false
+
+        fileprivate init(pid: pid_t, input: [UInt8], stdinFD: Int32, stdoutFD: Int32, stderrFD: Int32) {
+            self.pid = pid
+            self.input = input
+            self.stdinFD = stdinFD
+            self.stdoutFD = stdoutFD
+            self.stderrFD = stderrFD
+            _ = fcntl(stdinFD, F_SETFL, fcntl(stdinFD, F_GETFL) | O_NONBLOCK)
+        }
+
+        deinit {
+            // Never let a program that was held back act on its own.
+            if inputReleased { _ = wait() } else { terminate() }
+        }
+
+        /// Whether `sendInput()` (or `wait()`) let the program have its stdin.
+        public var hasInput: Bool { inputReleased }
+
+        /// Lets a program started `holdingInput` have its stdin (what the pipe takes now, the
+        /// rest in `wait()`).
+        public func sendInput() {
+            inputReleased = true
+            writeAvailableInput()
+        }
+
+        /// Kills the program (SIGKILL) and reaps it: for one that must not act at all, because
+        /// what it was started for was called off before its input was sent.
+        public func terminate() {
+            if output == nil {
+                kill(pid, SIGKILL)
+                if !inputReleased && stdinFD >= 0 {
+                    close(stdinFD)
+                    stdinFD = -1
+                }
+            }
+            _ = wait()
+        }
+
+        /// Reads its stdout and stderr to the end, then reaps it (sending stdin first if it was
+        /// still held). Called again, the same output.
+        public func wait() -> Output {
+            if let output { return output }
+            // Still held: it gets its input now (a terminated one has no stdin left to send).
+            if stdinFD >= 0 { inputReleased = true }
+            let (stdout, stderr) = pump()
+            var status: Int32 = 0
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+            let exitStatus = status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+            let result = Output(status: exitStatus, stdout: stdout, stderr: stderr)
+            output = result
+            return result
+        }
+
+        /// Writes what the pipe takes without blocking; closes stdin once all is written (or the
+        /// program stopped reading).
+        private func writeAvailableInput() {
+            while stdinFD >= 0 && written < input.count {
+                let count = input.withUnsafeBytes { raw in
+                    write(stdinFD, raw.baseAddress! + written, raw.count - written)
+                }
+                if count > 0 {
+                    written += count
+                } else if count < 0 && errno == EINTR {
+                    continue
+                } else if count < 0 && errno == EAGAIN {
+                    return
+                } else {
+                    break
+                }
+            }
+            if stdinFD >= 0 {
+                close(stdinFD)
+                stdinFD = -1
+            }
+        }
+
+        // Writes the rest of stdin and drains stdout/stderr together so neither side can block
+        // on a full pipe.
+        private func pump() -> ([UInt8], [UInt8]) {
+            var stdout: [UInt8] = []
+            var stderr: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            while stdinFD >= 0 || stdoutFD >= 0 || stderrFD >= 0 {
+                var fds = [
+                    pollfd(fd: stdinFD, events: Int16(POLLOUT), revents: 0),
+                    pollfd(fd: stdoutFD, events: Int16(POLLIN), revents: 0),
+                    pollfd(fd: stderrFD, events: Int16(POLLIN), revents: 0),
+                ]
+                if poll(&fds, 3, -1) < 0 {
+                    if errno == EINTR { continue }
+                    break
+                }
+                if stdinFD >= 0 && fds[0].revents != 0 { writeAvailableInput() }
+                for slot in 1...2 {
+                    let fd = slot == 1 ? stdoutFD : stderrFD
+                    guard fd >= 0 && fds[slot].revents != 0 else { continue }
+                    let count = read(fd, &buffer, buffer.count)
+                    if count > 0 {
+                        if slot == 1 { stdout += buffer[0..<count] } else { stderr += buffer[0..<count] }
+                    } else if count == 0 || (errno != EINTR && errno != EAGAIN) {
+                        close(fd)
+                        if slot == 1 { stdoutFD = -1 } else { stderrFD = -1 }
+                    }
+                }
+            }
+            return (stdout, stderr)
+        }
     }
 
     /// Finds `name` in a `:`-separated search path (as `CNI_PATH` or `PATH`), or nil.
@@ -127,56 +257,6 @@ public enum Exec {
             pointer += 1
         }
         return result
-    }
-
-    // Writes stdin and drains stdout/stderr together so neither side can block on a full pipe.
-    private static func pump(input: [UInt8], stdinFD: Int32, stdoutFD: Int32, stderrFD: Int32)
-        -> ([UInt8], [UInt8])
-    {
-        var stdout: [UInt8] = []
-        var stderr: [UInt8] = []
-        var written = 0
-        var inFD = stdinFD
-        if input.isEmpty {
-            close(inFD)
-            inFD = -1
-        } else {
-            _ = fcntl(inFD, F_SETFL, fcntl(inFD, F_GETFL) | O_NONBLOCK)
-        }
-        var outFD = stdoutFD
-        var errFD = stderrFD
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while inFD >= 0 || outFD >= 0 || errFD >= 0 {
-            var fds = [
-                pollfd(fd: inFD, events: Int16(POLLOUT), revents: 0),
-                pollfd(fd: outFD, events: Int16(POLLIN), revents: 0),
-                pollfd(fd: errFD, events: Int16(POLLIN), revents: 0),
-            ]
-            if poll(&fds, 3, -1) < 0 {
-                if errno == EINTR { continue }
-                break
-            }
-            if inFD >= 0 && fds[0].revents != 0 {
-                let count = input.withUnsafeBytes { raw in
-                    write(inFD, raw.baseAddress! + written, raw.count - written)
-                }
-                if count > 0 { written += count }
-                if (count < 0 && errno != EAGAIN && errno != EINTR) || written == input.count {
-                    close(inFD)
-                    inFD = -1
-                }
-            }
-            for (slot, fd) in [(1, outFD), (2, errFD)] where fd >= 0 && fds[slot].revents != 0 {
-                let count = read(fd, &buffer, buffer.count)
-                if count > 0 {
-                    if slot == 1 { stdout += buffer[0..<count] } else { stderr += buffer[0..<count] }
-                } else if count == 0 || (errno != EINTR && errno != EAGAIN) {
-                    close(fd)
-                    if slot == 1 { outFD = -1 } else { errFD = -1 }
-                }
-            }
-        }
-        return (stdout, stderr)
     }
 
     private static func closeAll(_ fds: [Int32]) {

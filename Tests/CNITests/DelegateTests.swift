@@ -71,6 +71,23 @@ import Testing
         try Delegate.del("echoipam", request(.add))
     }
 
+    @Test func aStartedDelegateWithHeldConfigRunsOnlyOnceSent() throws {
+        let pending = try Delegate.start("echoipam", .add, request(.add), holdingConfig: true)
+        #expect(!pending.hasConfig)
+        pending.sendConfig()
+        #expect(pending.hasConfig)
+        let result = try pending.result()
+        #expect(result.dns.nameservers == ["ctr-42"])
+        // Asked again (a rollback making sure it finished): the same answer.
+        #expect(try pending.result() == result)
+    }
+
+    @Test func aCancelledDelegateThatNeverGotItsConfigFailsNothing() throws {
+        let pending = try Delegate.start("failipam", .add, request(.add), holdingConfig: true)
+        pending.cancel()
+        #expect(!pending.hasConfig)
+    }
+
     @Test func delegateErrorsKeepTheirCode() throws {
         let error = #expect(throws: CNIError.self) { try Delegate.add("failipam", request(.add)) }
         #expect(error?.code.rawValue == 102)

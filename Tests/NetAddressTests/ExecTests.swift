@@ -1,6 +1,16 @@
 import Exec
 import Testing
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+private func clockNanoseconds() -> Int64 {
+    var now = timespec()
+    clock_gettime(CLOCK_REALTIME, &now)
+    return Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec)
+}
+
 @Suite struct ExecTests {
     @Test func feedsStdinAndCollectsBothStreams() throws {
         let input = Array(repeating: UInt8(ascii: "x"), count: 300_000)
@@ -29,6 +39,53 @@ import Testing
         let trap = try Exec.run("/bin/grep", ["SigIgn", "/proc/self/status"])
         let mask = trap.stdoutText.split(separator: "\t").last.flatMap { UInt64($0.prefix(16), radix: 16) }
         #expect(mask.map { $0 & (1 << (13 - 1)) == 0 } == true, "SIGPIPE (13) still ignored: \(trap.stdoutText)")
+    }
+
+    @Test func startedProgramsRunWhileTheCallerWorks() throws {
+        // The child records the time it got its input; we do "work" after start and before wait.
+        let running = try Exec.start("/bin/sh", ["-c", "cat; date +%s%N"], stdin: Array("in\n".utf8))
+        let before = clockNanoseconds()
+        usleep(200_000)
+        let output = running.wait()
+        #expect(output.status == 0)
+        let lines = output.stdoutText.split(separator: "\n")
+        #expect(lines.first == "in")
+        // It finished while we slept: its timestamp is before our wait began.
+        let childDone = try #require(lines.last.flatMap { Int64($0) })
+        #expect(childDone < before + 150_000_000)
+        #expect(running.wait().stdout == output.stdout)  // waited once, answered again
+    }
+
+    @Test func heldInputIsSentOnlyWhenReleased() throws {
+        let running = try Exec.start(
+            "/bin/sh", ["-c", "cat; date +%s%N"], stdin: Array("in\n".utf8), holdingInput: true)
+        #expect(!running.hasInput)
+        usleep(200_000)
+        let released = clockNanoseconds()
+        running.sendInput()
+        let output = running.wait()
+        let lines = output.stdoutText.split(separator: "\n")
+        #expect(lines.first == "in")
+        // It could not finish before it had its input.
+        let childDone = try #require(lines.last.flatMap { Int64($0) })
+        #expect(childDone >= released)
+    }
+
+    @Test func aHeldProgramThatIsCalledOffNeverActs() throws {
+        let marker = "/tmp/swcni-exec-held-\(getpid())"
+        unlink(marker)
+        let running = try Exec.start(
+            "/bin/sh", ["-c", "read line; touch \(marker)"], stdin: Array("go\n".utf8), holdingInput: true)
+        running.terminate()
+        #expect(running.wait().status == 128 + SIGKILL)
+        #expect(access(marker, F_OK) != 0, "the held program acted")
+        // Dropping a held program unwaited terminates it the same way.
+        do {
+            _ = try Exec.start(
+                "/bin/sh", ["-c", "read line; touch \(marker)"], stdin: Array("go\n".utf8), holdingInput: true)
+        }
+        usleep(100_000)
+        #expect(access(marker, F_OK) != 0, "the dropped held program acted")
     }
 
     @Test func missingProgramIsAFailure() {
