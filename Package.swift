@@ -12,7 +12,7 @@ let package = Package(
         .executable(name: "static", targets: ["static"]),
     ],
     targets: [
-        // C: Glibc declarations Swift's Glibc module lacks (setns, pipe2, CLONE_NEWNET).
+        // C: Glibc declarations Swift's Glibc module lacks (setns, pipe2, CLONE_NEWNET, O_TMPFILE).
         .systemLibrary(name: "CSystem"),
         // C: libnl-3 / libnl-route-3 headers, wrapped only by Netlink.
         .systemLibrary(
@@ -28,7 +28,7 @@ let package = Package(
         // The CNI protocol: environment, config, results, errors, CNI_ARGS, delegation, dispatch.
         .target(name: "CNI", dependencies: ["NetAddress", "Exec"]),
         // Address ranges, the allocator and the lease store shared by the IPAM plugins.
-        .target(name: "IPAM", dependencies: ["CNI", "NetAddress"]),
+        .target(name: "IPAM", dependencies: ["CNI", "NetAddress", "CSystem"]),
         // libnl wrappers: links, addresses, routes, bridge ports, network namespaces, sysctls.
         .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
         // ipMasq (iptables and nftables) and the bridge's MAC spoof check, as one transaction each.

@@ -17,4 +17,11 @@ extern int pipe2(int pipefd[2], int flags);
 #endif
 static const int cni_clone_newnet = CLONE_NEWNET;
 
+// O_TMPFILE (Linux 3.11, _GNU_SOURCE only): a file created without a name in a directory, for
+// lease content written before the store's lock is taken (LeaseStore). The kernel's value.
+#ifndef O_TMPFILE
+#define O_TMPFILE (020000000 | O_DIRECTORY)
+#endif
+static const int cni_o_tmpfile = O_TMPFILE;
+
 #endif

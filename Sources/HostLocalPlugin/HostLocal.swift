@@ -18,8 +18,9 @@ public enum HostLocal {
         let dns = try config.resolvConf.map { path throws(CNIError) in try ResolvConf.load(path) } ?? DNS()
         let assignment = try config.assignRequested()
         let owner = LeaseOwner(containerID: request.containerID, ifname: request.ifName)
-        return try LeaseStore.withLock(dataDir: config.dataDir, network: config.network) {
-            store throws(CNIError) in
+        return try LeaseStore.withLock(
+            dataDir: config.dataDir, network: config.network, preparingLeases: (owner, config.rangeSets.count)
+        ) { store throws(CNIError) in
             // One container interface gets one address per range set, never two.
             let held = try store.leases(of: owner) + store.leases(of: owner.legacy)
             for set in config.rangeSets {

@@ -1,4 +1,5 @@
 import CNI
+import CSystem
 
 #if canImport(Glibc)
     import Glibc
@@ -84,6 +85,37 @@ enum Files {
                 throw failure("write", path)
             }
             offset += count
+        }
+    }
+
+    /// A file without a name (`O_TMPFILE`) in `directory`, holding `bytes` synced to disk, or
+    /// nil when the filesystem cannot make one (then a named temp file does). Nothing can see it
+    /// until it is linked, and it vanishes with the descriptor if never linked: a process killed
+    /// at any point leaves nothing behind, so it can be written before taking the store's lock.
+    static func createUnnamed(in directory: String, _ bytes: [UInt8], mode: mode_t) throws(CNIError) -> Int32? {
+        let fd = open(directory, cni_o_tmpfile | O_WRONLY | O_CLOEXEC, mode)
+        guard fd >= 0 else {
+            // Kernels and filesystems without O_TMPFILE answer in these ways.
+            if errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL { return nil }
+            throw failure("create a file in", directory)
+        }
+        do throws(CNIError) {
+            try writeAll(fd, bytes, directory)
+            if fdatasync(fd) != 0 { throw failure("fdatasync a new file in", directory) }
+        } catch {
+            Glibc.close(fd)
+            throw error
+        }
+        return fd
+    }
+
+    /// Gives the unnamed file `fd` the name `target`, atomically, or reports that `target`
+    /// exists (as `link`). Through /proc, since `AT_EMPTY_PATH` needs CAP_DAC_READ_SEARCH.
+    static func link(unnamed fd: Int32, _ target: String) throws(CNIError) -> LinkOutcome {
+        if linkat(AT_FDCWD, "/proc/self/fd/\(fd)", AT_FDCWD, target, AT_SYMLINK_FOLLOW) == 0 { return .linked }
+        switch errno {
+        case EEXIST: return .exists
+        default: throw failure("link a new file to", target)
         }
     }
 

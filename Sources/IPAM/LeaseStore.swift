@@ -15,14 +15,18 @@ import NetAddress
 /// the whole of one operation (the reference locks per range set; both lock the same file, so
 /// the two plugins exclude each other).
 ///
-/// Crash safety: a lease's content is written to a temp file first and then `link(2)`ed to the
-/// lease name. `link` fails with EEXIST atomically, so it is also the reservation (the
-/// reference's O_EXCL), and a lease file never exists empty or half-written, whenever the process
-/// is killed. `last_reserved_ip.<N>` and index entries are replaced with `rename(2)`.
+/// Crash safety: a lease's content is written to a file without a name first (`O_TMPFILE` in the
+/// lease directory; a named temp file in the index directory where the filesystem has none) and
+/// then `link(2)`ed to the lease name. `link` fails with EEXIST atomically, so it is also the
+/// reservation (the reference's O_EXCL), and a lease file never exists empty or half-written,
+/// whenever the process is killed. `last_reserved_ip.<N>` and index entries are replaced with
+/// `rename(2)`.
 /// Durability: process death needs no fsync (the page cache survives it). Against power loss the
 /// lease content is `fdatasync`ed before it is linked, so a lease that survives a crash has its
 /// content; directory entries are not synced (a lease lost to power loss belongs to a container
-/// that did not survive the reboot either). See `syncLeaseContent`.
+/// that did not survive the reboot either). The content does not depend on the address, so the
+/// unnamed files of an ADD (one per range set, `preparingLeases`) are written and synced before
+/// the lock is taken: parallel ADDs do not queue behind each other's disk flushes.
 ///
 /// Index (derived state, never trusted over the lease files): `<dataDir>/.swift-cni-index/<network>/`
 /// (no network is named so: network names start with a letter or digit) maps each owner
@@ -60,18 +64,24 @@ public final class LeaseStore {
     private var changed = false
     /// The owner whose lease content sits in the lease temp file.
     private var preparedOwner: LeaseOwner?
+    /// Unnamed files holding `unnamedLeaseOwner`'s lease content, synced, one per lease to take.
+    private var unnamedLeases: [Int32] = []
+    private var unnamedLeaseOwner: LeaseOwner?
 
     private var leaseTemp: String { indexDirectory + "/~lease" }
     private var lastTemp: String { indexDirectory + "/~last" }
     private var bucketTemp: String { indexDirectory + "/~bucket" }
 
     /// Opens the store of `network` under `dataDir`, creating its directories, holds the lock for
-    /// the duration of `body`, writes the index changes `body` made and releases the lock.
+    /// the duration of `body`, writes the index changes `body` made and releases the lock. An ADD
+    /// names the owner and how many leases it may take (`preparingLeases`): their content is
+    /// written and synced before the lock is taken.
     @discardableResult
     public static func withLock<Result>(
-        dataDir: String, network: String, _ body: (LeaseStore) throws(CNIError) -> Result
+        dataDir: String, network: String, preparingLeases: (owner: LeaseOwner, count: Int)? = nil,
+        _ body: (LeaseStore) throws(CNIError) -> Result
     ) throws(CNIError) -> Result {
-        let store = try LeaseStore(dataDir: dataDir, network: network)
+        let store = try LeaseStore(dataDir: dataDir, network: network, preparingLeases: preparingLeases)
         defer { store.unlock() }
         let result: Result
         do {
@@ -91,12 +101,22 @@ public final class LeaseStore {
         (dataDir.hasSuffix("/") && dataDir.count > 1 ? String(dataDir.dropLast()) : dataDir) + "/" + network
     }
 
-    private init(dataDir: String, network: String) throws(CNIError) {
+    private init(dataDir: String, network: String, preparingLeases: (owner: LeaseOwner, count: Int)?)
+        throws(CNIError)
+    {
         directory = Self.directory(dataDir: dataDir, network: network)
         let root = String(directory.dropLast(network.utf8.count + 1))
         indexDirectory = root + "/.swift-cni-index/" + network
+        lockDescriptor = -1
         try Files.makeDirectories(directory, mode: 0o755)
         try Files.makeDirectories(indexDirectory, mode: 0o700)
+        if let (owner, count) = preparingLeases {
+            unnamedLeaseOwner = owner
+            for _ in 0..<count {
+                guard let fd = try Files.createUnnamed(in: directory, owner.fileContent, mode: 0o600) else { break }
+                unnamedLeases.append(fd)
+            }
+        }
         // The reference (go-filemutex) opens the lock O_CREAT|O_RDONLY with mode 0750.
         let lockPath = directory + "/lock"
         lockDescriptor = open(lockPath, O_CREAT | O_RDONLY | O_CLOEXEC, 0o750)
@@ -116,7 +136,11 @@ public final class LeaseStore {
         }
     }
 
-    deinit { unlock() }
+    deinit {
+        unlock()
+        // Unlinked, an unnamed file is gone with its descriptor.
+        for fd in unnamedLeases { Glibc.close(fd) }
+    }
 
     private func unlock() {
         // Closing the descriptor releases the flock (and the kernel does so if we are killed).
@@ -155,6 +179,15 @@ public final class LeaseStore {
     public func reserve(_ address: IPAddress, for owner: LeaseOwner, rangeSetIndex: Int) throws(CNIError) -> Bool {
         let path = leasePath(address)
         changed = true
+        if owner == unnamedLeaseOwner, let fd = unnamedLeases.last {
+            guard try Files.link(unnamed: fd, path) == .linked else { return false }
+            // Each lease keeps its own inode, which nothing else names.
+            unnamedLeases.removeLast()
+            Glibc.close(fd)
+            try update(owner) { $0.insert(address) }
+            try recordLastReserved(address, rangeSetIndex: rangeSetIndex)
+            return true
+        }
         if preparedOwner != owner {
             try Files.createFresh(leaseTemp, owner.fileContent, mode: 0o600, sync: Self.syncLeaseContent)
             preparedOwner = owner
@@ -218,8 +251,17 @@ public final class LeaseStore {
 
     private func bucket(_ name: String) throws(CNIError) -> [LeaseOwner: Set<IPAddress>] {
         if let cached = buckets[name] { return cached }
-        // A missing or unreadable bucket is empty: if that is wrong, the stamps say so.
-        let parsed = try Files.read(indexDirectory + "/" + name).flatMap(IndexBucket.parse) ?? [:]
+        // A missing bucket is empty: if that is wrong, the stamps say so.
+        guard let bytes = try Files.read(indexDirectory + "/" + name) else {
+            buckets[name] = [:]
+            return [:]
+        }
+        guard let parsed = IndexBucket.parse(bytes) else {
+            // Damaged though the stamps match (a power loss can leave a renamed-in bucket empty,
+            // its content never written back): the lease files are the truth, rebuild from them.
+            try rebuildIndex()
+            return buckets[name] ?? [:]
+        }
         buckets[name] = parsed
         return parsed
     }

@@ -31,6 +31,50 @@ import Testing
         #expect(directory.read(".swift-cni-index/mynet/\(index[0])") == "swift-cni-index 2\ndummy eth0 10.1.2.2\n")
     }
 
+    @Test func preparedLeasesAreTheSameFilesWithoutATempName() throws {
+        // Two range sets: two unnamed files prepared before the lock, one left over when the
+        // first address of the second set is taken by someone else.
+        directory.write("mynet/10.1.3.2", "other\r\neth0")
+        let reserved = try LeaseStore.withLock(
+            dataDir: directory.path, network: "mynet", preparingLeases: (owner, 2)
+        ) { store throws(CNIError) in
+            [
+                try store.reserve(ip("10.1.2.2"), for: owner, rangeSetIndex: 0),
+                try store.reserve(ip("10.1.3.2"), for: owner, rangeSetIndex: 1),
+                try store.reserve(ip("10.1.3.3"), for: owner, rangeSetIndex: 1),
+            ]
+        }
+        #expect(reserved == [true, false, true])
+        for lease in ["10.1.2.2", "10.1.3.3"] {
+            #expect(directory.read("mynet/\(lease)") == "dummy\r\neth0")
+            #expect(directory.mode("mynet/\(lease)") == 0o600)
+            var info = stat()
+            stat(directory.path + "/mynet/" + lease, &info)
+            #expect(info.st_nlink == 1, "a lease shares its inode")
+        }
+        #expect(directory.read("mynet/10.1.3.2") == "other\r\neth0")
+        #expect(directory.list("mynet") == ["10.1.2.2", "10.1.3.2", "10.1.3.3", "last_reserved_ip.0", "last_reserved_ip.1", "lock"])
+        #expect(directory.list(".swift-cni-index/mynet").allSatisfy { !$0.hasPrefix("~") })
+        let leases = try withStore { store throws(CNIError) in try store.leases(of: owner) }
+        #expect(leases == [ip("10.1.2.2"), ip("10.1.3.3")])
+    }
+
+    @Test func aDamagedBucketIsRebuiltFromTheLeases() throws {
+        try withStore { store throws(CNIError) in
+            _ = try store.reserve(ip("10.1.2.2"), for: owner, rangeSetIndex: 0)
+        }
+        // A power loss can leave a bucket renamed in but empty, with the directory stamps intact.
+        let bucket = try #require(directory.list(".swift-cni-index/mynet").first)
+        var info = stat()
+        stat(directory.path + "/.swift-cni-index/mynet", &info)
+        directory.write(".swift-cni-index/mynet/\(bucket)", "")
+        var times = [info.st_mtim, info.st_mtim]
+        utimensat(AT_FDCWD, directory.path + "/.swift-cni-index/mynet", &times, 0)
+        let leases = try withStore { store throws(CNIError) in try store.leases(of: owner) }
+        #expect(leases == [ip("10.1.2.2")])
+        #expect(directory.read(".swift-cni-index/mynet/\(bucket)") == "swift-cni-index 2\ndummy eth0 10.1.2.2\n")
+    }
+
     @Test func ownersParseLikeTheReference() {
         #expect(LeaseOwner(fileContent: Array("dummy\r\neth0".utf8)) == owner)
         #expect(LeaseOwner(fileContent: Array("   dummy\r\neth0\n ".utf8)) == owner)
