@@ -76,7 +76,8 @@ extension NFTables.Rule {
         }
         self.init(
             handle: UInt64(bigEndian: handle.payload.loadUnaligned(as: UInt64.self)),
-            comment: attributes.first(Int(NFTA_RULE_USERDATA.rawValue)).flatMap { Self.comment(inUserData: $0.payload) })
+            comment: attributes.first(Int(NFTA_RULE_USERDATA.rawValue)).flatMap { Self.comment(inUserData: $0.payload) }
+        )
     }
 
     /// The comment in a rule's user data: a sequence of (u8 type, u8 length, value) records, the

@@ -74,7 +74,8 @@ struct NFTablesKernelTests {
         #expect(try tables.rules(family: .inet, table: "t", chain: "c").isEmpty)
 
         try scratch.exec(
-            "nft", "add table inet t; add chain inet t c; add chain inet t other; "
+            "nft",
+            "add table inet t; add chain inet t c; add chain inet t other; "
                 + "add rule inet t c counter comment \"first one\"; add rule inet t c counter; "
                 + "add rule inet t other counter comment \"elsewhere\"")
         #expect(try tables.chainExists(family: .inet, table: "t", chain: "c"))
