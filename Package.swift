@@ -32,7 +32,8 @@ let package = Package(
         // libnl wrappers: links, addresses, routes, bridge ports, network namespaces, sysctls.
         .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
         // ipMasq (iptables and nftables) and the bridge's MAC spoof check, as one transaction each.
-        .target(name: "Masquerade", dependencies: ["NetAddress", "Exec"]),
+        // Reads nf_tables over netlink (Netlink) so most operations exec only the one writing tool.
+        .target(name: "Masquerade", dependencies: ["NetAddress", "Exec", "Netlink"]),
 
         // Each plugin's logic: a library, so tests can drive it; a thin composition of the above.
         .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink", "Masquerade"]),
@@ -50,7 +51,7 @@ let package = Package(
         .testTarget(name: "CNITests", dependencies: ["CNI"]),
         .testTarget(name: "IPAMTests", dependencies: ["IPAM", "HostLocalPlugin", "StaticPlugin"]),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetAddress"]),
-        .testTarget(name: "MasqueradeTests", dependencies: ["Masquerade", "NetAddress"]),
+        .testTarget(name: "MasqueradeTests", dependencies: ["Masquerade", "NetAddress", "Netlink"]),
         .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "CNI", "NetAddress"]),
     ]
 )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cnitest import BIN_DIR, REF_DIR, sh, unique
+from cnitest import BIN_DIR, REF_DIR, run_plugin, sh, unique
 from test_bridge_support import (World, addresses, bridge_ports, global_addresses, ipj, link, links, nat_rules,
                                  nft_comments, nft_rules, run_in, vlan_filtering_supported, with_prev, world)
 
@@ -289,6 +289,68 @@ def test_ipmasq(world, backend):
     assert world.run("DEL", config, container).ok
     assert nat_rules(world.host) == []
     assert [c for c in nft_comments(world.host, "inet") if c] == []
+
+
+FIREWALL_TOOLS = {"iptables", "ip6tables", "iptables-save", "ip6tables-save", "iptables-restore",
+                  "ip6tables-restore", "nft"}
+
+# Inside a private mount namespace, iptables and ip6tables resolve to iptables-legacy, whose
+# tables nf_tables (and so our netlink reads) cannot see.
+LEGACY_IPTABLES = ("unshare", "-m", "--propagation", "private", "sh", "-c",
+                   "mount -t tmpfs none /etc/alternatives && for t in iptables ip6tables; do "
+                   "for s in '' -save -restore; do ln -s /usr/sbin/$t-legacy$s /etc/alternatives/$t$s; done; "
+                   'done && exec "$@"', "sh")
+
+
+def traced(world, tmp_path, command, config, container, ifname="eth0", outer=()):
+    """Runs the bridge under `strace -f`: the run, and the firewall programs it exec'd, in order."""
+    log = tmp_path / unique("execs", 16)
+    run = run_plugin("bridge", command, config, netns=container.path, ifname=ifname,
+                     wrapper=(*outer, "ip", "netns", "exec", world.host.name,
+                              "strace", "-f", "-qq", "-e", "trace=execve", "-e", "signal=none", "-o", str(log)))
+    assert run.ok, str(run)
+    programs = [os.path.basename(m.group(1)) for line in log.read_text().splitlines()
+                if "= -1" not in line for m in [re.search(r'execve\("([^"]+)"', line)] if m]
+    return [p for p in programs if p in FIREWALL_TOOLS]
+
+
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_ipmasq_runs_one_firewall_program_per_operation(world, tmp_path, backend):
+    """ADD and DEL run one tool (nf_tables is read over netlink); a DEL with nothing left runs none.
+    A second interface of the container shares its iptables chain: that ADD finds the chain and
+    lists first, and the first DEL, whose direct delete the other jump makes fail, lists too."""
+    container = world.container()
+    config = world.config(ipMasq=True, isGateway=True, ipMasqBackend=backend)
+    tool = ["iptables-restore"] if backend == "iptables" else ["nft"]
+    assert traced(world, tmp_path, "ADD", config, container) == tool
+    relisted = ["iptables-save", "iptables-restore"] if backend == "iptables" else tool
+    assert traced(world, tmp_path, "ADD", config, container, ifname="eth1") == relisted
+    if backend == "iptables":
+        assert len([r for r in nat_rules(world.host) if r.startswith("-A POSTROUTING")]) == 2
+    else:
+        assert len([c for c in nft_comments(world.host, "inet") if c]) == 2
+    failed_first = ["iptables-restore"] + relisted if backend == "iptables" else tool
+    assert traced(world, tmp_path, "DEL", config, container) == failed_first
+    assert traced(world, tmp_path, "DEL", config, container, ifname="eth1") == tool
+    assert nat_rules(world.host) == [] and [c for c in nft_comments(world.host, "inet") if c] == []
+    assert traced(world, tmp_path, "DEL", config, container) == []
+
+
+def test_ipmasq_with_iptables_legacy_lists_with_its_tools(world, tmp_path):
+    """iptables-legacy is recognised from the path iptables-save resolves to: its rules are read
+    with iptables-save (netlink cannot see them), and they are removed all the same."""
+    container = world.container()
+    config = world.config(ipMasq=True, isGateway=True, ipMasqBackend="iptables")
+
+    def legacy_rules():
+        return [line for line in world.host.run("iptables-legacy-save", "-t", "nat").splitlines() if "CNI-" in line]
+
+    assert traced(world, tmp_path, "ADD", config, container, outer=LEGACY_IPTABLES) == ["iptables-restore"]
+    assert any(r.startswith("-A POSTROUTING -s 10.77.0.2/32") for r in legacy_rules())
+    assert nat_rules(world.host) == [], "the rules went to nf_tables, not iptables-legacy"
+    assert traced(world, tmp_path, "DEL", config, container, outer=LEGACY_IPTABLES) == [
+        "iptables-save", "iptables-restore", "ip6tables-save"]
+    assert legacy_rules() == []
 
 
 def test_mac_precedence(world):

@@ -20,6 +20,9 @@
 #include <linux/neighbour.h>
 #include <linux/veth.h>
 #include <linux/nsfs.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nf_tables.h>
 #include <sys/ioctl.h>
 #include <sys/statfs.h>
 

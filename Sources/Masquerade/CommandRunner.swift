@@ -1,5 +1,11 @@
 import Exec
 
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#endif
+
 /// What a firewall program printed and how it exited.
 public struct CommandOutput: Sendable, Equatable {
     public var status: Int32
@@ -37,6 +43,13 @@ public protocol CommandRunner {
     func isInstalled(_ program: String) -> Bool
     /// Runs `program` with `arguments`, feeding `stdin`, and waits for it.
     func run(_ program: String, _ arguments: [String], stdin: [UInt8]) throws(CommandNotRunnable) -> CommandOutput
+    /// The file `program` runs from, symbolic links resolved (`/usr/sbin/xtables-nft-multi` for
+    /// `iptables-save` on Debian); nil when not known.
+    func resolvedPath(of program: String) -> String?
+}
+
+extension CommandRunner {
+    public func resolvedPath(of program: String) -> String? { nil }
 }
 
 /// Runs the real tools with `Exec`, looked up in `searchPath`, optionally behind a command prefix
@@ -55,6 +68,12 @@ public struct SystemCommandRunner: CommandRunner, Sendable {
 
     public func isInstalled(_ program: String) -> Bool {
         Exec.find(program, in: searchPath) != nil
+    }
+
+    public func resolvedPath(of program: String) -> String? {
+        guard let path = Exec.find(program, in: searchPath), let resolved = realpath(path, nil) else { return nil }
+        defer { free(resolved) }
+        return String(cString: resolved)
     }
 
     public func run(_ program: String, _ arguments: [String], stdin: [UInt8]) throws(CommandNotRunnable)

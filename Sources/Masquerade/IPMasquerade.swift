@@ -1,13 +1,23 @@
 import NetAddress
+import Netlink
 
 /// ipMasq for the bridge plugin: SNAT traffic from a container's addresses leaving their subnets,
-/// with the reference plugins' exact iptables or nftables layout. Each operation costs one listing
-/// and at most one transaction per tool (iptables per family), instead of an exec per rule.
+/// with the reference plugins' exact iptables or nftables layout.
+///
+/// The common operations exec one tool: nf_tables is read over netlink (`ruleset`), and iptables
+/// scripts are written to need no listing (a first ADD creates the chain with `-N`, a DEL with
+/// known addresses deletes the exact rules), falling back to listing with `iptables-save` when
+/// such a transaction fails as a whole or the rules live in iptables-legacy. A DEL runs nothing
+/// for a backend or family that holds no rules of the attachment.
 public struct IPMasquerade {
     public var runner: any CommandRunner
+    /// Reads nf_tables without exec'ing; nil: every read runs a tool.
+    public var ruleset: (any RulesetReader)?
 
-    public init(runner: any CommandRunner = SystemCommandRunner()) {
+    /// `ruleset` defaults to netlink in the current network namespace, where `runner`'s tools act.
+    public init(runner: any CommandRunner = SystemCommandRunner(), ruleset: (any RulesetReader)? = try? NFTables()) {
         self.runner = runner
+        self.ruleset = ruleset
     }
 
     /// Masquerades traffic from `addresses` (container addresses with their prefix length) to
@@ -25,6 +35,16 @@ public struct IPMasquerade {
                 let ofFamily = addresses.filter { $0.family == family }
                 guard !ofFamily.isEmpty else { continue }
                 let rules = IPTablesMasquerade(family: family)
+                let chain = Naming.iptablesChain(network: network, containerID: containerID)
+                if chainExists(chain, rules) != true {
+                    let script = rules.creationScript(
+                        network: network, containerID: containerID, ifname: ifname, addresses: ofFamily)
+                    if try tool.attempt(rules.restoreCommand, IPTablesMasquerade.restoreArguments, stdin: script)
+                        .succeeded
+                    {
+                        continue
+                    }
+                }
                 try apply(rules, tool, whenUnusable: .fail) { current in
                     rules.setupScript(
                         current: current, network: network, containerID: containerID, ifname: ifname,
@@ -54,8 +74,14 @@ public struct IPMasquerade {
     public func teardown(network: String, containerID: String, ifname: String, addresses: [IPPrefix]?)
         throws(FirewallError)
     {
+        let chain = Naming.iptablesChain(network: network, containerID: containerID)
         try removeFromBothBackends(
             operation: "tear down masquerading for \(attachment(network, containerID, ifname))",
+            iptablesChain: chain,
+            iptablesShortcut: { rules in
+                rules.knownAddressesTeardownScript(
+                    network: network, containerID: containerID, addresses: addresses ?? [])
+            },
             iptablesScript: { rules, current in
                 rules.teardownScript(
                     current: current, network: network, containerID: containerID, ifname: ifname,
@@ -83,9 +109,13 @@ public struct IPMasquerade {
 
     /// Removes rules from iptables (both families) and nftables, going on past a failing backend
     /// (the others may still hold rules to remove) and reporting the first failure. A backend that
-    /// is not usable here holds nothing of ours.
+    /// is not usable here holds nothing of ours. With `iptablesChain`, a family known not to have
+    /// that chain is skipped, and where it is known to exist `iptablesShortcut`'s script is tried
+    /// before listing.
     private func removeFromBothBackends(
-        operation: String, iptablesScript: (IPTablesMasquerade, SavedNATTable) -> String?,
+        operation: String, iptablesChain: String? = nil,
+        iptablesShortcut: (IPTablesMasquerade) -> String? = { _ in nil },
+        iptablesScript: (IPTablesMasquerade, SavedNATTable) -> String?,
         nftHandles: (NFTListing) -> [Int]
     ) throws(FirewallError) {
         var firstError: FirewallError?
@@ -93,6 +123,20 @@ public struct IPMasquerade {
         for family in [IPAddress.Family.v4, .v6] {
             let rules = IPTablesMasquerade(family: family)
             do {
+                if let iptablesChain {
+                    switch chainExists(iptablesChain, rules) {
+                    case false?: continue
+                    case true?:
+                        if let script = iptablesShortcut(rules),
+                            try iptables.attempt(
+                                rules.restoreCommand, IPTablesMasquerade.restoreArguments, stdin: script
+                            ).succeeded
+                        {
+                            continue
+                        }
+                    case nil: break
+                    }
+                }
                 try apply(rules, iptables, whenUnusable: .skip) { iptablesScript(rules, $0) }
             } catch {
                 firstError = firstError ?? error
@@ -142,18 +186,43 @@ public struct IPMasquerade {
     {
         if whenUnusable == .skip && !runner.isInstalled("nft") { return }
         for attempt in 1...2 {
-            let listing: NFTListing?
-            do {
-                listing = try tool.nftList(NFTablesMasquerade.listChecks)
-            } catch {
-                guard whenUnusable == .skip, !FirewallBackend.nftablesUsable(runner) else { throw error }
-                return
+            var listing = checksChainRules()
+            if listing == nil {
+                do {
+                    listing = try tool.nftList(NFTablesMasquerade.listChecks)
+                } catch {
+                    guard whenUnusable == .skip, !FirewallBackend.nftablesUsable(runner) else { throw error }
+                    return
+                }
             }
             guard let text = script(listing) else { return }
             let output = try tool.attempt("nft", ["-f", "-"], stdin: text)
             if output.succeeded { return }
             if attempt == 2 { throw tool.failure("nft", ["-f", "-"], output) }
         }
+    }
+
+    // MARK: reading without a tool
+
+    /// Whether iptables' nat table of the family holds `chain`; nil when that cannot be read
+    /// without the tools (iptables-legacy, no reader, a failed read).
+    private func chainExists(_ chain: String, _ rules: IPTablesMasquerade) -> Bool? {
+        guard let ruleset, IPTablesVariant(runner: runner, saveCommand: rules.saveCommand) == .nft else { return nil }
+        return try? ruleset.chainExists(family: rules.family == .v4 ? .ip : .ip6, table: "nat", chain: chain)
+    }
+
+    /// The rules of `masq_checks` as a listing (none when the table or chain is missing); nil when
+    /// they cannot be read without `nft`.
+    private func checksChainRules() -> NFTListing? {
+        guard let ruleset,
+            let rules = try? ruleset.rules(
+                family: .inet, table: NFTablesMasquerade.table, chain: NFTablesMasquerade.checksChain)
+        else { return nil }
+        return NFTListing(
+            chains: [NFTablesMasquerade.checksChain],
+            rules: rules.map {
+                NFTListing.Rule(chain: NFTablesMasquerade.checksChain, handle: Int($0.handle), comment: $0.comment)
+            })
     }
 
     private func attachment(_ network: String, _ containerID: String, _ ifname: String) -> String {

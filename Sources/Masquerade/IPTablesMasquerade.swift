@@ -28,6 +28,24 @@ struct IPTablesMasquerade {
     func setupScript(
         current: SavedNATTable, network: String, containerID: String, ifname: String, addresses: [IPPrefix]
     ) -> String {
+        setupScript(
+            current: current, network: network, containerID: containerID, ifname: ifname, addresses: addresses,
+            creatingChain: false)
+    }
+
+    /// The first ADD's script, needing no listing: `-N` creates the chain, and fails the whole
+    /// transaction when it exists already (a re-ADD, or another interface of the container), which
+    /// then needs `setupScript` from a listing. No jump can exist without its chain.
+    func creationScript(network: String, containerID: String, ifname: String, addresses: [IPPrefix]) -> String {
+        setupScript(
+            current: SavedNATTable(), network: network, containerID: containerID, ifname: ifname,
+            addresses: addresses, creatingChain: true)
+    }
+
+    private func setupScript(
+        current: SavedNATTable, network: String, containerID: String, ifname: String, addresses: [IPPrefix],
+        creatingChain: Bool
+    ) -> String {
         let names = Names(network: network, containerID: containerID, ifname: ifname)
         let markers = self.markers(in: current, names)
         let others = markers.filter { $0.ifnameKey != names.ifnameKey }
@@ -48,7 +66,8 @@ struct IPTablesMasquerade {
         for address in addresses where !subnets.contains(address.network) { subnets.append(address.network) }
 
         // Declaring an existing user chain under --noflush flushes it; -F says so explicitly.
-        var lines = ["*nat", ":\(names.chain) - [0:0]", "-F \(names.chain)"]
+        var lines =
+            ["*nat"] + (creatingChain ? ["-N \(names.chain)"] : [":\(names.chain) - [0:0]", "-F \(names.chain)"])
         lines += others.map { "-A \(names.chain) \($0.rule.spec)" }
         lines += ips.map { ip in
             "-A \(names.chain) -s \(host(ip)) -d \(addressesByIP[ip]!.network) -m comment --comment "
@@ -73,6 +92,23 @@ struct IPTablesMasquerade {
                     + " -j \(names.chain)")
         }
         lines.append("COMMIT")
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// Teardown without a listing when the interface's addresses are known: delete its jumps, then
+    /// the chain. The transaction fails as a whole when a jump is missing or another interface's
+    /// jump still enters the chain; `teardownScript` from a listing then decides. Nil without
+    /// addresses of this family.
+    func knownAddressesTeardownScript(network: String, containerID: String, addresses: [IPPrefix]) -> String? {
+        let names = Names(network: network, containerID: containerID, ifname: "")
+        var seen: Set<IPAddress> = []
+        let ips = addresses.filter { $0.family == family && seen.insert($0.address).inserted }.map(\.address)
+        guard !ips.isEmpty else { return nil }
+        var lines = ["*nat"]
+        lines += ips.map {
+            "-D POSTROUTING -s \(host($0)) -m comment --comment \(SavedNATTable.quoted(names.comment)) -j \(names.chain)"
+        }
+        lines += ["-F \(names.chain)", "-X \(names.chain)", "COMMIT"]
         return lines.joined(separator: "\n") + "\n"
     }
 

@@ -1,9 +1,10 @@
 import CNetlink
 import Glibc
 
-/// A NETLINK_ROUTE socket (libnl `nl_sock`), bound for life to the network namespace of the
-/// thread that opened it: open one per namespace (`Namespace.openSocket()`) and every request
-/// on it acts there without further namespace switching.
+/// A netlink socket (libnl `nl_sock`; NETLINK_ROUTE unless told otherwise), bound for life to the
+/// network namespace of the thread that opened it: open one per namespace
+/// (`Namespace.openSocket()`) and every request on it acts there without further namespace
+/// switching.
 ///
 /// Not thread-safe; a plugin uses its sockets from one thread.
 public final class NetlinkSocket {
@@ -11,12 +12,18 @@ public final class NetlinkSocket {
     private let callbacks: OpaquePointer
     private let receiver = Receiver()
 
-    /// Opens a socket in the calling thread's current network namespace.
-    public init() throws(NetlinkError) {
+    /// Opens a NETLINK_ROUTE socket in the calling thread's current network namespace.
+    public convenience init() throws(NetlinkError) {
+        try self.init(netlinkProtocol: NETLINK_ROUTE)
+    }
+
+    /// Opens a socket of `netlinkProtocol` (NETLINK_ROUTE, NETLINK_NETFILTER) in the calling
+    /// thread's current network namespace.
+    init(netlinkProtocol: Int32) throws(NetlinkError) {
         guard let handle = nl_socket_alloc() else {
             throw NetlinkError(operation: "allocate netlink socket", code: -NLE_NOMEM)
         }
-        let status = nl_connect(handle, NETLINK_ROUTE)
+        let status = nl_connect(handle, netlinkProtocol)
         guard status >= 0 else {
             nl_socket_free(handle)
             throw NetlinkError(operation: "connect netlink socket", code: status)

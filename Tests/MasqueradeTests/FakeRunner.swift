@@ -1,7 +1,8 @@
 @testable import Masquerade
+@testable import Netlink
 
-/// Records every command and answers from a script of canned outputs (first matching prefix wins;
-/// unmatched commands succeed with empty output).
+/// Records every command and answers from a script of canned outputs (first matching prefix, and
+/// stdin text if given, wins; unmatched commands succeed with empty output).
 final class FakeRunner: CommandRunner, @unchecked Sendable {
     struct Call: Equatable {
         var command: [String]
@@ -11,24 +12,70 @@ final class FakeRunner: CommandRunner, @unchecked Sendable {
     var installed: Set<String> = [
         "iptables", "ip6tables", "iptables-save", "ip6tables-save", "iptables-restore", "ip6tables-restore", "nft",
     ]
-    var responses: [(prefix: [String], output: CommandOutput)] = []
+    /// What `resolvedPath(of:)` answers; unknown by default.
+    var resolved: [String: String] = [:]
+    var responses: [(prefix: [String], stdinContaining: String?, output: CommandOutput)] = []
     private(set) var calls: [Call] = []
 
-    func respond(_ prefix: [String], status: Int32 = 0, stdout: String = "", stderr: String = "") {
+    func respond(
+        _ prefix: [String], stdinContaining: String? = nil, status: Int32 = 0, stdout: String = "", stderr: String = ""
+    ) {
         responses.append(
-            (prefix, CommandOutput(status: status, stdout: Array(stdout.utf8), stderr: Array(stderr.utf8))))
+            (
+                prefix, stdinContaining,
+                CommandOutput(status: status, stdout: Array(stdout.utf8), stderr: Array(stderr.utf8))
+            ))
+    }
+
+    /// The save tools resolve to iptables-nft's multi-call binary, whose tables a ruleset reader sees.
+    func useIPTablesNFT() {
+        resolved["iptables-save"] = "/usr/sbin/xtables-nft-multi"
+        resolved["ip6tables-save"] = "/usr/sbin/xtables-nft-multi"
     }
 
     func isInstalled(_ program: String) -> Bool { installed.contains(program) }
 
+    func resolvedPath(of program: String) -> String? { resolved[program] }
+
     func run(_ program: String, _ arguments: [String], stdin: [UInt8]) throws(CommandNotRunnable) -> CommandOutput {
         let command = [program] + arguments
-        calls.append(Call(command: command, stdin: String(decoding: stdin, as: UTF8.self)))
+        let text = String(decoding: stdin, as: UTF8.self)
+        calls.append(Call(command: command, stdin: text))
         guard installed.contains(program) else { throw CommandNotRunnable(program: program, reason: "not installed") }
-        return responses.first { command.starts(with: $0.prefix) }?.output ?? CommandOutput(status: 0)
+        let response = responses.first { response in
+            command.starts(with: response.prefix) && (response.stdinContaining.map(text.contains) ?? true)
+        }
+        return response?.output ?? CommandOutput(status: 0)
     }
 
     /// The stdin of every call to `program`.
     func scripts(_ program: String) -> [String] { calls.filter { $0.command.first == program }.map(\.stdin) }
     var commands: [[String]] { calls.map(\.command) }
+}
+
+/// A canned nf_tables ruleset: chains by (family, table, chain), rules of chains; reads counted.
+final class FakeRuleset: RulesetReader, @unchecked Sendable {
+    struct Key: Hashable {
+        var family: NFTables.Family
+        var table: String
+        var chain: String
+    }
+
+    var chains: Set<Key> = []
+    var rules: [Key: [NFTables.Rule]] = [:]
+    /// Every read fails with this, when set.
+    var failure: NetlinkError?
+    private(set) var reads = 0
+
+    func chainExists(family: NFTables.Family, table: String, chain: String) throws(NetlinkError) -> Bool {
+        reads += 1
+        if let failure { throw failure }
+        return chains.contains(Key(family: family, table: table, chain: chain))
+    }
+
+    func rules(family: NFTables.Family, table: String, chain: String) throws(NetlinkError) -> [NFTables.Rule] {
+        reads += 1
+        if let failure { throw failure }
+        return rules[Key(family: family, table: table, chain: chain)] ?? []
+    }
 }

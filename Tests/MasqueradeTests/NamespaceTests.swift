@@ -2,6 +2,7 @@ import NetAddress
 import Testing
 
 @testable import Masquerade
+@testable import Netlink
 
 #if canImport(Glibc)
     import Glibc
@@ -41,6 +42,16 @@ private final class TestNamespace {
         }
     }()
 
+    /// Masquerading in this namespace: its tools through `ip netns exec`, nf_tables read over a
+    /// netlink socket opened in it (or, without `netlink`, with the tools as for iptables-legacy).
+    /// The tools it runs are counted in `log`.
+    func masquerade(netlink: Bool = true) throws -> IPMasquerade {
+        let ruleset = netlink ? try NFTables(namespace: Namespace.open(path: "/run/netns/\(name)")) : nil
+        return IPMasquerade(runner: CountingRunner(inner: runner, log: log), ruleset: ruleset)
+    }
+
+    let log = ProgramLog()
+
     /// Runs a command in the namespace and requires success; returns stdout.
     @discardableResult
     func run(_ program: String, _ arguments: String...) throws -> String {
@@ -55,16 +66,42 @@ private final class TestNamespace {
     }
 }
 
+/// The programs a `CountingRunner` ran, oldest first.
+private final class ProgramLog {
+    var programs: [String] = []
+
+    /// The programs run since the last call.
+    func take() -> [String] {
+        defer { programs = [] }
+        return programs
+    }
+}
+
+private struct CountingRunner: CommandRunner {
+    let inner: SystemCommandRunner
+    let log: ProgramLog
+
+    func isInstalled(_ program: String) -> Bool { inner.isInstalled(program) }
+    func resolvedPath(of program: String) -> String? { inner.resolvedPath(of: program) }
+    func run(_ program: String, _ arguments: [String], stdin: [UInt8]) throws(CommandNotRunnable) -> CommandOutput {
+        log.programs.append(program)
+        return try inner.run(program, arguments, stdin: stdin)
+    }
+}
+
 private func prefix(_ text: String) -> IPPrefix { IPPrefix(text)! }
 private let chainOfC1 = Naming.iptablesChain(network: "testnet", containerID: "c1")
 
 @Suite(.enabled(if: isRoot, "needs root: creates network namespaces and firewall rules in them"))
 struct IPTablesNamespaceTests {
-    @Test func lifecycleWithTwoInterfacesOfOneContainer() throws {
+    /// Also counts the tools each step runs: with netlink reads (iptables-nft here) a first ADD
+    /// and a DEL with known addresses run one per family that has addresses or rules.
+    @Test(arguments: [true, false]) func lifecycleWithTwoInterfacesOfOneContainer(netlink: Bool) throws {
         let ns = try TestNamespace()
-        let masq = IPMasquerade(runner: ns.runner)
+        let masq = try ns.masquerade(netlink: netlink)
         let eth0 = [prefix("10.77.0.5/24"), prefix("2001:db8:77::5/64")]
         try masq.setup(backend: .iptables, network: "testnet", containerID: "c1", ifname: "eth0", addresses: eth0)
+        #expect(ns.log.take() == ["iptables-restore", "ip6tables-restore"])
         let afterFirst = try ns.natRules()
         #expect(afterFirst.contains(":\(chainOfC1) - [0:0]"))
         #expect(
@@ -78,8 +115,13 @@ struct IPTablesNamespaceTests {
         #expect(try ns.natRules(.v6).contains { $0.hasPrefix("-A \(chainOfC1) ! -d ff00::/8 ") })
 
         // Again: nothing duplicated.
+        _ = ns.log.take()
         try masq.setup(backend: .iptables, network: "testnet", containerID: "c1", ifname: "eth0", addresses: eth0)
         #expect(try ns.natRules() == afterFirst)
+        // Netlink shows the chain exists; without it the creation attempt fails first.
+        let v4 = (netlink ? [] : ["iptables-restore"]) + ["iptables-save", "iptables-restore"]
+        let v6 = (netlink ? [] : ["ip6tables-restore"]) + ["ip6tables-save", "ip6tables-restore"]
+        #expect(ns.log.take() == v4 + v6)
 
         try masq.setup(
             backend: .iptables, network: "testnet", containerID: "c1", ifname: "eth1",
@@ -95,11 +137,14 @@ struct IPTablesNamespaceTests {
         #expect(afterEth0.contains { $0.hasPrefix("-A \(chainOfC1) ! -d 224.0.0.0/4 ") })
         #expect(try ns.natRules(.v6).isEmpty)
 
+        _ = ns.log.take()
         try masq.teardown(network: "testnet", containerID: "c1", ifname: "eth1", addresses: [prefix("10.77.0.6/24")])
         #expect(try ns.natRules().isEmpty)
+        if netlink { #expect(ns.log.take() == ["iptables-restore"]) }
         try masq.teardown(network: "testnet", containerID: "c1", ifname: "eth1", addresses: [prefix("10.77.0.6/24")])
         try masq.teardown(network: "testnet", containerID: "c1", ifname: "eth0", addresses: nil)
         #expect(try ns.natRules().isEmpty)
+        if netlink { #expect(ns.log.take() == []) }
     }
 
     /// The rules the reference plugin makes (its exact iptables invocations) are removed by our
@@ -118,7 +163,7 @@ struct IPTablesNamespaceTests {
         try ns.run(
             "iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "10.77.0.5", "-j", chainOfC1, "-m", "comment",
             "--comment", comment)
-        let masq = IPMasquerade(runner: ns.runner)
+        let masq = try ns.masquerade()
         try masq.teardown(network: "testnet", containerID: "c1", ifname: "eth0", addresses: nil)
         #expect(try ns.natRules().isEmpty)
 
@@ -144,7 +189,7 @@ struct IPTablesNamespaceTests {
 
     @Test func garbageCollectionKeepsValidAttachments() throws {
         let ns = try TestNamespace()
-        let masq = IPMasquerade(runner: ns.runner)
+        let masq = try ns.masquerade()
         try masq.setup(
             backend: .iptables, network: "testnet", containerID: "c1", ifname: "eth0",
             addresses: [prefix("10.77.0.5/24")])
@@ -178,13 +223,14 @@ struct NFTablesNamespaceTests {
             .filter { $0.contains("masquerade comment") }
     }
 
-    @Test func lifecycle() throws {
+    @Test(arguments: [true, false]) func lifecycle(netlink: Bool) throws {
         let ns = try TestNamespace()
-        let masq = IPMasquerade(runner: ns.runner)
+        let masq = try ns.masquerade(netlink: netlink)
         let comment0 = Naming.nftComment(network: "testnet", ifname: "eth0", containerID: "c1")
         try masq.setup(
             backend: .nftables, network: "testnet", containerID: "c1", ifname: "eth0",
             addresses: [prefix("10.77.0.5/24"), prefix("2001:db8:77::5/64")])
+        #expect(ns.log.take() == (netlink ? ["nft"] : ["nft", "nft"]))
         #expect(
             try checks(ns) == [
                 "ip saddr 10.77.0.5 ip daddr != 10.77.0.0/24 masquerade comment \"\(comment0)\"",
@@ -208,20 +254,24 @@ struct NFTablesNamespaceTests {
         try masq.teardown(network: "testnet", containerID: "c1", ifname: "eth0", addresses: nil)
         #expect(try checks(ns).count == 1)
         #expect(try checks(ns).first?.contains("10.77.0.6") == true)
+        _ = ns.log.take()
         try masq.teardown(network: "testnet", containerID: "c1", ifname: "eth0", addresses: nil)
+        // Nothing of eth0 is left anywhere: with netlink, nothing runs.
+        #expect(ns.log.take() == (netlink ? [] : ["iptables-save", "ip6tables-save", "nft"]))
         try masq.teardown(network: "testnet", containerID: "c1", ifname: "eth1", addresses: [])
+        #expect(ns.log.take() == (netlink ? ["nft"] : ["iptables-save", "ip6tables-save", "nft", "nft"]))
         #expect(try checks(ns).isEmpty)
     }
 
     @Test func teardownWithoutTheTableSucceeds() throws {
         let ns = try TestNamespace()
-        try IPMasquerade(runner: ns.runner).teardown(
+        try ns.masquerade().teardown(
             network: "testnet", containerID: "c1", ifname: "eth0", addresses: nil)
     }
 
     @Test func garbageCollection() throws {
         let ns = try TestNamespace()
-        let masq = IPMasquerade(runner: ns.runner)
+        let masq = try ns.masquerade()
         for (network, containerID, ip) in [
             ("testnet", "c1", "10.77.0.5/24"), ("testnet", "c2", "10.77.0.6/24"),
             ("othernet", "c3", "10.78.0.7/24"),

@@ -2,6 +2,7 @@ import NetAddress
 import Testing
 
 @testable import Masquerade
+@testable import Netlink
 
 private let chain = "CNI-70a29d9dc18bc4d652ea5d59"  // mynet + abc123
 private let comment = #""name: \"mynet\" id: \"abc123\"""#
@@ -220,28 +221,70 @@ private let referenceSaved = """
     }
 }
 
+/// Which tools an operation runs. `FakeRuleset` stands for nf_tables read over netlink; with
+/// `ruleset: nil` every read runs a tool, as for iptables-legacy.
 @Suite struct IPMasqueradeRunnerTests {
-    @Test func iptablesSetupIsOneSaveAndOneRestorePerFamily() throws {
+    private let restore = ["iptables-restore", "--noflush", "--wait"]
+    private let restore6 = ["ip6tables-restore", "--noflush", "--wait"]
+    private let save = ["iptables-save", "-t", "nat"]
+    private let save6 = ["ip6tables-save", "-t", "nat"]
+    private let nftApply = ["nft", "-f", "-"]
+    private let v4Chain = FakeRuleset.Key(family: .ip, table: "nat", chain: chain)
+
+    private func setupIPTables(_ runner: FakeRunner, _ ruleset: FakeRuleset?, _ addresses: [IPPrefix]) throws {
+        try IPMasquerade(runner: runner, ruleset: ruleset).setup(
+            backend: .iptables, network: "mynet", containerID: "abc123", ifname: "eth0", addresses: addresses)
+    }
+
+    private func teardown(_ runner: FakeRunner, _ ruleset: FakeRuleset?, _ addresses: [IPPrefix]?) throws {
+        try IPMasquerade(runner: runner, ruleset: ruleset).teardown(
+            network: "mynet", containerID: "abc123", ifname: "eth0", addresses: addresses)
+    }
+
+    @Test func firstIptablesSetupIsOneRestorePerFamilyCreatingTheChain() throws {
         let runner = FakeRunner()
-        try IPMasquerade(runner: runner).setup(
-            backend: .iptables, network: "mynet", containerID: "abc123", ifname: "eth0",
-            addresses: [prefix("10.1.0.5/24"), prefix("2001:db8::5/64")])
+        try setupIPTables(runner, nil, [prefix("10.1.0.5/24"), prefix("2001:db8::5/64")])
+        #expect(runner.commands == [restore, restore6])
         #expect(
-            runner.commands == [
-                ["iptables-save", "-t", "nat"], ["iptables-restore", "--noflush", "--wait"],
-                ["ip6tables-save", "-t", "nat"], ["ip6tables-restore", "--noflush", "--wait"],
+            runner.scripts("iptables-restore") == [
+                """
+                *nat
+                -N \(chain)
+                -A \(chain) -s 10.1.0.5/32 -d 10.1.0.0/24 -m comment --comment \(marker("eth0"))
+                -A \(chain) -d 10.1.0.0/24 -m comment --comment \(comment) -j ACCEPT
+                -A \(chain) ! -d 224.0.0.0/4 -m comment --comment \(comment) -j MASQUERADE
+                -A POSTROUTING -s 10.1.0.5/32 -m comment --comment \(comment) -j \(chain)
+                COMMIT
+
+                """
             ])
-        #expect(runner.scripts("iptables-restore").first?.contains("10.1.0.5/32") == true)
-        #expect(runner.scripts("ip6tables-restore").first?.contains("2001:db8::5/128") == true)
+        #expect(runner.scripts("ip6tables-restore").first?.contains("-A POSTROUTING -s 2001:db8::5/128 ") == true)
+    }
+
+    @Test func reAddFallsBackToListingWhenTheChainExists() throws {
+        let runner = FakeRunner()
+        runner.respond(["iptables-restore"], stdinContaining: "-N ", status: 1, stderr: "Chain already exists.\n")
+        runner.respond(["iptables-save"], stdout: twoInterfacesSaved)
+        try setupIPTables(runner, nil, [prefix("10.1.0.5/24")])
+        #expect(runner.commands == [restore, save, restore])
+        #expect(runner.scripts("iptables-restore").last?.hasPrefix("*nat\n:\(chain) - [0:0]\n-F \(chain)\n") == true)
+    }
+
+    @Test func reAddSeenOverNetlinkSkipsTheCreationAttempt() throws {
+        let runner = FakeRunner()
+        runner.useIPTablesNFT()
+        let ruleset = FakeRuleset()
+        ruleset.chains = [v4Chain]
+        runner.respond(["iptables-save"], stdout: twoInterfacesSaved)
+        try setupIPTables(runner, ruleset, [prefix("10.1.0.5/24")])
+        #expect(runner.commands == [save, restore])
     }
 
     @Test func restoreFailureIsRetriedThenReported() {
         let runner = FakeRunner()
         runner.respond(["iptables-restore"], status: 1, stderr: "iptables-restore: line 3 failed\n")
         #expect {
-            try IPMasquerade(runner: runner).setup(
-                backend: .iptables, network: "mynet", containerID: "abc123", ifname: "eth0",
-                addresses: [prefix("10.1.0.5/24")])
+            try setupIPTables(runner, nil, [prefix("10.1.0.5/24")])
         } throws: { error in
             guard let error = error as? FirewallError else { return false }
             return error.backend == .iptables && error.command == "iptables-restore --noflush --wait"
@@ -249,36 +292,143 @@ private let referenceSaved = """
                 && error.description.contains(#"set up masquerading for network "mynet" container "abc123""#)
                 && error.description.contains("iptables-restore: line 3 failed")
         }
-        #expect(runner.commands.filter { $0.first == "iptables-restore" }.count == 2)
+        // The creation attempt, then listing and replacing twice.
+        #expect(runner.commands == [restore, save, restore, save, restore])
     }
 
-    @Test func teardownReadsBothBackendsAndWritesNothingWhenClean() throws {
+    @Test func teardownWithoutAReaderListsEveryBackend() throws {
         let runner = FakeRunner()
         runner.respond(["nft"], status: 1, stderr: "Error: No such file or directory\n")
-        try IPMasquerade(runner: runner).teardown(
-            network: "mynet", containerID: "abc123", ifname: "eth0", addresses: nil)
+        try teardown(runner, nil, nil)
         #expect(
             runner.commands == [
-                ["iptables-save", "-t", "nat"], ["ip6tables-save", "-t", "nat"],
-                ["nft", "-j", "list", "chain", "inet", "cni_plugins_masquerade", "masq_checks"],
+                save, save6, ["nft", "-j", "list", "chain", "inet", "cni_plugins_masquerade", "masq_checks"],
+            ])
+    }
+
+    @Test func teardownRunsNothingWhenNetlinkSeesNothing() throws {
+        let runner = FakeRunner()
+        runner.useIPTablesNFT()
+        let ruleset = FakeRuleset()
+        try teardown(runner, ruleset, [prefix("10.1.0.5/24")])
+        try teardown(runner, ruleset, nil)
+        #expect(runner.calls.isEmpty)
+        #expect(ruleset.reads == 6)  // ip and ip6 chain, inet rules; twice
+    }
+
+    @Test func teardownWithKnownAddressesIsOneRestore() throws {
+        let runner = FakeRunner()
+        runner.useIPTablesNFT()
+        let ruleset = FakeRuleset()
+        ruleset.chains = [v4Chain]
+        try teardown(runner, ruleset, [prefix("10.1.0.5/24"), prefix("10.1.0.5/24")])
+        #expect(runner.commands == [restore])
+        #expect(
+            runner.scripts("iptables-restore") == [
+                """
+                *nat
+                -D POSTROUTING -s 10.1.0.5/32 -m comment --comment \(comment) -j \(chain)
+                -F \(chain)
+                -X \(chain)
+                COMMIT
+
+                """
+            ])
+    }
+
+    /// Another interface's jump still enters the chain (or this one's jump is not there): the
+    /// direct transaction fails as a whole and the listing decides.
+    @Test func teardownFallsBackToListingWhenTheDirectDeleteFails() throws {
+        let runner = FakeRunner()
+        runner.useIPTablesNFT()
+        let ruleset = FakeRuleset()
+        ruleset.chains = [v4Chain]
+        runner.respond(["iptables-restore"], stdinContaining: "-X ", status: 4, stderr: "CHAIN_DEL failed\n")
+        runner.respond(["iptables-save"], stdout: twoInterfacesSaved)
+        try teardown(runner, ruleset, [prefix("10.1.0.5/24")])
+        #expect(runner.commands == [restore, save, restore])
+        let script = try #require(runner.scripts("iptables-restore").last)
+        #expect(script.contains("-D POSTROUTING -s 10.1.0.5/32 "))
+        #expect(!script.contains("-X "))
+    }
+
+    @Test func teardownWithoutAddressesListsTheFamilyThatHasTheChain() throws {
+        let runner = FakeRunner()
+        runner.useIPTablesNFT()
+        let ruleset = FakeRuleset()
+        ruleset.chains = [v4Chain]
+        runner.respond(["iptables-save"], stdout: twoInterfacesSaved)
+        try teardown(runner, ruleset, nil)
+        #expect(runner.commands == [save, restore])
+    }
+
+    /// iptables-legacy's tables are not in nf_tables: its tools are asked, netlink is not.
+    @Test func legacyIptablesIsListed() throws {
+        let runner = FakeRunner()
+        runner.resolved = [
+            "iptables-save": "/usr/sbin/xtables-legacy-multi", "ip6tables-save": "/usr/sbin/xtables-legacy-multi",
+        ]
+        let ruleset = FakeRuleset()
+        try teardown(runner, ruleset, [prefix("10.1.0.5/24")])
+        #expect(runner.commands == [save, save6])
+        #expect(ruleset.reads == 1)  // nftables' own table only
+    }
+
+    @Test func failingNetlinkReadsFallBackToTheTools() throws {
+        let runner = FakeRunner()
+        runner.useIPTablesNFT()
+        let ruleset = FakeRuleset()
+        ruleset.failure = NetlinkError(operation: "get nftables chain", code: -1, errno: 1)
+        runner.respond(["nft"], status: 1, stderr: "Error: No such file or directory\n")
+        try teardown(runner, ruleset, nil)
+        #expect(
+            runner.commands == [
+                save, save6, ["nft", "-j", "list", "chain", "inet", "cni_plugins_masquerade", "masq_checks"],
             ])
     }
 
     @Test func teardownSkipsMissingTools() throws {
         let runner = FakeRunner()
         runner.installed = []
-        try IPMasquerade(runner: runner).teardown(
-            network: "mynet", containerID: "abc123", ifname: "eth0", addresses: nil)
+        try teardown(runner, nil, nil)
         #expect(runner.calls.isEmpty)
     }
 
     @Test func setupWithAMissingToolFails() {
         let runner = FakeRunner()
-        runner.installed.remove("ip6tables-save")
+        runner.installed.remove("ip6tables-restore")
         #expect(throws: FirewallError.self) {
-            try IPMasquerade(runner: runner).setup(
+            try IPMasquerade(runner: runner, ruleset: nil).setup(
                 backend: .iptables, network: "n", containerID: "c", ifname: "eth0", addresses: [prefix("fd00::2/64")])
         }
+    }
+
+    @Test func nftablesSetupIsOneTransactionDroppingStaleRules() throws {
+        let runner = FakeRunner()
+        let ruleset = FakeRuleset()
+        ruleset.rules[FakeRuleset.Key(family: .inet, table: "cni_plugins_masquerade", chain: "masq_checks")] = [
+            NFTables.Rule(handle: 6, comment: "d23676b4f2d9fe04-ebce0e3dd4dafae3, net: mynet, if: eth0, id: abc123"),
+            NFTables.Rule(handle: 7, comment: "d23676b4f2d9fe04-cb2e67faee76969d, net: mynet, if: eth1, id: abc123"),
+            NFTables.Rule(handle: 9, comment: nil),
+        ]
+        try IPMasquerade(runner: runner, ruleset: ruleset).setup(
+            backend: .nftables, network: "mynet", containerID: "abc123", ifname: "eth0",
+            addresses: [prefix("10.1.0.9/24")])
+        #expect(runner.commands == [nftApply])
+        let script = try #require(runner.scripts("nft").first)
+        #expect(script.contains("delete rule inet cni_plugins_masquerade masq_checks handle 6\n"))
+        #expect(!script.contains("handle 7") && !script.contains("handle 9"))
+
+        // DEL of eth1: one transaction; of an attachment with no rules: nothing.
+        let deleting = FakeRunner()
+        deleting.installed = ["nft"]
+        try IPMasquerade(runner: deleting, ruleset: ruleset).teardown(
+            network: "mynet", containerID: "abc123", ifname: "eth1", addresses: nil)
+        #expect(deleting.commands == [nftApply])
+        #expect(deleting.scripts("nft") == ["delete rule inet cni_plugins_masquerade masq_checks handle 7\n"])
+        try IPMasquerade(runner: deleting, ruleset: ruleset).teardown(
+            network: "mynet", containerID: "zzz", ifname: "eth0", addresses: nil)
+        #expect(deleting.commands.count == 1)
     }
 }
 
@@ -347,7 +497,7 @@ private let masqChecksListing = """
         runner.respond(["iptables-save"], status: 1, stderr: "iptables-save: table nat is incompatible")
         runner.respond(["ip6tables-save"], status: 1)
         runner.respond(["nft", "-j", "list"], stdout: masqChecksListing)
-        try IPMasquerade(runner: runner).teardown(
+        try IPMasquerade(runner: runner, ruleset: nil).teardown(
             network: "mynet", containerID: "abc123", ifname: "eth1", addresses: nil)
         #expect(runner.scripts("nft").last == "delete rule inet cni_plugins_masquerade masq_checks handle 7\n")
         #expect(runner.commands.last == ["nft", "-f", "-"])
@@ -356,7 +506,7 @@ private let masqChecksListing = """
     @Test func setupListsThenAppliesOnce() throws {
         let runner = FakeRunner()
         runner.respond(["nft", "-j", "list"], stdout: masqChecksListing)
-        try IPMasquerade(runner: runner).setup(
+        try IPMasquerade(runner: runner, ruleset: nil).setup(
             backend: .nftables, network: "mynet", containerID: "abc123", ifname: "eth0",
             addresses: [prefix("10.1.0.9/24")])
         #expect(runner.commands.count == 2)

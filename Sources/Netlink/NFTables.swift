@@ -1,0 +1,125 @@
+import CNetlink
+
+/// Read-only questions to the kernel's nf_tables over NETLINK_NETFILTER: whether a chain exists
+/// and which rules (handle, comment) a chain holds. Answers what `nft list` or `iptables-save`
+/// would, without starting a program; iptables-nft keeps its tables in nf_tables too (family
+/// ip / ip6), iptables-legacy does not.
+public final class NFTables {
+    /// nf_tables address families (NFPROTO_*).
+    public enum Family: UInt8, Sendable {
+        case inet = 1
+        case ip = 2
+        case bridge = 7
+        case ip6 = 10
+    }
+
+    /// A rule as the ruleset shows it: its handle (for `delete rule ... handle N`) and the
+    /// comment nft and iptables-nft keep in its user data.
+    public struct Rule: Equatable, Sendable {
+        public var handle: UInt64
+        public var comment: String?
+
+        public init(handle: UInt64, comment: String?) {
+            self.handle = handle
+            self.comment = comment
+        }
+    }
+
+    private let socket: NetlinkSocket
+
+    /// Asks the calling thread's current network namespace.
+    public init() throws(NetlinkError) {
+        socket = try NetlinkSocket(netlinkProtocol: NETLINK_NETFILTER)
+    }
+
+    /// Asks `namespace` (the socket stays bound to it).
+    public init(namespace: Namespace) throws {
+        socket = try namespace.run { () throws(NetlinkError) in try NetlinkSocket(netlinkProtocol: NETLINK_NETFILTER) }
+    }
+
+    /// Whether `table` of `family` exists and holds `chain`.
+    public func chainExists(family: Family, table: String, chain: String) throws(NetlinkError) -> Bool {
+        do {
+            try socket.execute(
+                .nftGetChain(family: family, table: table, chain: chain),
+                "get nftables chain \(family) \(table) \(chain)")
+            return true
+        } catch {
+            // ENOENT for a missing table as for a missing chain.
+            guard error.isNotFound else { throw error }
+            return false
+        }
+    }
+
+    /// The rules of `chain` in `table` of `family`, in ruleset order; none when the table or the
+    /// chain does not exist.
+    public func rules(family: Family, table: String, chain: String) throws(NetlinkError) -> [Rule] {
+        try socket.dump(
+            { .nftGetRules(family: family, table: table, chain: chain) },
+            "list nftables rules of \(family) \(table) \(chain)",
+            parse: Rule.init(message:))
+    }
+}
+
+extension NFTables.Rule {
+    /// libnftnl's user-data TLV type for a rule comment (NFTNL_UDATA_RULE_COMMENT, libnftnl/udata.h:
+    /// not in the kernel headers, the kernel stores user data opaquely).
+    static let commentUserDataType: UInt8 = 0
+
+    /// A NFT_MSG_NEWRULE message (what a rule dump replies with); nil for anything else.
+    init?(message: ReceivedMessage) {
+        guard message.type == NetlinkMessage.nftType(NFT_MSG_NEWRULE.rawValue) else { return nil }
+        let attributes = message.attributes(after: nfgenmsg.self)
+        // The kernel sends the handle as a big-endian u64.
+        guard let handle = attributes.first(Int(NFTA_RULE_HANDLE.rawValue)), handle.payload.count == 8 else {
+            return nil
+        }
+        self.init(
+            handle: UInt64(bigEndian: handle.payload.loadUnaligned(as: UInt64.self)),
+            comment: attributes.first(Int(NFTA_RULE_USERDATA.rawValue)).flatMap { Self.comment(inUserData: $0.payload) }
+        )
+    }
+
+    /// The comment in a rule's user data: a sequence of (u8 type, u8 length, value) records, the
+    /// comment's value a NUL-terminated string.
+    static func comment(inUserData data: UnsafeRawBufferPointer) -> String? {
+        var offset = 0
+        while offset + 2 <= data.count {
+            let type = data[offset]
+            let length = Int(data[offset + 1])
+            let start = offset + 2
+            guard start + length <= data.count else { return nil }
+            if type == commentUserDataType {
+                let value = data[start..<(start + length)]
+                let end = value.firstIndex(of: 0) ?? value.endIndex
+                return String(decoding: data[start..<end], as: UTF8.self)
+            }
+            offset = start + length
+        }
+        return nil
+    }
+}
+
+extension NetlinkMessage {
+    /// An nfnetlink message type: the nf_tables subsystem in the high byte, the message below.
+    static func nftType(_ message: UInt32) -> UInt16 { UInt16(NFNL_SUBSYS_NFTABLES << 8) | UInt16(message) }
+
+    /// NFT_MSG_GETCHAIN for one chain: the kernel answers with the chain or ENOENT.
+    static func nftGetChain(family: NFTables.Family, table: String, chain: String) -> NetlinkMessage {
+        let message = NetlinkMessage(type: Int(nftType(NFT_MSG_GETCHAIN.rawValue)))
+        message.append(header: nfgenmsg(nfgen_family: family.rawValue, version: UInt8(NFNETLINK_V0), res_id: 0))
+        message.put(Int(NFTA_CHAIN_TABLE.rawValue), string: table)
+        message.put(Int(NFTA_CHAIN_NAME.rawValue), string: chain)
+        return message
+    }
+
+    /// A NFT_MSG_GETRULE dump the kernel filters to one chain of one table (empty when either is
+    /// missing).
+    static func nftGetRules(family: NFTables.Family, table: String, chain: String) -> NetlinkMessage {
+        let message = NetlinkMessage(type: Int(nftType(NFT_MSG_GETRULE.rawValue)), flags: NLM_F_DUMP)
+        message.append(header: nfgenmsg(nfgen_family: family.rawValue, version: UInt8(NFNETLINK_V0), res_id: 0))
+        message.put(Int(NFTA_RULE_TABLE.rawValue), string: table)
+        message.put(Int(NFTA_RULE_CHAIN.rawValue), string: chain)
+        return message
+    }
+}
