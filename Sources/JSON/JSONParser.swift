@@ -95,7 +95,10 @@ struct JSONParser {
             return .object(members)
         }
         while true {
-            guard peek(UInt8(ascii: "\"")) else { throw failure("unexpected \(found), expected a string key") }
+            guard peek(UInt8(ascii: "\"")) else {
+                if !members.isEmpty && peek(UInt8(ascii: "}")) { throw failure("trailing comma before '}'") }
+                throw failure("unexpected \(found), expected a string key")
+            }
             let key = try parseString()
             skipWhitespace()
             guard peek(UInt8(ascii: ":")) else { throw failure("unexpected \(found), expected ':' after a key") }
@@ -127,6 +130,7 @@ struct JSONParser {
             return .array(elements)
         }
         while true {
+            if !elements.isEmpty && peek(UInt8(ascii: "]")) { throw failure("trailing comma before ']'") }
             elements.append(try parseValue())
             skipWhitespace()
             if peek(UInt8(ascii: ",")) {
