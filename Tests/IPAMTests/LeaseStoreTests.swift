@@ -53,7 +53,10 @@ import Testing
             #expect(info.st_nlink == 1, "a lease shares its inode")
         }
         #expect(directory.read("mynet/10.1.3.2") == "other\r\neth0")
-        #expect(directory.list("mynet") == ["10.1.2.2", "10.1.3.2", "10.1.3.3", "last_reserved_ip.0", "last_reserved_ip.1", "lock"])
+        #expect(
+            directory.list("mynet") == [
+                "10.1.2.2", "10.1.3.2", "10.1.3.3", "last_reserved_ip.0", "last_reserved_ip.1", "lock",
+            ])
         #expect(directory.list(".swift-cni-index/mynet").allSatisfy { !$0.hasPrefix("~") })
         let leases = try withStore { store throws(CNIError) in try store.leases(of: owner) }
         #expect(leases == [ip("10.1.2.2"), ip("10.1.3.3")])
