@@ -21,19 +21,22 @@ let package = Package(
             providers: [.apt(["libnl-3-dev", "libnl-route-3-dev"])]
         ),
 
+        // JSON: a strict parser, a writer, and Codable over JSON values (no dependencies; no
+        // Foundation, which would add ~7 MB and its start-up cost to every plugin).
+        .target(name: "JSON"),
         // IP and MAC address value types shared by every layer (no dependencies).
         .target(name: "NetAddress"),
         // Runs a program to completion (delegated plugins, iptables-restore, nft): one small spawner.
         .target(name: "Exec", dependencies: ["CSystem"]),
         // The CNI protocol: environment, config, results, errors, CNI_ARGS, delegation, dispatch.
-        .target(name: "CNI", dependencies: ["NetAddress", "Exec"]),
+        .target(name: "CNI", dependencies: ["JSON", "NetAddress", "Exec"]),
         // Address ranges, the allocator and the lease store shared by the IPAM plugins.
         .target(name: "IPAM", dependencies: ["CNI", "NetAddress", "CSystem"]),
         // libnl wrappers: links, addresses, routes, bridge ports, network namespaces, sysctls.
         .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
         // ipMasq (iptables and nftables) and the bridge's MAC spoof check, as one transaction each.
         // Reads nf_tables over netlink (Netlink) so most operations exec only the one writing tool.
-        .target(name: "Masquerade", dependencies: ["NetAddress", "Exec", "Netlink"]),
+        .target(name: "Masquerade", dependencies: ["JSON", "NetAddress", "Exec", "Netlink"]),
 
         // Each plugin's logic: a library, so tests can drive it; a thin composition of the above.
         .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink", "Masquerade"]),
@@ -47,11 +50,12 @@ let package = Package(
         .executableTarget(name: "host-local", dependencies: ["HostLocalPlugin"]),
         .executableTarget(name: "static", dependencies: ["StaticPlugin"]),
 
+        .testTarget(name: "JSONTests", dependencies: ["JSON"]),
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),
-        .testTarget(name: "CNITests", dependencies: ["CNI"]),
-        .testTarget(name: "IPAMTests", dependencies: ["IPAM", "HostLocalPlugin", "StaticPlugin"]),
+        .testTarget(name: "CNITests", dependencies: ["CNI", "JSON"]),
+        .testTarget(name: "IPAMTests", dependencies: ["IPAM", "JSON", "HostLocalPlugin", "StaticPlugin"]),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetAddress"]),
         .testTarget(name: "MasqueradeTests", dependencies: ["Masquerade", "NetAddress", "Netlink"]),
-        .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "CNI", "NetAddress"]),
+        .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "JSON", "CNI", "NetAddress"]),
     ]
 )

@@ -8,30 +8,33 @@ let package = Package(
     name: "swift-cni-fuzz",
     targets: [
         .systemLibrary(name: "CSystem"),
+        .target(name: "JSON"),
         .target(name: "NetAddress"),
         .target(name: "Exec", dependencies: ["CSystem"]),
-        .target(name: "CNI", dependencies: ["NetAddress", "Exec"]),
+        .target(name: "CNI", dependencies: ["JSON", "NetAddress", "Exec"]),
         .target(name: "IPAM", dependencies: ["CNI", "NetAddress"]),
         .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
         .systemLibrary(name: "CNetlink", pkgConfig: "libnl-route-3.0"),
         .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
-        .target(name: "Masquerade", dependencies: ["NetAddress", "Exec"]),
+        .target(name: "Masquerade", dependencies: ["JSON", "NetAddress", "Exec"]),
         .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink", "Masquerade"]),
         // The libFuzzer entry every target's main.swift calls.
         .target(name: "FuzzDriver", path: "Targets/FuzzDriver"),
+        // The JSON parser, writer and decoder on their own: any bytes.
+        .executableTarget(name: "FuzzJSON", dependencies: ["FuzzDriver", "JSON"], path: "Targets/FuzzJSON"),
         // Config decoding and the whole entry point (`Plugin.execute`) with random stdin.
         .executableTarget(
-            name: "FuzzPlugin", dependencies: ["FuzzDriver", "CNI"], path: "Targets/FuzzPlugin"),
+            name: "FuzzPlugin", dependencies: ["FuzzDriver", "CNI", "JSON"], path: "Targets/FuzzPlugin"),
         // CNI_ARGS parsing.
         .executableTarget(
             name: "FuzzCNIArgs", dependencies: ["FuzzDriver", "CNI"], path: "Targets/FuzzCNIArgs"),
         // Results and prevResult: decode in any version, encode in every version, decode again.
         .executableTarget(
-            name: "FuzzResult", dependencies: ["FuzzDriver", "CNI", "NetAddress"], path: "Targets/FuzzResult"),
+            name: "FuzzResult", dependencies: ["FuzzDriver", "CNI", "JSON", "NetAddress"], path: "Targets/FuzzResult"),
         // host-local's range and config parsing and the allocation order (@testable: the config
         // type is internal; fuzz.sh builds with -enable-testing).
         .executableTarget(
-            name: "FuzzRange", dependencies: ["FuzzDriver", "HostLocalPlugin", "IPAM", "CNI", "NetAddress"],
+            name: "FuzzRange", dependencies: ["FuzzDriver", "HostLocalPlugin", "IPAM", "CNI", "JSON", "NetAddress"],
             path: "Targets/FuzzRange"),
         // The bridge plugin's config parser (pure: no netlink, no files).
         .executableTarget(

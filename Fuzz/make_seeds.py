@@ -6,7 +6,7 @@ target: FuzzPlugin = selector byte + stdin (selector % 6 = command ADD/DEL/CHECK
 selector / 6 % 4 = environment variant, 1 = CNI_ARGS on the first line); FuzzResult = version byte
 (index into the supported versions) + result JSON; FuzzCNIArgs = the CNI_ARGS text; FuzzRange =
 the ipam section JSON (after an optional `IP=` line); FuzzBridgeConfig = an optional CNI_ARGS line
-and the bridge config.
+and the bridge config; FuzzJSON = any JSON text.
 """
 import hashlib
 import json
@@ -103,6 +103,13 @@ def main():
     for config in bridges:
         write("FuzzBridgeConfig", compact(config))
     write("FuzzBridgeConfig", b"MAC=0a:58:0a:01:02:05;IgnoreUnknown=1\n" + compact(bridges[2]))
+    for config in [BRIDGE, HOST_LOCAL, RESULT_1]:
+        write("FuzzJSON", json.dumps(config, indent=2).encode())
+    for text in [b'[9007199254740993,18446744073709551615,-0,1e-7,0.1,1.5e3]', b'"\\"\\\\\\/\\b\\f\\n\\r\\t\\u0000"',
+                 b'{"a":[true,false,null],"a":{},"\\ud83d\\ude00\xc3\xa9":""}',
+                 b'{"cniVersion":"1.0.0","mtu":1500.0,"id":18446744073709551615,"small":-128,"ratio":0.5,'
+                 b'"items":[{"name":"x","count":3,"flags":[true]}],"table":{"k":1},"any":[{}]}']:
+        write("FuzzJSON", text)
 
 
 main()

@@ -1,5 +1,4 @@
 import CNI
-import FoundationEssentials
 import NetAddress
 
 /// The bridge plugin's view of its network config: every key of the reference (v1.9.1), decoded

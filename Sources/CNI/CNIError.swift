@@ -1,3 +1,5 @@
+import JSON
+
 /// A CNI error: what a plugin prints on stdout (with a non-zero exit) when a command fails.
 ///
 /// Every failure a plugin reports goes through this type, so each carries a real code: the
@@ -57,7 +59,7 @@ public struct CNIError: Error, Equatable, Sendable, CustomStringConvertible {
     public func json(cniVersion: String) -> [UInt8] {
         var object: [String: JSONValue] = [
             "cniVersion": .string(cniVersion),
-            "code": .number(Double(code.rawValue)),
+            "code": .number(JSONNumber(code.rawValue)),
             "msg": .string(message),
         ]
         if !details.isEmpty { object["details"] = .string(details) }

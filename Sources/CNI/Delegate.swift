@@ -1,5 +1,5 @@
 import Exec
-import FoundationEssentials
+import JSON
 
 #if canImport(Glibc)
     import Glibc
@@ -154,7 +154,7 @@ public enum Delegate {
             var msg: String?
             var details: String?
         }
-        if let wire = try? JSONDecoder().decode(WireError.self, from: Data(output.stdout)) {
+        if let wire = try? JSONCodec.decode(WireError.self, from: output.stdout) {
             return CNIError(CNIError.Code(rawValue: wire.code), wire.msg ?? "", details: wire.details ?? "")
         }
         let stdout = output.stdoutText.trimmingPrefixAndSuffixWhitespace()

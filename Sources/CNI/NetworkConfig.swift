@@ -1,3 +1,4 @@
+import JSON
 import NetAddress
 
 /// The keys of a network (plugin) config that every plugin shares. A plugin decodes its own keys

@@ -1,5 +1,5 @@
 import Exec
-import FoundationEssentials
+import JSON
 
 #if canImport(Glibc)
     import Glibc
@@ -89,10 +89,11 @@ public enum Plugin {
             var cniEnvironment = try CNIEnvironment(command: command, variables: environment)
             cniEnvironment.inheritsProcessEnvironment = inheritsProcessEnvironment
             let stdin = try readStdin()
-            let config = try decodeConfig(stdin)
+            let (config, document) = try decodeConfig(stdin)
             if let version = CNIVersion(config.cniVersion), version.isSupported { errorVersion = version }
             let version = try checkVersion(config.cniVersion, for: command)
-            let request = PluginRequest(environment: cniEnvironment, stdin: stdin, config: config, version: version)
+            let request = PluginRequest(
+                environment: cniEnvironment, stdin: stdin, document: document, config: config, version: version)
             switch command {
             case .add:
                 let result = try handlers.add(request)
@@ -117,11 +118,13 @@ public enum Plugin {
         ]).encoded()
     }
 
-    /// The common keys, with the spec's checks on `name`.
-    static func decodeConfig(_ stdin: [UInt8]) throws(CNIError) -> NetworkConfig {
+    /// The common keys, with the spec's checks on `name`, and stdin parsed (for the plugin's keys).
+    static func decodeConfig(_ stdin: [UInt8]) throws(CNIError) -> (NetworkConfig, JSONValue) {
         let config: NetworkConfig
+        let document: JSONValue
         do {
-            config = try JSONDecoder().decode(NetworkConfig.self, from: Data(stdin))
+            document = try JSONCodec.parse(stdin)
+            config = try document.decode(NetworkConfig.self)
         } catch {
             // Not JSON, or not an object: code 6. JSON whose common keys have wrong types: code 7.
             if case .some(.typeMismatch(_, let context)) = error as? DecodingError, !context.codingPath.isEmpty {
@@ -148,7 +151,7 @@ public enum Plugin {
                 .invalidNetworkConfig, "network name is too long",
                 details: "name is \(config.name.utf8.count) bytes; at most 255 are allowed")
         }
-        return config
+        return (config, document)
     }
 
     static func checkVersion(_ text: String, for command: Command) throws(CNIError) -> CNIVersion {

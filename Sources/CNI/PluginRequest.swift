@@ -1,4 +1,4 @@
-import FoundationEssentials
+import JSON
 
 /// Everything a command handler gets: the validated environment, the decoded common config and
 /// the stdin bytes exactly as received (handed unchanged to delegated plugins).
@@ -16,56 +16,44 @@ public struct PluginRequest: Sendable {
     public var cniArgs: String { environment.cniArgs }
     public var cniPath: [String] { environment.cniPath }
 
+    /// stdin parsed, when the entry point already did it (the plugin's keys then decode from it).
+    let document: JSONValue?
+
     public init(environment: CNIEnvironment, stdin: [UInt8], config: NetworkConfig, version: CNIVersion) {
+        self.init(environment: environment, stdin: stdin, document: nil, config: config, version: version)
+    }
+
+    init(environment: CNIEnvironment, stdin: [UInt8], document: JSONValue?, config: NetworkConfig, version: CNIVersion)
+    {
         self.environment = environment
         self.stdin = stdin
+        self.document = document
         self.config = config
         self.version = version
     }
 
     /// Decodes the plugin's own keys. A wrong type or value is code 7 naming the key path.
     public func decode<T: Decodable>(_ type: T.Type) throws(CNIError) -> T {
-        try Self.decode(type, from: stdin)
+        guard let document else { return try Self.decode(type, from: stdin) }
+        do {
+            return try document.decode(type)
+        } catch {
+            throw Self.invalidKeys(error)
+        }
     }
 
     /// The same for any config bytes (a plugin's own parser, a fuzz target).
     public static func decode<T: Decodable>(_ type: T.Type, from stdin: [UInt8]) throws(CNIError) -> T {
         do {
-            return try JSONDecoder().decode(type, from: Data(stdin))
-        } catch let error as CNIError {
-            throw error
+            return try JSONCodec.decode(type, from: stdin)
         } catch {
-            throw CNIError(
-                .invalidNetworkConfig, "invalid network config",
-                details: numberProblem(in: stdin, error: error) ?? describe(decodingError: error))
+            throw invalidKeys(error)
         }
     }
 
-    /// swift-foundation reports a number that does not fit an integer key (1500.5, 2^64) as
-    /// corrupted data with no coding path, which names no key. The JSON is valid (the common keys
-    /// decoded), so point at the first number no integer key could take.
-    static func numberProblem(in stdin: [UInt8], error: any Error) -> String? {
-        guard case .some(.dataCorrupted(let context)) = error as? DecodingError, context.codingPath.isEmpty,
-            let value = try? JSONDecoder().decode(JSONValue.self, from: Data(stdin))
-        else { return nil }
-        func search(_ value: JSONValue, _ path: String) -> String? {
-            switch value {
-            case .number(let number) where number.rounded() != number || abs(number) > 9.2e18:
-                return "key \(path): expected an integer, found \(number)"
-            case .array(let items):
-                for (index, item) in items.enumerated() {
-                    if let found = search(item, "\(path)[\(index)]") { return found }
-                }
-            case .object(let members):
-                for key in members.keys.sorted() {
-                    if let found = search(members[key]!, path.isEmpty ? key : "\(path).\(key)") { return found }
-                }
-            default:
-                break
-            }
-            return nil
-        }
-        return search(value, "")
+    private static func invalidKeys(_ error: any Error) -> CNIError {
+        if let error = error as? CNIError { return error }
+        return CNIError(.invalidNetworkConfig, "invalid network config", details: describe(decodingError: error))
     }
 
     /// `prevResult`, parsed in the config's version; nil when absent.

@@ -1,4 +1,4 @@
-import FoundationEssentials
+import JSON
 import NetAddress
 
 /// A plugin's result, in one canonical shape (the 1.x one, a superset of the others), converted
@@ -110,10 +110,20 @@ public struct CNIResult: Equatable, Sendable {
     /// Decodes a result printed in `version` (the result's own `cniVersion`, when it has one, wins:
     /// a delegated plugin may answer in another version than the config's).
     public static func decode(_ bytes: [UInt8], version: CNIVersion) throws(CNIError) -> CNIResult {
-        let data = Data(bytes)
+        let value: JSONValue
+        do {
+            value = try JSONCodec.parse(bytes)
+        } catch {
+            throw CNIError(.decodingFailure, "failed to decode result", details: describe(decodingError: error))
+        }
+        return try decode(value, version: version)
+    }
+
+    /// Decodes a JSON value (a `prevResult`) printed in `version`.
+    public static func decode(_ value: JSONValue, version: CNIVersion) throws(CNIError) -> CNIResult {
         let effective: CNIVersion
         do {
-            let header = try JSONDecoder().decode(VersionHeader.self, from: data)
+            let header = try value.decode(VersionHeader.self)
             if let text = header.cniVersion, !text.isEmpty {
                 guard let parsed = CNIVersion(text), parsed.isSupported else {
                     throw CNIError(
@@ -129,24 +139,19 @@ public struct CNIResult: Equatable, Sendable {
         } catch {
             throw CNIError(.decodingFailure, "failed to decode result", details: describe(decodingError: error))
         }
-        return try decode(data, exactly: effective)
+        return try decode(value, exactly: effective)
     }
 
-    /// Decodes a JSON value (a `prevResult`) printed in `version`.
-    public static func decode(_ value: JSONValue, version: CNIVersion) throws(CNIError) -> CNIResult {
-        try decode(value.encoded(), version: version)
-    }
-
-    private static func decode(_ data: Data, exactly version: CNIVersion) throws(CNIError) -> CNIResult {
+    private static func decode(_ value: JSONValue, exactly version: CNIVersion) throws(CNIError) -> CNIResult {
         do {
             switch version.resultFamily {
             case .v1:
-                let wire = try JSONDecoder().decode(Wire1.self, from: data)
+                let wire = try value.decode(Wire1.self)
                 return CNIResult(
                     interfaces: wire.interfaces ?? [], ips: wire.ips ?? [], routes: wire.routes ?? [],
                     dns: wire.dns ?? DNS())
             case .v04:
-                let wire = try JSONDecoder().decode(Wire04.self, from: data)
+                let wire = try value.decode(Wire04.self)
                 let ips = try (wire.ips ?? []).map { ip throws(CNIError) in
                     if let declared = ip.version, declared != (ip.address.family == .v4 ? "4" : "6") {
                         throw CNIError(
@@ -161,7 +166,7 @@ public struct CNIResult: Equatable, Sendable {
                     },
                     ips: ips, routes: (wire.routes ?? []).map(\.legacy), dns: wire.dns ?? DNS())
             case .legacy:
-                let wire = try JSONDecoder().decode(WireLegacy.self, from: data)
+                let wire = try value.decode(WireLegacy.self)
                 var result = CNIResult(dns: wire.dns ?? DNS())
                 for ip in [wire.ip4, wire.ip6].compactMap({ $0 }) {
                     result.ips.append(IPConfig(address: ip.ip, gateway: ip.gateway))
@@ -185,12 +190,11 @@ public struct CNIResult: Equatable, Sendable {
         let cniVersion = version.description
         switch version.resultFamily {
         case .v1:
-            return Array(
-                CNIJSON.encode(
-                    Wire1(
-                        cniVersion: cniVersion, interfaces: interfaces.isEmpty ? nil : interfaces,
-                        ips: ips.isEmpty ? nil : ips, routes: routes.isEmpty ? nil : routes,
-                        dns: dns.isEmpty ? nil : dns)))
+            return JSONCodec.encode(
+                Wire1(
+                    cniVersion: cniVersion, interfaces: interfaces.isEmpty ? nil : interfaces,
+                    ips: ips.isEmpty ? nil : ips, routes: routes.isEmpty ? nil : routes,
+                    dns: dns.isEmpty ? nil : dns))
         case .v04:
             let wire = Wire04(
                 cniVersion: cniVersion,
@@ -206,7 +210,7 @@ public struct CNIResult: Equatable, Sendable {
                 routes: routes.isEmpty ? nil : routes.map(\.legacy),
                 // Go prints "dns": {} in these versions even when empty; so do we.
                 dns: dns)
-            return Array(CNIJSON.encode(wire))
+            return JSONCodec.encode(wire)
         case .legacy:
             func section(_ family: IPAddress.Family) -> WireLegacy.IP? {
                 guard let ip = ips.first(where: { $0.address.family == family }) else { return nil }
@@ -220,7 +224,7 @@ public struct CNIResult: Equatable, Sendable {
                     .incompatibleVersion, "cannot convert: no valid IP addresses",
                     details: "a cniVersion \(version) result must carry an IP address; use cniVersion 0.3.0 or later")
             }
-            return Array(CNIJSON.encode(wire))
+            return JSONCodec.encode(wire)
         }
     }
 

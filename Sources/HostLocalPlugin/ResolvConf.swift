@@ -1,5 +1,5 @@
 import CNI
-import FoundationEssentials
+import IPAM
 
 /// resolv.conf as the reference reads it into a result's `dns`: `nameserver` (each one),
 /// `domain`, `search` and `options` (all their fields); lines starting with `#` or `;` skipped.
@@ -27,12 +27,18 @@ enum ResolvConf {
     }
 
     static func load(_ path: String) throws(CNIError) -> DNS {
+        let bytes: [UInt8]?
         do {
-            return parse(try String(contentsOfFile: path, encoding: .utf8))
+            bytes = try Files.read(path)
         } catch {
             throw CNIError(
-                .invalidNetworkConfig, "invalid ipam.resolvConf \"\(path)\": cannot read it",
-                details: "\(error)")
+                .invalidNetworkConfig, "invalid ipam.resolvConf \"\(path)\": cannot read it", details: error.message)
         }
+        guard let bytes else {
+            throw CNIError(
+                .invalidNetworkConfig, "invalid ipam.resolvConf \"\(path)\": cannot read it",
+                details: "no such file (or it is a directory)")
+        }
+        return parse(String(decoding: bytes, as: UTF8.self))
     }
 }

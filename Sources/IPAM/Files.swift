@@ -8,8 +8,9 @@ import CSystem
 #endif
 
 /// The few POSIX file operations the lease store needs, each failing with a store error that
-/// names the operation, the path and the system's reason.
-enum Files {
+/// names the operation, the path and the system's reason. (`read` also serves host-local's
+/// resolvConf.)
+public enum Files {
     static func failure(_ operation: String, _ path: String, _ code: Int32 = errno) -> CNIError {
         CNIError(
             .storeFailure, "IPAM store: \(operation) \(path): \(String(cString: strerror(code)))",
@@ -17,7 +18,7 @@ enum Files {
     }
 
     /// The file's bytes, or nil when there is no such file.
-    static func read(_ path: String) throws(CNIError) -> [UInt8]? {
+    public static func read(_ path: String) throws(CNIError) -> [UInt8]? {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         if fd < 0 {
             if errno == ENOENT || errno == ENOTDIR { return nil }

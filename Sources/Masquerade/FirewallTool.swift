@@ -43,7 +43,9 @@ struct FirewallTool {
         let arguments = ["-j", "list"] + what
         let output = try attempt("nft", arguments)
         guard output.succeeded else {
-            if output.stderrText.contains("No such file or directory") { return nil }
+            // A byte search: String.contains(String) would link _StringProcessing (~1 MB) for one call.
+            let missing = Array("No such file or directory".utf8)
+            if output.stderr.indices.contains(where: { output.stderr[$0...].starts(with: missing) }) { return nil }
             throw failure("nft", arguments, output)
         }
         do {

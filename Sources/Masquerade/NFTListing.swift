@@ -1,4 +1,4 @@
-import FoundationEssentials
+import JSON
 
 /// The parts of `nft -j list ...` this module reads: rules (chain, handle, comment, and the
 /// `iifname` a rule matches) and chain names.
@@ -22,7 +22,7 @@ struct NFTListing: Equatable {
     init(json: [UInt8]) throws(DecodingFailure) {
         let document: Document
         do {
-            document = try JSONDecoder().decode(Document.self, from: Data(json))
+            document = try JSONCodec.decode(Document.self, from: json)
         } catch {
             throw DecodingFailure(message: "\(error)")
         }

@@ -1,5 +1,5 @@
 import CNI
-import FoundationEssentials
+import JSON
 import NetAddress
 import Testing
 
@@ -75,7 +75,7 @@ private func address(_ text: String) -> IPAddress { IPAddress(text)! }
 
     private func json(_ version: CNIVersion) throws -> [String: JSONValue] {
         let bytes = try result.encoded(as: version)
-        guard case .object(let object) = try JSONDecoderShim.decode(bytes) else { return [:] }
+        guard case .object(let object) = try JSONValue(parsing: bytes) else { return [:] }
         return object
     }
 
@@ -110,11 +110,5 @@ private func address(_ text: String) -> IPAddress { IPAddress(text)! }
     @Test func v02RefusesAnL2Result() {
         let l2 = CNIResult(interfaces: result.interfaces)
         #expect(throws: CNIError.self) { try l2.encoded(as: .v0_2_0) }
-    }
-}
-
-enum JSONDecoderShim {
-    static func decode(_ bytes: [UInt8]) throws -> JSONValue {
-        try JSONDecoder().decode(JSONValue.self, from: Data(bytes))
     }
 }

@@ -1,5 +1,5 @@
 import CNI
-import FoundationEssentials
+import JSON
 import NetAddress
 import Testing
 
@@ -57,7 +57,7 @@ import Testing
             ])
         return PluginRequest(
             environment: env, stdin: Array(config.utf8),
-            config: try JSONDecoder().decode(NetworkConfig.self, from: Data(config.utf8)), version: .v0_4_0)
+            config: try JSONCodec.decode(NetworkConfig.self, from: Array(config.utf8)), version: .v0_4_0)
     }
 
     @Test func addParsesTheDelegateResult() throws {

@@ -1,5 +1,5 @@
 import CNI
-import FoundationEssentials
+import JSON
 import NetAddress
 import Testing
 
@@ -31,7 +31,7 @@ import Testing
         let env = Self.environment.merging(overrides) { $1 }
         let (stdout, status) = Plugin.execute(
             name: "test", environment: env, stdin: Array(config.utf8), handlers: Self.handlers)
-        let json = stdout.isEmpty ? nil : try JSONDecoder().decode(JSONValue.self, from: Data(stdout))
+        let json = stdout.isEmpty ? nil : try JSONCodec.decode(JSONValue.self, from: stdout)
         return (json, status)
     }
 
@@ -128,7 +128,7 @@ import Testing
     func badConfigs(config: String, code: Int, message: String) throws {
         let (json, status) = try run(config)
         #expect(status == 1)
-        #expect(json?["code"] == .number(Double(code)))
+        #expect(json?["code"] == .number(JSONNumber(code)))
         #expect(json?["msg"] == .string(message))
         #expect(json?["cniVersion"] != nil)
     }
@@ -158,13 +158,13 @@ import Testing
         let env = CNIEnvironmentFixture.make(command: .check)
         let request = PluginRequest(
             environment: env, stdin: Array(config.utf8),
-            config: try JSONDecoder().decode(NetworkConfig.self, from: Data(config.utf8)), version: .v0_4_0)
+            config: try JSONCodec.decode(NetworkConfig.self, from: Array(config.utf8)), version: .v0_4_0)
         #expect(try request.prevResult()?.ips.first?.address == IPPrefix("10.1.2.5/24"))
 
         let bad = #"{"cniVersion":"0.4.0","name":"n","prevResult":{"ips":[{"address":"nope"}]}}"#
         let badRequest = PluginRequest(
             environment: env, stdin: Array(bad.utf8),
-            config: try JSONDecoder().decode(NetworkConfig.self, from: Data(bad.utf8)), version: .v0_4_0)
+            config: try JSONCodec.decode(NetworkConfig.self, from: Array(bad.utf8)), version: .v0_4_0)
         let error = #expect(throws: CNIError.self) { try badRequest.prevResult() }
         #expect(error?.message.hasPrefix("invalid prevResult") == true)
         #expect(error?.details.contains("ips[0].address") == true)
@@ -175,7 +175,7 @@ import Testing
         let config = #"{"cniVersion":"1.0.0","name":"n","mtu":"big"}"#
         let request = PluginRequest(
             environment: CNIEnvironmentFixture.make(command: .add), stdin: Array(config.utf8),
-            config: try JSONDecoder().decode(NetworkConfig.self, from: Data(config.utf8)), version: .v1_0_0)
+            config: try JSONCodec.decode(NetworkConfig.self, from: Array(config.utf8)), version: .v1_0_0)
         let error = #expect(throws: CNIError.self) { try request.decode(Own.self) }
         #expect(error?.code == .invalidNetworkConfig)
         #expect(error?.details == "key mtu: expected an integer")
@@ -183,14 +183,17 @@ import Testing
 
     @Test(arguments: [
         ("1500.5", "key mtu: expected an integer, found 1500.5"),
-        ("18446744073709551616", "key mtu: expected an integer, found 1.8446744073709552e+19"),
+        (
+            "18446744073709551616",
+            "key mtu: expected an integer from -9223372036854775808 to 9223372036854775807, found 18446744073709551616"
+        ),
     ])
     func numbersThatFitNoIntegerNameTheirKey(number: String, details: String) throws {
         struct Own: Decodable { var mtu: Int? }
         let config = #"{"cniVersion":"1.0.0","name":"n","other":[1,2.0],"mtu":\#(number)}"#
         let request = PluginRequest(
             environment: CNIEnvironmentFixture.make(command: .add), stdin: Array(config.utf8),
-            config: try JSONDecoder().decode(NetworkConfig.self, from: Data(config.utf8)), version: .v1_0_0)
+            config: try JSONCodec.decode(NetworkConfig.self, from: Array(config.utf8)), version: .v1_0_0)
         let error = #expect(throws: CNIError.self) { try request.decode(Own.self) }
         #expect(error?.code == .invalidNetworkConfig)
         #expect(error?.details == details)
@@ -200,7 +203,7 @@ import Testing
         func request(_ config: String) throws -> PluginRequest {
             PluginRequest(
                 environment: CNIEnvironmentFixture.make(command: .gc), stdin: Array(config.utf8),
-                config: try JSONDecoder().decode(NetworkConfig.self, from: Data(config.utf8)), version: .v1_1_0)
+                config: try JSONCodec.decode(NetworkConfig.self, from: Array(config.utf8)), version: .v1_1_0)
         }
         let valid = try request(#"{"name":"n","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]}"#)
         #expect(try valid.validAttachments() == [Attachment(containerID: "a", ifname: "eth0")])

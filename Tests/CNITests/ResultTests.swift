@@ -1,5 +1,5 @@
 import CNI
-import FoundationEssentials
+import JSON
 import NetAddress
 import Testing
 
@@ -53,7 +53,7 @@ import Testing
         let inFrom = try CNIResult.decode(Self.rich.encoded(as: from), version: from)
         #expect(inFrom == Self.projected(Self.rich, to: from))
         let json = try inFrom.encoded(as: to)
-        let object = try JSONDecoder().decode(JSONValue.self, from: Data(json))
+        let object = try JSONCodec.decode(JSONValue.self, from: json)
         #expect(object["cniVersion"] == .string(to.description))
         let inTo = try CNIResult.decode(json, version: to)
         #expect(inTo == Self.projected(Self.projected(Self.rich, to: from), to: to))
@@ -139,7 +139,7 @@ import Testing
         for version in CNIVersion.supported {
             let json = CNIError(.invalidNetworkConfig, "bad mtu", details: "mtu -1").json(
                 cniVersion: version.description)
-            let value = try JSONDecoder().decode(JSONValue.self, from: Data(json))
+            let value = try JSONCodec.decode(JSONValue.self, from: json)
             #expect(
                 value
                     == .object([

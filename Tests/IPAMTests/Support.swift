@@ -1,5 +1,6 @@
 import CNI
 import FoundationEssentials
+import JSON
 import NetAddress
 
 #if canImport(Glibc)
@@ -53,8 +54,7 @@ struct Outcome {
     var text: String
 
     var code: Int? {
-        if case .number(let value)? = json?["code"] { return Int(value) }
-        return nil
+        json?["code"]?.intValue
     }
     var message: String { json?["msg"]?.stringValue ?? "" }
     var ips: [String] { json?["ips"]?.arrayValue?.compactMap { $0["address"]?.stringValue } ?? [] }
@@ -72,6 +72,6 @@ func run(
     if let args { environment["CNI_ARGS"] = args }
     let (stdout, status) = Plugin.execute(
         name: "test", environment: environment, stdin: Array(config.utf8), handlers: handlers)
-    let json = try? JSONDecoder().decode(JSONValue.self, from: Data(stdout))
+    let json = try? JSONCodec.decode(JSONValue.self, from: stdout)
     return Outcome(status: status, json: json, text: String(decoding: stdout, as: UTF8.self))
 }

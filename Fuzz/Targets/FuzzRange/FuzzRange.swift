@@ -1,5 +1,5 @@
 import CNI
-import FoundationEssentials
+import JSON
 import IPAM
 import NetAddress
 
@@ -28,7 +28,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         input = Array(input[(newline + 1)...])
     }
     let stdin = Array(#"{"cniVersion":"1.0.0","name":"fuzz","type":"host-local","ipam":"#.utf8) + input + [0x7d]
-    guard let networkConfig = try? JSONDecoder().decode(NetworkConfig.self, from: Data(stdin)),
+    guard let networkConfig = try? JSONCodec.decode(NetworkConfig.self, from: stdin),
         let environment = try? CNIEnvironment(
             command: .add,
             variables: [

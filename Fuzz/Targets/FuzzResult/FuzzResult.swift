@@ -1,5 +1,4 @@
 import CNI
-import FoundationEssentials
 
 // Results and prevResults: byte 0 picks the version the bytes are read in, the rest is the JSON.
 // Invariants: decoding never traps; whatever decodes can be encoded in every supported version
