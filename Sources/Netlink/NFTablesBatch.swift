@@ -73,7 +73,7 @@ extension NFTables {
     /// names the first command the kernel refused.
     public func apply(_ commands: [Command]) throws(NetlinkError) {
         guard !commands.isEmpty else { return }
-        let batch = NFTablesBatch(commands)
+        let batch = try NFTablesBatch(commands)
         try socket.executeBatch(batch.bytes, sequences: batch.sequences) { sequence in
             batch.command(sequence: sequence).map { "nftables transaction: \($0)" } ?? "nftables transaction"
         }
@@ -121,12 +121,14 @@ struct NFTablesBatch {
     let commands: [NFTables.Command]
     let bytes: [UInt8]
 
-    init(_ commands: [NFTables.Command]) {
+    init(_ commands: [NFTables.Command]) throws(NetlinkError) {
         self.commands = commands
         var bytes = Self.batchMessage(type: NFNL_MSG_BATCH_BEGIN, sequence: 0)
         for (index, command) in commands.enumerated() {
             let message = NetlinkMessage.nftCommand(command)
-            precondition(!message.overflowed, "nftables command too large for one message: \(command)")
+            guard !message.overflowed else {
+                throw NetlinkError(operation: "nftables transaction: \(command)", code: -NLE_MSGSIZE)
+            }
             var encoded = message.bytes
             encoded.withUnsafeMutableBytes { raw in
                 let flags = raw.loadUnaligned(fromByteOffset: 6, as: UInt16.self)

@@ -86,9 +86,9 @@ struct NFTablesBatchTests {
         }
     }
 
-    @Test func batchIsFramedNumberedAndAcknowledgedPerCommand() {
+    @Test func batchIsFramedNumberedAndAcknowledgedPerCommand() throws {
         let commands = Array(setupCommands.prefix(4)) + [otherCommands[0], setupCommands[6]]
-        let batch = NFTablesBatch(commands)
+        let batch = try NFTablesBatch(commands)
         var messages: [TestMessage] = []
         var sequences: [UInt32] = []
         var offset = 0
@@ -116,6 +116,14 @@ struct NFTablesBatchTests {
         #expect(batch.command(sequence: 5) == otherCommands[0])
         #expect(batch.command(sequence: 0) == nil)
         #expect(batch.command(sequence: 7) == nil)
+    }
+
+    /// A rule too large for one message is refused before anything is sent.
+    @Test func anOversizedCommandIsAnError() {
+        let huge = NFTables.Command.addRule(
+            .inet, table: table, chain: "c", expressions: Array(repeating: .masquerade, count: 1000), comment: nil)
+        let error = #expect(throws: NetlinkError.self) { try NFTablesBatch([huge]) }
+        #expect(error?.operation == "nftables transaction: add rule inet \(table) c")
     }
 
     @Test func commentsAreNulTerminatedUserDataRecords() {
