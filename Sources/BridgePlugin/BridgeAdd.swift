@@ -80,22 +80,25 @@ struct BridgeAdd {
                     .delegationFailure, "IPAM plugin returned missing IP config",
                     details: "\(ipamType) returned no addresses")
             }
+            // The masquerade rules go first: over netlink they leave the kernel an RCU grace
+            // period of cleanup that closing the nf_tables socket at exit would wait for, and
+            // that passes meanwhile behind the container's addresses, routes and gateways.
+            if config.ipMasq {
+                try Firewall.setupMasquerade(
+                    network: config.network, backend: config.ipMasqBackend, containerID: request.containerID,
+                    ifName: ifName, addresses: ipam.ips.map(\.address))
+                rollback.add("remove the masquerade rules") { () throws(CNIError) in
+                    try Firewall.teardownMasquerade(
+                        network: config.network, containerID: request.containerID,
+                        ifName: ifName, addresses: ipam.ips.map(\.address))
+                }
+            }
             let gateways = calculateGateways(
                 &result, isGateway: config.isGateway, isDefaultGateway: config.isDefaultGateway)
             try configureContainer(container, namespace: containerNamespace, link: containerLink, result: result)
             if config.isGateway {
                 if let interface = try configureGateways(gateways, bridge: bridge, host: host) {
                     result.interfaces.append(interface)
-                }
-            }
-            if config.ipMasq {
-                try Firewall.setupMasquerade(
-                    network: config.network, backend: config.ipMasqBackend, containerID: request.containerID,
-                    ifName: ifName, addresses: result.ips.map(\.address))
-                rollback.add("remove the masquerade rules") { () throws(CNIError) in
-                    try Firewall.teardownMasquerade(
-                        network: config.network, containerID: request.containerID,
-                        ifName: ifName, addresses: result.ips.map(\.address))
                 }
             }
         } else if !config.disableContainerInterface {

@@ -6,6 +6,13 @@ import NetAddress
 /// keeps the reference's names so either implementation finds the other's rules. Every failure
 /// is CNI code 104 (`firewallFailure`).
 enum Firewall {
+    /// One per process, with one nf_tables socket that is closed only at exit: closing a netfilter
+    /// netlink socket waits until the kernel has freed what the last transaction replaced (an RCU
+    /// grace period, 5-15 ms on a busy machine). By exit that has passed behind the veth work
+    /// that follows the rules (ADD waits for the veth to come up, DEL for its deletion and the
+    /// IPAM plugin). Only the main thread handles the firewall.
+    nonisolated(unsafe) private static let masquerade = IPMasquerade()
+
     static func setupMasquerade(
         network: String, backend configured: String?, containerID: String, ifName: String, addresses: [IPPrefix]
     ) throws(CNIError) {
@@ -16,7 +23,7 @@ enum Firewall {
             throw CNIError(.invalidNetworkConfig, error.description, details: "key ipMasqBackend")
         }
         try firewall { () throws(FirewallError) in
-            try IPMasquerade().setup(
+            try masquerade.setup(
                 backend: backend, network: network, containerID: containerID, ifname: ifName, addresses: addresses)
         }
     }
@@ -27,14 +34,14 @@ enum Firewall {
         throws(CNIError)
     {
         try firewall { () throws(FirewallError) in
-            try IPMasquerade().teardown(
+            try masquerade.teardown(
                 network: network, containerID: containerID, ifname: ifName, addresses: addresses)
         }
     }
 
     static func garbageCollectMasquerade(network: String, valid: [Attachment]) throws(CNIError) {
         try firewall { () throws(FirewallError) in
-            try IPMasquerade().garbageCollect(
+            try masquerade.garbageCollect(
                 network: network, validAttachments: valid.map { ($0.containerID, $0.ifname) })
         }
     }

@@ -15,6 +15,8 @@ public struct FirewallError: Error, Sendable, Equatable, CustomStringConvertible
         case failed(status: Int32, stderr: String)
         /// The program's listing could not be understood.
         case unreadableOutput(String)
+        /// The kernel refused a transaction written over netlink: the netlink error.
+        case refused(String)
         /// A name that cannot be written into a rule (nft identifiers allow only `[A-Za-z0-9_./-]`).
         case unsupportedName(String)
     }
@@ -41,6 +43,7 @@ public struct FirewallError: Error, Sendable, Equatable, CustomStringConvertible
             let message = stderr.split(whereSeparator: \.isNewline).joined(separator: "; ")
             detail = "exit status \(status)" + (message.isEmpty ? "" : ": \(message)")
         case .unreadableOutput(let why): detail = "unexpected output: \(why)"
+        case .refused(let why): detail = why
         case .unsupportedName(let name): detail = "name \"\(name)\" cannot be used in an nftables rule"
         }
         let commandPart = command.isEmpty ? "" : " (\(command))"

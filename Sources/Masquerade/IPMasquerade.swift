@@ -1,23 +1,35 @@
+import Glibc
 import NetAddress
 import Netlink
 
 /// ipMasq for the bridge plugin: SNAT traffic from a container's addresses leaving their subnets,
 /// with the reference plugins' exact iptables or nftables layout.
 ///
-/// The common operations exec one tool: nf_tables is read over netlink (`ruleset`), and iptables
-/// scripts are written to need no listing (a first ADD creates the chain with `-N`, a DEL with
-/// known addresses deletes the exact rules), falling back to listing with `iptables-save` when
-/// such a transaction fails as a whole or the rules live in iptables-legacy. A DEL runs nothing
-/// for a backend or family that holds no rules of the attachment.
+/// nftables runs no program: nf_tables is read over netlink (`ruleset`) and written in one netlink
+/// batch per transaction (`writer`), with `nft` as the fallback for kernels that refuse the batch.
+/// iptables operations exec one tool: their scripts are written to need no listing (a first ADD
+/// creates the chain with `-N`, a DEL with known addresses deletes the exact rules), falling back
+/// to listing with `iptables-save` when such a transaction fails as a whole or the rules live in
+/// iptables-legacy. A DEL runs nothing for a backend or family that holds no rules of the
+/// attachment.
 public struct IPMasquerade {
     public var runner: any CommandRunner
     /// Reads nf_tables without exec'ing; nil: every read runs a tool.
     public var ruleset: (any RulesetReader)?
+    /// Writes nf_tables without exec'ing; nil: every nftables write runs `nft`.
+    public var writer: (any RulesetWriter)?
 
-    /// `ruleset` defaults to netlink in the current network namespace, where `runner`'s tools act.
-    public init(runner: any CommandRunner = SystemCommandRunner(), ruleset: (any RulesetReader)? = try? NFTables()) {
+    /// Reads and writes nf_tables over one netlink socket in the current network namespace, where
+    /// `runner`'s tools act.
+    public init(runner: any CommandRunner = SystemCommandRunner()) {
+        let netlink = try? NFTables()
+        self.init(runner: runner, ruleset: netlink, writer: netlink)
+    }
+
+    public init(runner: any CommandRunner, ruleset: (any RulesetReader)?, writer: (any RulesetWriter)?) {
         self.runner = runner
         self.ruleset = ruleset
+        self.writer = writer
     }
 
     /// Masquerades traffic from `addresses` (container addresses with their prefix length) to
@@ -60,7 +72,7 @@ public struct IPMasquerade {
                     listing.map {
                         NFTablesMasquerade.handles(of: $0, network: network, containerID: containerID, ifname: ifname)
                     } ?? []
-                return NFTablesMasquerade.setupScript(
+                return NFTablesMasquerade.setup(
                     network: network, containerID: containerID, ifname: ifname, addresses: addresses,
                     staleHandles: stale)
             }
@@ -147,7 +159,7 @@ public struct IPMasquerade {
             try applyNFT(nftables, whenUnusable: .skip) { listing in
                 guard let listing else { return nil }
                 let handles = nftHandles(listing)
-                return handles.isEmpty ? nil : NFTablesMasquerade.deleteScript(handles: handles)
+                return handles.isEmpty ? nil : NFTablesMasquerade.delete(handles: handles)
             }
         } catch {
             firstError = firstError ?? error
@@ -181,10 +193,14 @@ public struct IPMasquerade {
         }
     }
 
-    private func applyNFT(_ tool: FirewallTool, whenUnusable: Unusable, script: (NFTListing?) -> String?)
-        throws(FirewallError)
-    {
-        if whenUnusable == .skip && !runner.isInstalled("nft") { return }
+    /// Lists `masq_checks`, computes the transaction, applies it: over netlink when there is a
+    /// writer, else (or when the kernel refuses the batch as unsupported) with `nft -f -`. A
+    /// transaction that fails is recomputed from a fresh listing once, as for iptables.
+    private func applyNFT(
+        _ tool: FirewallTool, whenUnusable: Unusable, transaction: (NFTListing?) -> NFTablesMasquerade.Transaction?
+    ) throws(FirewallError) {
+        var writer = self.writer
+        if whenUnusable == .skip && writer == nil && !runner.isInstalled("nft") { return }
         for attempt in 1...2 {
             var listing = checksChainRules()
             if listing == nil {
@@ -195,8 +211,20 @@ public struct IPMasquerade {
                     return
                 }
             }
-            guard let text = script(listing) else { return }
-            let output = try tool.attempt("nft", ["-f", "-"], stdin: text)
+            guard let change = transaction(listing) else { return }
+            if let netlink = writer {
+                do {
+                    try netlink.apply(change.commands)
+                    return
+                } catch {
+                    if !error.isUnsupportedBatch {
+                        if attempt == 2 { throw tool.error(.refused(error.description), "netlink") }
+                        continue
+                    }
+                    writer = nil
+                }
+            }
+            let output = try tool.attempt("nft", ["-f", "-"], stdin: change.script)
             if output.succeeded { return }
             if attempt == 2 { throw tool.failure("nft", ["-f", "-"], output) }
         }
@@ -228,4 +256,10 @@ public struct IPMasquerade {
     private func attachment(_ network: String, _ containerID: String, _ ifname: String) -> String {
         "network \"\(network)\" container \"\(containerID)\" interface \"\(ifname)\""
     }
+}
+
+extension NetlinkError {
+    /// The kernel refused the batch in a way an older kernel or a missing feature does
+    /// (EOPNOTSUPP, EINVAL), where `nft` may know another encoding.
+    fileprivate var isUnsupportedBatch: Bool { isNotSupported || errno == EINVAL }
 }

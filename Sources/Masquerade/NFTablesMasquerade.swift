@@ -1,4 +1,5 @@
 import NetAddress
+import Netlink
 
 /// The reference's nftables masquerading (knftables layout): table `inet cni_plugins_masquerade`,
 /// base chain `postrouting` (nat, srcnat) that skips multicast and jumps to `masq_checks`, and
@@ -9,15 +10,40 @@ enum NFTablesMasquerade {
     static let checksChain = "masq_checks"
     static let listChecks = ["chain", "inet", table, checksChain]
 
-    /// One transaction: ensure the table and chains, rewrite `postrouting`, drop this
-    /// attachment's stale rules (`staleHandles`), add one rule per address.
-    static func setupScript(
+    static let tableComment = "Masquerading for plugins from github.com/containernetworking/plugins"
+    static let checksChainComment =
+        "Masquerade traffic from certain IPs to any (non-multicast) IP outside their subnet"
+
+    /// One transaction, in both forms: the nf_tables commands written over netlink and the same
+    /// as an `nft -f` script, the fallback when the kernel refuses the netlink batch.
+    struct Transaction: Equatable {
+        var commands: [NFTables.Command]
+        var script: String
+    }
+
+    /// Ensure the table and chains, rewrite `postrouting`, drop this attachment's stale rules
+    /// (`staleHandles`), add one rule per address.
+    static func setup(
         network: String, containerID: String, ifname: String, addresses: [IPPrefix], staleHandles: [Int]
-    ) -> String {
+    ) -> Transaction {
         let comment = Naming.nftComment(network: network, ifname: ifname, containerID: containerID)
+        var seen: Set<IPAddress> = []
+        let unique = addresses.filter { seen.insert($0.address).inserted }
+        return Transaction(
+            commands: setupCommands(comment: comment, addresses: unique, staleHandles: staleHandles),
+            script: setupScript(comment: comment, addresses: unique, staleHandles: staleHandles))
+    }
+
+    static func delete(handles: [Int]) -> Transaction {
+        Transaction(
+            commands: handles.map { .deleteRule(.inet, table: table, chain: checksChain, handle: UInt64($0)) },
+            script: handles.map { "delete rule inet \(table) \(checksChain) handle \($0)\n" }.joined())
+    }
+
+    private static func setupScript(comment: String, addresses: [IPPrefix], staleHandles: [Int]) -> String {
         var lines = [
-            "add table inet \(table) { comment \"Masquerading for plugins from github.com/containernetworking/plugins\" ; }",
-            "add chain inet \(table) \(checksChain) { comment \"Masquerade traffic from certain IPs to any (non-multicast) IP outside their subnet\" ; }",
+            "add table inet \(table) { comment \"\(tableComment)\" ; }",
+            "add chain inet \(table) \(checksChain) { comment \"\(checksChainComment)\" ; }",
             "add chain inet \(table) postrouting { type nat hook postrouting priority srcnat ; }",
             "flush chain inet \(table) postrouting",
             "add rule inet \(table) postrouting ip daddr 224.0.0.0/4 return",
@@ -25,8 +51,7 @@ enum NFTablesMasquerade {
             "add rule inet \(table) postrouting goto \(checksChain)",
         ]
         lines += staleHandles.map { "delete rule inet \(table) \(checksChain) handle \($0)" }
-        var seen: Set<IPAddress> = []
-        for address in addresses where seen.insert(address.address).inserted {
+        for address in addresses {
             let ip = address.family == .v4 ? "ip" : "ip6"
             lines.append(
                 "add rule inet \(table) \(checksChain) \(ip) saddr \(address.address) \(ip) daddr != \(address.network)"
@@ -35,8 +60,37 @@ enum NFTablesMasquerade {
         return lines.joined(separator: "\n") + "\n"
     }
 
-    static func deleteScript(handles: [Int]) -> String {
-        handles.map { "delete rule inet \(table) \(checksChain) handle \($0)\n" }.joined()
+    /// The script's commands, with the expressions nft makes of each rule.
+    private static func setupCommands(comment: String, addresses: [IPPrefix], staleHandles: [Int])
+        -> [NFTables.Command]
+    {
+        typealias Expression = NFTables.Expression
+        func skip(_ multicast: String) -> [Expression] {
+            let prefix = IPPrefix(multicast)!
+            return Expression.protocolIs(prefix.family) + Expression.address(.destination, in: prefix)
+                + [.verdict(.return)]
+        }
+        var commands: [NFTables.Command] = [
+            .addTable(.inet, name: table, comment: tableComment),
+            .addChain(.inet, table: table, name: checksChain, comment: checksChainComment, hook: nil),
+            .addChain(.inet, table: table, name: "postrouting", comment: nil, hook: .natPostrouting),
+            .flushChain(.inet, table: table, chain: "postrouting"),
+            .addRule(.inet, table: table, chain: "postrouting", expressions: skip("224.0.0.0/4"), comment: nil),
+            .addRule(.inet, table: table, chain: "postrouting", expressions: skip("ff00::/8"), comment: nil),
+            .addRule(
+                .inet, table: table, chain: "postrouting", expressions: [.verdict(.goto(chain: checksChain))],
+                comment: nil),
+        ]
+        commands += staleHandles.map { .deleteRule(.inet, table: table, chain: checksChain, handle: UInt64($0)) }
+        for address in addresses {
+            let host = IPPrefix(address: address.address, length: address.family.bitCount)!
+            let expressions =
+                Expression.protocolIs(address.family) + Expression.address(.source, in: host)
+                + Expression.address(.destination, in: address.network, equal: false) + [.masquerade]
+            commands.append(
+                .addRule(.inet, table: table, chain: checksChain, expressions: expressions, comment: comment))
+        }
+        return commands
     }
 
     /// This attachment's rules: their comments start with its instance hash.

@@ -10,6 +10,16 @@ public protocol RulesetReader {
 
 extension NFTables: RulesetReader {}
 
+/// Writes nf_tables without running a tool: `NFTables` (one netlink batch per transaction) in the
+/// plugins, a recorder in tests. Every write has an exec'ing fallback (`nft -f -`), taken when no
+/// writer is given or the kernel refuses the batch as unsupported.
+public protocol RulesetWriter {
+    /// Applies `commands` as one transaction (all or nothing).
+    func apply(_ commands: [NFTables.Command]) throws(NetlinkError)
+}
+
+extension NFTables: RulesetWriter {}
+
 /// Where the iptables tools keep their tables. Only iptables-nft's are nf_tables tables (family
 /// ip / ip6) that a `RulesetReader` sees; iptables-legacy's, or those of a build we cannot
 /// identify, are read with the tools themselves.

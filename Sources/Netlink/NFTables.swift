@@ -25,7 +25,7 @@ public final class NFTables {
         }
     }
 
-    private let socket: NetlinkSocket
+    let socket: NetlinkSocket
 
     /// Asks the calling thread's current network namespace.
     public init() throws(NetlinkError) {

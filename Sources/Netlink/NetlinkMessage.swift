@@ -39,6 +39,8 @@ final class NetlinkMessage {
 
     func put(_ type: Int, u32 value: UInt32) { withUnsafeBytes(of: value) { put(type, bytes: Array($0)) } }
 
+    func put(_ type: Int, u64 value: UInt64) { withUnsafeBytes(of: value) { put(type, bytes: Array($0)) } }
+
     func put(_ type: Int, i32 value: Int32) { withUnsafeBytes(of: value) { put(type, bytes: Array($0)) } }
 
     /// A NUL-terminated string, as the kernel expects for names and kinds.

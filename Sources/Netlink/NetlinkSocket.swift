@@ -110,6 +110,53 @@ public final class NetlinkSocket {
     }
 }
 
+extension NetlinkSocket {
+    /// Sends `batch` (several requests in one datagram, numbered in `sequences`, each asking for
+    /// an acknowledgement) and reads the acknowledgements. The kernel processes the whole batch
+    /// before answering; the first error is thrown, named by `operation(sequence)` for the
+    /// request it answers. An error for a number outside `sequences` (the batch as a whole was
+    /// refused) ends the wait.
+    func executeBatch(_ batch: [UInt8], sequences: ClosedRange<UInt32>, operation: (UInt32) -> String)
+        throws(NetlinkError)
+    {
+        var batch = batch
+        let sent = batch.withUnsafeMutableBytes { nl_sendto(handle, $0.baseAddress, $0.count) }
+        guard sent >= 0 else { throw NetlinkError(operation: operation(0), code: sent) }
+        var unanswered = sequences.count
+        var firstError: NetlinkError?
+        while unanswered > 0 {
+            var peer = sockaddr_nl()
+            var buffer: UnsafeMutablePointer<UInt8>?
+            let received = nl_recv(handle, &peer, &buffer, nil)
+            defer { free(buffer) }
+            guard received > 0, let buffer else {
+                throw firstError ?? NetlinkError(operation: operation(0), code: received < 0 ? received : -NLE_FAILURE)
+            }
+            var offset = 0
+            while offset + netlinkHeaderSize <= Int(received) {
+                let length = Int(UnsafeRawPointer(buffer + offset).loadUnaligned(as: UInt32.self))
+                guard length >= netlinkHeaderSize, offset + length <= Int(received) else { break }
+                let message = UnsafeRawBufferPointer(start: buffer + offset, count: length)
+                offset += (length + 3) & ~3
+                guard ReceivedMessage(raw: message).type == NLMSG_ERROR, let report = KernelReport(message) else {
+                    continue
+                }
+                if report.errno != 0 && firstError == nil {
+                    firstError = NetlinkError(
+                        operation: operation(report.sequence), code: -nl_syserr2nlerr(report.errno),
+                        errno: report.errno, kernelMessage: report.message)
+                }
+                if sequences.contains(report.sequence) {
+                    unanswered -= 1
+                } else if report.errno != 0 {
+                    unanswered = 0
+                }
+            }
+        }
+        if let firstError { throw firstError }
+    }
+}
+
 /// What one request's replies delivered to the C callbacks.
 private final class Receiver {
     var handler: ((ReceivedMessage) -> Void)?
@@ -149,19 +196,40 @@ private let onErrorMessage: nl_recvmsg_err_cb_t = { _, error, context in
     guard let error else { return Int32(NL_STOP.rawValue) }
     let state = receiver(context)
     state.finished = true
-    state.errno = -error.pointee.error
-    // The nlmsgerr sits right after its own nlmsghdr; the TLVs follow the echoed request,
-    // which is only its header when the ack is capped.
+    // The nlmsgerr sits right after its own nlmsghdr.
     let header = UnsafeRawPointer(error) - netlinkHeaderSize
     let length = Int(header.load(fromByteOffset: 0, as: UInt32.self))
-    let flags = Int32(header.load(fromByteOffset: 6, as: UInt16.self))
-    if flags & NLM_F_ACK_TLVS != 0 {
-        let echoed = flags & NLM_F_CAPPED != 0 ? netlinkHeaderSize : Int(error.pointee.msg.nlmsg_len)
-        let start = netlinkHeaderSize + MemoryLayout<Int32>.size + ((echoed + 3) & ~3)
-        if start < length {
-            let tlvs = Attributes(UnsafeRawBufferPointer(start: header + start, count: length - start))
-            state.kernelMessage = tlvs.first(Int(NLMSGERR_ATTR_MSG.rawValue))?.string
-        }
-    }
+    let report = KernelReport(UnsafeRawBufferPointer(start: header, count: length))
+    state.errno = report?.errno
+    state.kernelMessage = report?.message
     return Int32(NL_STOP.rawValue)
+}
+
+/// What an NLMSG_ERROR message says: the errno (0 for an acknowledgement), the sequence number
+/// of the request it answers, and the extended-ack text if the kernel attached one.
+struct KernelReport {
+    let errno: Int32
+    let sequence: UInt32
+    let message: String?
+
+    /// nil when `raw` (the whole message, nlmsghdr included) is too short for an nlmsgerr.
+    init?(_ raw: UnsafeRawBufferPointer) {
+        let errorSize = MemoryLayout<Int32>.size + netlinkHeaderSize
+        guard raw.count >= netlinkHeaderSize + errorSize else { return nil }
+        errno = -raw.loadUnaligned(fromByteOffset: netlinkHeaderSize, as: Int32.self)
+        sequence = raw.loadUnaligned(fromByteOffset: 8, as: UInt32.self)
+        let flags = Int32(raw.loadUnaligned(fromByteOffset: 6, as: UInt16.self))
+        var message: String?
+        // The TLVs follow the echoed request, which is only its header when the ack is capped.
+        if flags & NLM_F_ACK_TLVS != 0 {
+            let echoedLength = Int(raw.loadUnaligned(fromByteOffset: netlinkHeaderSize + 4, as: UInt32.self))
+            let echoed = flags & NLM_F_CAPPED != 0 ? netlinkHeaderSize : echoedLength
+            let start = netlinkHeaderSize + MemoryLayout<Int32>.size + ((echoed + 3) & ~3)
+            if start < raw.count {
+                let tlvs = Attributes(UnsafeRawBufferPointer(rebasing: raw[start...]))
+                message = tlvs.first(Int(NLMSGERR_ATTR_MSG.rawValue))?.string
+            }
+        }
+        self.message = message
+    }
 }

@@ -53,8 +53,9 @@ final class FakeRunner: CommandRunner, @unchecked Sendable {
     var commands: [[String]] { calls.map(\.command) }
 }
 
-/// A canned nf_tables ruleset: chains by (family, table, chain), rules of chains; reads counted.
-final class FakeRuleset: RulesetReader, @unchecked Sendable {
+/// A canned nf_tables ruleset: chains by (family, table, chain), rules of chains; reads counted,
+/// batches written recorded (not applied to the canned rules).
+final class FakeRuleset: RulesetReader, RulesetWriter, @unchecked Sendable {
     struct Key: Hashable {
         var family: NFTables.Family
         var table: String
@@ -65,7 +66,15 @@ final class FakeRuleset: RulesetReader, @unchecked Sendable {
     var rules: [Key: [NFTables.Rule]] = [:]
     /// Every read fails with this, when set.
     var failure: NetlinkError?
+    /// Every write fails with this, when set.
+    var writeFailure: NetlinkError?
     private(set) var reads = 0
+    private(set) var batches: [[NFTables.Command]] = []
+
+    func apply(_ commands: [NFTables.Command]) throws(NetlinkError) {
+        batches.append(commands)
+        if let writeFailure { throw writeFailure }
+    }
 
     func chainExists(family: NFTables.Family, table: String, chain: String) throws(NetlinkError) -> Bool {
         reads += 1

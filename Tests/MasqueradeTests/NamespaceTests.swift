@@ -43,11 +43,15 @@ private final class TestNamespace {
     }()
 
     /// Masquerading in this namespace: its tools through `ip netns exec`, nf_tables read over a
-    /// netlink socket opened in it (or, without `netlink`, with the tools as for iptables-legacy).
-    /// The tools it runs are counted in `log`.
-    func masquerade(netlink: Bool = true) throws -> IPMasquerade {
-        let ruleset = netlink ? try NFTables(namespace: Namespace.open(path: "/run/netns/\(name)")) : nil
-        return IPMasquerade(runner: CountingRunner(inner: runner, log: log), ruleset: ruleset)
+    /// netlink socket opened in it (or, without `netlink`, with the tools as for iptables-legacy)
+    /// and written over it too (or, without `writes`, with `nft`). The tools it runs are counted
+    /// in `log`.
+    func masquerade(netlink: Bool = true, writes: Bool? = nil) throws -> IPMasquerade {
+        let tables =
+            netlink || writes == true ? try NFTables(namespace: Namespace.open(path: "/run/netns/\(name)")) : nil
+        return IPMasquerade(
+            runner: CountingRunner(inner: runner, log: log), ruleset: netlink ? tables : nil,
+            writer: writes ?? netlink ? tables : nil)
     }
 
     let log = ProgramLog()
@@ -223,14 +227,22 @@ struct NFTablesNamespaceTests {
             .filter { $0.contains("masquerade comment") }
     }
 
-    @Test(arguments: [true, false]) func lifecycle(netlink: Bool) throws {
+    /// `nft -j list table inet cni_plugins_masquerade` without handles (which depend on history).
+    private func table(_ ns: TestNamespace) throws -> String {
+        try ns.run("nft", "-j", "list", "table", "inet", "cni_plugins_masquerade").replacing(
+            #/"handle": \d+/#, with: "")
+    }
+
+    /// With netlink reads and writes (no program at all), netlink reads and `nft` writes, or
+    /// the tools alone.
+    @Test(arguments: [(true, true), (true, false), (false, false)]) func lifecycle(netlink: Bool, writes: Bool) throws {
         let ns = try TestNamespace()
-        let masq = try ns.masquerade(netlink: netlink)
+        let masq = try ns.masquerade(netlink: netlink, writes: writes)
         let comment0 = Naming.nftComment(network: "testnet", ifname: "eth0", containerID: "c1")
         try masq.setup(
             backend: .nftables, network: "testnet", containerID: "c1", ifname: "eth0",
             addresses: [prefix("10.77.0.5/24"), prefix("2001:db8:77::5/64")])
-        #expect(ns.log.take() == (netlink ? ["nft"] : ["nft", "nft"]))
+        #expect(ns.log.take() == (writes ? [] : netlink ? ["nft"] : ["nft", "nft"]))
         #expect(
             try checks(ns) == [
                 "ip saddr 10.77.0.5 ip daddr != 10.77.0.0/24 masquerade comment \"\(comment0)\"",
@@ -259,8 +271,40 @@ struct NFTablesNamespaceTests {
         // Nothing of eth0 is left anywhere: with netlink, nothing runs.
         #expect(ns.log.take() == (netlink ? [] : ["iptables-save", "ip6tables-save", "nft"]))
         try masq.teardown(network: "testnet", containerID: "c1", ifname: "eth1", addresses: [])
-        #expect(ns.log.take() == (netlink ? ["nft"] : ["iptables-save", "ip6tables-save", "nft", "nft"]))
+        #expect(
+            ns.log.take() == (writes ? [] : netlink ? ["nft"] : ["iptables-save", "ip6tables-save", "nft", "nft"]))
         #expect(try checks(ns).isEmpty)
+    }
+
+    /// The same ADDs written over netlink and by `nft -f` list identically (handles aside), so
+    /// `nft`, knftables (the reference's DEL) and our fallback read them as before; each way's DEL
+    /// removes the other's rules.
+    @Test func netlinkAndNftWritesAreInterchangeable() throws {
+        let viaNetlink = try TestNamespace()
+        let viaNft = try TestNamespace()
+        for masq in [try viaNetlink.masquerade(), try viaNft.masquerade(netlink: false)] {
+            for (containerID, addresses) in [
+                ("c1", ["10.77.0.5/24", "2001:db8:77::5/64"]), ("c2", ["10.77.0.6/20", "10.77.0.7/31"]),
+                ("c1", ["10.77.0.9/24", "2001:db8:77::9/62"]),
+            ] {
+                try masq.setup(
+                    backend: .nftables, network: "testnet", containerID: containerID, ifname: "eth0",
+                    addresses: addresses.map(prefix))
+            }
+        }
+        #expect(viaNetlink.log.take() == [])
+        let listed = try table(viaNetlink)
+        #expect(try listed == table(viaNft))
+        #expect(try checks(viaNetlink).count == 4)
+
+        _ = viaNft.log.take()
+        try viaNetlink.masquerade(netlink: false).teardown(
+            network: "testnet", containerID: "c1", ifname: "eth0", addresses: nil)
+        try viaNft.masquerade().teardown(network: "testnet", containerID: "c1", ifname: "eth0", addresses: nil)
+        #expect(viaNft.log.take().filter { $0 == "nft" } == [])
+        #expect(try table(viaNetlink) == table(viaNft))
+        #expect(try checks(viaNft).count == 2)
+        #expect(try checks(viaNft).allSatisfy { $0.contains("10.77.0.6") || $0.contains("10.77.0.7") })
     }
 
     @Test func teardownWithoutTheTableSucceeds() throws {

@@ -1,3 +1,4 @@
+import Glibc
 import NetAddress
 import Testing
 
@@ -232,12 +233,12 @@ private let referenceSaved = """
     private let v4Chain = FakeRuleset.Key(family: .ip, table: "nat", chain: chain)
 
     private func setupIPTables(_ runner: FakeRunner, _ ruleset: FakeRuleset?, _ addresses: [IPPrefix]) throws {
-        try IPMasquerade(runner: runner, ruleset: ruleset).setup(
+        try IPMasquerade(runner: runner, ruleset: ruleset, writer: nil).setup(
             backend: .iptables, network: "mynet", containerID: "abc123", ifname: "eth0", addresses: addresses)
     }
 
     private func teardown(_ runner: FakeRunner, _ ruleset: FakeRuleset?, _ addresses: [IPPrefix]?) throws {
-        try IPMasquerade(runner: runner, ruleset: ruleset).teardown(
+        try IPMasquerade(runner: runner, ruleset: ruleset, writer: nil).teardown(
             network: "mynet", containerID: "abc123", ifname: "eth0", addresses: addresses)
     }
 
@@ -398,7 +399,7 @@ private let referenceSaved = """
         let runner = FakeRunner()
         runner.installed.remove("ip6tables-restore")
         #expect(throws: FirewallError.self) {
-            try IPMasquerade(runner: runner, ruleset: nil).setup(
+            try IPMasquerade(runner: runner, ruleset: nil, writer: nil).setup(
                 backend: .iptables, network: "n", containerID: "c", ifname: "eth0", addresses: [prefix("fd00::2/64")])
         }
     }
@@ -411,7 +412,7 @@ private let referenceSaved = """
             NFTables.Rule(handle: 7, comment: "d23676b4f2d9fe04-cb2e67faee76969d, net: mynet, if: eth1, id: abc123"),
             NFTables.Rule(handle: 9, comment: nil),
         ]
-        try IPMasquerade(runner: runner, ruleset: ruleset).setup(
+        try IPMasquerade(runner: runner, ruleset: ruleset, writer: nil).setup(
             backend: .nftables, network: "mynet", containerID: "abc123", ifname: "eth0",
             addresses: [prefix("10.1.0.9/24")])
         #expect(runner.commands == [nftApply])
@@ -422,11 +423,11 @@ private let referenceSaved = """
         // DEL of eth1: one transaction; of an attachment with no rules: nothing.
         let deleting = FakeRunner()
         deleting.installed = ["nft"]
-        try IPMasquerade(runner: deleting, ruleset: ruleset).teardown(
+        try IPMasquerade(runner: deleting, ruleset: ruleset, writer: nil).teardown(
             network: "mynet", containerID: "abc123", ifname: "eth1", addresses: nil)
         #expect(deleting.commands == [nftApply])
         #expect(deleting.scripts("nft") == ["delete rule inet cni_plugins_masquerade masq_checks handle 7\n"])
-        try IPMasquerade(runner: deleting, ruleset: ruleset).teardown(
+        try IPMasquerade(runner: deleting, ruleset: ruleset, writer: nil).teardown(
             network: "mynet", containerID: "zzz", ifname: "eth0", addresses: nil)
         #expect(deleting.commands.count == 1)
     }
@@ -458,9 +459,10 @@ private let masqChecksListing = """
     }
 
     @Test func setupScript() {
-        let script = NFTablesMasquerade.setupScript(
+        let script = NFTablesMasquerade.setup(
             network: "mynet", containerID: "abc123", ifname: "eth0",
-            addresses: [prefix("10.1.0.5/24"), prefix("2001:db8::5/64")], staleHandles: [6])
+            addresses: [prefix("10.1.0.5/24"), prefix("2001:db8::5/64")], staleHandles: [6]
+        ).script
         let c = "d23676b4f2d9fe04-ebce0e3dd4dafae3, net: mynet, if: eth0, id: abc123"
         #expect(
             script == """
@@ -497,7 +499,7 @@ private let masqChecksListing = """
         runner.respond(["iptables-save"], status: 1, stderr: "iptables-save: table nat is incompatible")
         runner.respond(["ip6tables-save"], status: 1)
         runner.respond(["nft", "-j", "list"], stdout: masqChecksListing)
-        try IPMasquerade(runner: runner, ruleset: nil).teardown(
+        try IPMasquerade(runner: runner, ruleset: nil, writer: nil).teardown(
             network: "mynet", containerID: "abc123", ifname: "eth1", addresses: nil)
         #expect(runner.scripts("nft").last == "delete rule inet cni_plugins_masquerade masq_checks handle 7\n")
         #expect(runner.commands.last == ["nft", "-f", "-"])
@@ -506,13 +508,135 @@ private let masqChecksListing = """
     @Test func setupListsThenAppliesOnce() throws {
         let runner = FakeRunner()
         runner.respond(["nft", "-j", "list"], stdout: masqChecksListing)
-        try IPMasquerade(runner: runner, ruleset: nil).setup(
+        try IPMasquerade(runner: runner, ruleset: nil, writer: nil).setup(
             backend: .nftables, network: "mynet", containerID: "abc123", ifname: "eth0",
             addresses: [prefix("10.1.0.9/24")])
         #expect(runner.commands.count == 2)
         #expect(
             runner.scripts("nft").last?.contains("delete rule inet cni_plugins_masquerade masq_checks handle 6\n")
                 == true)
+    }
+}
+
+/// nftables written over netlink (`FakeRuleset` records the batches): no program runs, and `nft`
+/// only when the kernel refuses the batch as unsupported.
+@Suite struct NFTablesNetlinkWriteTests {
+    private let checks = FakeRuleset.Key(family: .inet, table: "cni_plugins_masquerade", chain: "masq_checks")
+    private let comment0 = "d23676b4f2d9fe04-ebce0e3dd4dafae3, net: mynet, if: eth0, id: abc123"
+
+    private func ruleset() -> FakeRuleset {
+        let ruleset = FakeRuleset()
+        ruleset.rules[checks] = [
+            NFTables.Rule(handle: 6, comment: comment0),
+            NFTables.Rule(handle: 7, comment: "d23676b4f2d9fe04-cb2e67faee76969d, net: mynet, if: eth1, id: abc123"),
+        ]
+        return ruleset
+    }
+
+    private func setup(_ runner: FakeRunner, _ ruleset: FakeRuleset) throws {
+        try IPMasquerade(runner: runner, ruleset: ruleset, writer: ruleset).setup(
+            backend: .nftables, network: "mynet", containerID: "abc123", ifname: "eth0",
+            addresses: [prefix("10.1.0.9/24"), prefix("10.1.0.9/24")])
+    }
+
+    @Test func setupIsOneBatchAndNoProgram() throws {
+        let runner = FakeRunner()
+        let ruleset = ruleset()
+        try setup(runner, ruleset)
+        #expect(runner.calls.isEmpty)
+        let batch = try #require(ruleset.batches.first)
+        #expect(ruleset.batches.count == 1)
+        #expect(
+            batch.map(\.description).prefix(4) == [
+                "add table inet cni_plugins_masquerade", "add chain inet cni_plugins_masquerade masq_checks",
+                "add chain inet cni_plugins_masquerade postrouting",
+                "flush chain inet cni_plugins_masquerade postrouting",
+            ])
+        #expect(batch[7] == .deleteRule(.inet, table: "cni_plugins_masquerade", chain: "masq_checks", handle: 6))
+        // `ip saddr 10.1.0.9 ip daddr != 10.1.0.0/24 masquerade`, as nft encodes it; the duplicate
+        // address adds nothing.
+        #expect(batch.count == 9)
+        #expect(
+            batch[8]
+                == .addRule(
+                    .inet, table: "cni_plugins_masquerade", chain: "masq_checks",
+                    expressions: [
+                        .loadProtocol, .compare(equal: true, data: [2]),
+                        .loadNetworkHeader(offset: 12, length: 4), .compare(equal: true, data: [10, 1, 0, 9]),
+                        .loadNetworkHeader(offset: 16, length: 3), .compare(equal: false, data: [10, 1, 0]),
+                        .masquerade,
+                    ],
+                    comment: comment0))
+        #expect(
+            batch[2]
+                == .addChain(
+                    .inet, table: "cni_plugins_masquerade", name: "postrouting", comment: nil,
+                    hook: NFTables.Hook(type: "nat", number: 4, priority: 100)))
+    }
+
+    @Test func setupCommandsAndScriptSayTheSame() {
+        let transaction = NFTablesMasquerade.setup(
+            network: "mynet", containerID: "abc123", ifname: "eth0",
+            addresses: [prefix("10.1.0.5/24"), prefix("2001:db8::5/64")], staleHandles: [6, 8])
+        let lines = transaction.script.split(separator: "\n")
+        #expect(lines.count == transaction.commands.count)
+        for (line, command) in zip(lines, transaction.commands) {
+            #expect(line == command.description || line.hasPrefix(command.description + " "), "\(command): \(line)")
+        }
+    }
+
+    @Test func teardownIsOneBatchOfDeletesAndNothingWhenNothingIsLeft() throws {
+        let runner = FakeRunner()
+        runner.installed = ["nft"]
+        let ruleset = ruleset()
+        let masquerade = IPMasquerade(runner: runner, ruleset: ruleset, writer: ruleset)
+        try masquerade.teardown(network: "mynet", containerID: "abc123", ifname: "eth1", addresses: nil)
+        #expect(
+            ruleset.batches == [[.deleteRule(.inet, table: "cni_plugins_masquerade", chain: "masq_checks", handle: 7)]])
+        try masquerade.garbageCollect(network: "mynet", validAttachments: [])
+        #expect(ruleset.batches.last?.count == 2)
+        try masquerade.teardown(network: "mynet", containerID: "zzz", ifname: "eth0", addresses: nil)
+        #expect(ruleset.batches.count == 2)
+        #expect(runner.calls.isEmpty)
+    }
+
+    /// Without `nft` installed, the netlink writer still removes rules (written by an ADD that ran
+    /// no program).
+    @Test func teardownNeedsNoNftWithAWriter() throws {
+        let runner = FakeRunner()
+        runner.installed = []
+        let ruleset = ruleset()
+        try IPMasquerade(runner: runner, ruleset: ruleset, writer: ruleset).teardown(
+            network: "mynet", containerID: "abc123", ifname: "eth0", addresses: nil)
+        #expect(ruleset.batches.count == 1)
+    }
+
+    @Test(arguments: [EOPNOTSUPP, EINVAL]) func anUnsupportedBatchFallsBackToNft(errno: Int32) throws {
+        let runner = FakeRunner()
+        let ruleset = ruleset()
+        ruleset.writeFailure = NetlinkError(operation: "nftables transaction", code: -1, errno: errno)
+        try setup(runner, ruleset)
+        #expect(runner.commands == [["nft", "-f", "-"]])
+        #expect(
+            runner.scripts("nft").first?.contains("delete rule inet cni_plugins_masquerade masq_checks handle 6\n")
+                == true)
+    }
+
+    /// Another failure (a rule deleted under us) is retried from a fresh listing, then reported
+    /// as a firewall error naming the operation.
+    @Test func aRefusedBatchIsRetriedOnceThenFails() throws {
+        let runner = FakeRunner()
+        let ruleset = ruleset()
+        ruleset.writeFailure = NetlinkError(
+            operation: "nftables transaction: delete rule inet cni_plugins_masquerade masq_checks handle 6", code: -1,
+            errno: ENOENT)
+        let error = #expect(throws: FirewallError.self) { try setup(runner, ruleset) }
+        #expect(ruleset.batches.count == 2)
+        #expect(ruleset.reads == 2)
+        #expect(runner.calls.isEmpty)
+        #expect(error?.backend == .nftables)
+        #expect(error?.description.hasPrefix("nftables: failed to set up masquerading for network \"mynet\"") == true)
+        #expect(error?.description.contains("handle 6: No such file or directory") == true)
     }
 }
 
