@@ -32,10 +32,11 @@ let package = Package(
         .target(name: "CNI", dependencies: ["JSON", "NetAddress", "Exec"]),
         // Address ranges, the allocator and the lease store shared by the IPAM plugins.
         .target(name: "IPAM", dependencies: ["CNI", "NetAddress", "CSystem"]),
-        // libnl wrappers: links, addresses, routes, bridge ports, network namespaces, sysctls.
+        // libnl wrappers: links, addresses, routes, bridge ports, network namespaces, sysctls,
+        // nf_tables reads and batches.
         .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
         // ipMasq (iptables and nftables) and the bridge's MAC spoof check, as one transaction each.
-        // Reads nf_tables over netlink (Netlink) so most operations exec only the one writing tool.
+        // nf_tables is read (and, for nftables, written) over netlink; iptables runs one restore.
         .target(name: "Masquerade", dependencies: ["JSON", "NetAddress", "Exec", "Netlink"]),
 
         // Each plugin's logic: a library, so tests can drive it; a thin composition of the above.
