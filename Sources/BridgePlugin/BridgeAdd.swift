@@ -4,9 +4,11 @@ import Netlink
 
 /// ADD, in the reference's order (CNI-REFERENCE §2.1 steps 1–13), with these differences:
 /// the container namespace, CNI_IFNAME and the IPAM plugin are checked before anything is
-/// created; the veth is created with its peer directly in the container namespace; and every
-/// step that leaves something behind registers its undo, so a failure later leaves no veth,
-/// lease or rule.
+/// created; the IPAM plugin is started early but gets its config only at the reference's point
+/// (`startIPAM`); the veth is created with its peer directly in the container namespace; the
+/// masquerade rules are set right after IPAM answers, before the container's addresses (the end
+/// state is the same); and every step that leaves something behind registers its undo, so a
+/// failure later leaves no veth, lease or rule.
 ///
 /// A bridge this ADD created is deleted too when the ADD fails, if no port is left on it. The
 /// reference keeps it; issue #7 asks that a failed ADD leave no change on the host (a runtime

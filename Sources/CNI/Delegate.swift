@@ -71,8 +71,8 @@ public enum Delegate {
 
     /// Starts plugin `type` for `command` and returns while it runs; `Pending.output()` or
     /// `result()` waits for it. The caller overlaps its own work with the delegate's (a bridge
-    /// creating the veth while host-local allocates), which the delegate cannot tell apart from a
-    /// plain exec: same binary, environment and stdin. With `holdingConfig`, the plugin gets its
+    /// creating the veth while the IPAM plugin starts up), which the delegate cannot tell apart
+    /// from a plain exec: same binary, environment and stdin. With `holdingConfig`, the plugin gets its
     /// config (stdin) only at `sendConfig()`: it starts up meanwhile, but cannot act before the
     /// caller says so, since no plugin knows what to do before reading its config.
     public static func start(

@@ -45,7 +45,7 @@ public enum Exec {
     }
 
     /// Starts `path` and returns at once, so the caller can do other work while it runs (a
-    /// delegated IPAM plugin allocating while the bridge creates the veth). As much of stdin as
+    /// delegated IPAM plugin starting up while the bridge creates the veth). As much of stdin as
     /// the pipe takes (64 KiB, more than any config) is written right away, so the program is
     /// never left waiting for its input until `wait()`; with `holdingInput`, nothing is written
     /// until `sendInput()`: the program starts up meanwhile and then waits for its input.
