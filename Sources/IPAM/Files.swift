@@ -94,6 +94,8 @@ public enum Files {
     /// until it is linked, and it vanishes with the descriptor if never linked: a process killed
     /// at any point leaves nothing behind, so it can be written before taking the store's lock.
     static func createUnnamed(in directory: String, _ bytes: [UInt8], mode: mode_t) throws(CNIError) -> Int32? {
+        // Linking it needs /proc (see `link(unnamed:)`), which a minimal container may lack.
+        guard access("/proc/self/fd", X_OK) == 0 else { return nil }
         let fd = open(directory, cni_o_tmpfile | O_WRONLY | O_CLOEXEC, mode)
         guard fd >= 0 else {
             // Kernels and filesystems without O_TMPFILE answer in these ways.
