@@ -10,6 +10,7 @@ namespaces for the containers. Leases go to a temp dataDir."""
 import ipaddress
 import json
 import re
+import time
 
 import pytest
 
@@ -140,6 +141,10 @@ def test_libcni_bridge_host_local_chain(libcni, node, netns_factory, tmp_path, v
     deleted = libcni("del", path, id=ids[1], netns=pods[1].path, cap=caps[1])
     assert deleted["ok"], deleted
     assert not (lease_dir / addresses[1]).exists()
+    # The pair goes with the kernel's asynchronous cleanup of the deleted namespace.
+    deadline = time.monotonic() + 10
+    while ip_json("link", "show", "master", bridge, netns=node.name) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert ip_json("link", "show", "master", bridge, netns=node.name) == []
     left = [line for line in node_firewall(node).splitlines() if ids[1] in line or f"{addresses[1]}/32" in line]
     if left:

@@ -114,14 +114,30 @@ public enum BridgePlugin {
         }
     }
 
-    /// Looks up CNI_IFNAME in the namespace and deletes it as `BackgroundWork` (whose outcome is
-    /// nil or the failure), on a thread if asked; returns its global unicast addresses when asked.
-    /// Both are nil when the link is already gone.
+    /// Deletes CNI_IFNAME in the namespace as `BackgroundWork` (whose outcome is nil or the
+    /// failure; a link already gone is no failure), on a thread if asked; returns its global
+    /// unicast addresses when asked (then it is looked up first; nil when it is already gone).
     private static func startContainerLinkDeletion(
         in namespace: Namespace, request: PluginRequest, readAddresses: Bool, onThread: Bool
     ) throws(CNIError) -> (addresses: [IPPrefix]?, deletion: BackgroundWork<CNIError?>?) {
         let container = try socket(in: namespace)
         let ifName = request.ifName
+        func deletion(_ delete: @escaping () throws(NetlinkError) -> Void) -> BackgroundWork<CNIError?> {
+            BackgroundWork<CNIError?>(onThread: onThread) {
+                do throws(NetlinkError) {
+                    try delete()
+                } catch {
+                    guard error.isNotFound else {
+                        return CNIError(.netlinkFailure, "failed to delete \(ifName)", details: error.description)
+                    }
+                }
+                return nil
+            }
+        }
+        // Without addresses to read, one request: delete by name.
+        guard readAddresses else {
+            return (nil, deletion { () throws(NetlinkError) in try container.deleteLink(named: ifName) })
+        }
         guard
             let link = try netlink(
                 "failed to look up \(ifName)",
@@ -129,23 +145,10 @@ public enum BridgePlugin {
                     try container.link(named: ifName)
                 })
         else { return (nil, nil) }
-        var addresses: [IPPrefix]? = nil
-        if readAddresses {
-            addresses = try netlink("failed to list the addresses of \(ifName)") { () throws(NetlinkError) in
-                try container.addresses(index: link.index)
-            }.map(\.prefix).filter { $0.address.isGlobalUnicast }
-        }
-        let deletion = BackgroundWork<CNIError?>(onThread: onThread) {
-            do throws(NetlinkError) {
-                try container.deleteLink(index: link.index)
-            } catch {
-                guard error.isNotFound else {
-                    return CNIError(.netlinkFailure, "failed to delete \(ifName)", details: error.description)
-                }
-            }
-            return nil
-        }
-        return (addresses, deletion)
+        let addresses = try netlink("failed to list the addresses of \(ifName)") { () throws(NetlinkError) in
+            try container.addresses(index: link.index)
+        }.map(\.prefix).filter { $0.address.isGlobalUnicast }
+        return (addresses, deletion { () throws(NetlinkError) in try container.deleteLink(index: link.index) })
     }
 
     /// The container addresses ADD reported, if the runtime passed its result.
