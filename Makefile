@@ -20,6 +20,8 @@ DEB_PACKAGES := pkg-config libnl-3-dev libnl-route-3-dev iproute2 nftables iptab
 # The linker warns that getpwuid/dlopen in the Swift runtime would need the build's glibc at run
 # time; the plugins never reach those paths (no home directories, no dlopen).
 RELEASE_FLAGS := -c release --static-swift-stdlib -Xswiftc -static-executable -Xlinker -s
+# The plugins are one multi-call executable (cni-plugins, which runs as the name it is started
+# under): bin/ holds it as hard links under the four names, `make install` as four copies.
 # Seconds per libFuzzer target for `make fuzz`.
 FUZZ_SECONDS ?= 60
 
@@ -40,9 +42,8 @@ build:
 		-e "the use of \`mktemp' is dangerous"; test $${PIPESTATUS[0]} -eq 0
 	@mkdir -p bin
 	@bindir=$$($(SWIFT) build $(RELEASE_FLAGS) --show-bin-path); \
-	for p in $(PLUGINS); do \
-		if [ -x "$$bindir/$$p" ]; then install -m 0755 "$$bindir/$$p" bin/$$p; fi; \
-	done; ls -l bin
+	rm -f $(addprefix bin/,$(PLUGINS)); install -m 0755 "$$bindir/cni-plugins" bin/bridge; \
+	for p in $(filter-out bridge,$(PLUGINS)); do ln bin/bridge bin/$$p; done; ls -li bin
 
 demo: deps build
 	bash scripts/demo.sh

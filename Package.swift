@@ -6,10 +6,8 @@ import PackageDescription
 let package = Package(
     name: "swift-cni",
     products: [
-        .executable(name: "bridge", targets: ["bridge"]),
-        .executable(name: "loopback", targets: ["loopback"]),
-        .executable(name: "host-local", targets: ["host-local"]),
-        .executable(name: "static", targets: ["static"]),
+        // One executable, installed under each plugin's name (see Sources/cni-plugins/main.swift).
+        .executable(name: "cni-plugins", targets: ["cni-plugins"])
     ],
     targets: [
         // C: Glibc declarations Swift's Glibc module lacks (setns, pipe2, CLONE_NEWNET, O_TMPFILE).
@@ -45,11 +43,11 @@ let package = Package(
         .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
         .target(name: "StaticPlugin", dependencies: ["CNI", "IPAM"]),
 
-        // The executables: one-line mains.
-        .executableTarget(name: "bridge", dependencies: ["BridgePlugin", "CNI"]),
-        .executableTarget(name: "loopback", dependencies: ["LoopbackPlugin", "CNI"]),
-        .executableTarget(name: "host-local", dependencies: ["HostLocalPlugin"]),
-        .executableTarget(name: "static", dependencies: ["StaticPlugin"]),
+        // The multi-call executable: runs the plugin it is named as (argv[0]), and the IPAM
+        // plugins the bridge delegates to in-process when CNI_PATH holds this very build.
+        .executableTarget(
+            name: "cni-plugins",
+            dependencies: ["CNI", "BridgePlugin", "HostLocalPlugin", "StaticPlugin", "LoopbackPlugin"]),
 
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),

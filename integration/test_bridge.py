@@ -302,16 +302,21 @@ LEGACY_IPTABLES = ("unshare", "-m", "--propagation", "private", "sh", "-c",
                    'done && exec "$@"', "sh")
 
 
-def traced(world, tmp_path, command, config, container, ifname="eth0", outer=()):
-    """Runs the bridge under `strace -f`: the run, and the firewall programs it exec'd, in order."""
+def exec_trace(world, tmp_path, command, config, container, ifname="eth0", outer=(), path=None):
+    """Runs the bridge under `strace -f`: the paths of the programs exec'd (itself first), in order."""
     log = tmp_path / unique("execs", 16)
-    run = run_plugin("bridge", command, config, netns=container.path, ifname=ifname,
+    run = run_plugin("bridge", command, config, netns=container.path, ifname=ifname, path=path,
                      wrapper=(*outer, "ip", "netns", "exec", world.host.name,
                               "strace", "-f", "-qq", "-e", "trace=execve", "-e", "signal=none", "-o", str(log)))
     assert run.ok, str(run)
-    programs = [os.path.basename(m.group(1)) for line in log.read_text().splitlines()
-                if "= -1" not in line for m in [re.search(r'execve\("([^"]+)"', line)] if m]
-    return [p for p in programs if p in FIREWALL_TOOLS]
+    return [m.group(1) for line in log.read_text().splitlines()
+            if "= -1" not in line for m in [re.search(r'execve\("([^"]+)"', line)] if m]
+
+
+def traced(world, tmp_path, command, config, container, ifname="eth0", outer=()):
+    """Runs the bridge under `strace -f`: the firewall programs it exec'd, in order."""
+    programs = exec_trace(world, tmp_path, command, config, container, ifname=ifname, outer=outer)
+    return [os.path.basename(p) for p in programs if os.path.basename(p) in FIREWALL_TOOLS]
 
 
 @pytest.mark.parametrize("backend", ["iptables", "nftables"])
@@ -622,6 +627,38 @@ def test_delegates_to_reference_host_local(world):
     assert world.leases() == ["10.77.0.2"]
     assert world.run("DEL", config, container, path=str(REF_DIR)).ok
     assert world.leases() == []
+
+
+def test_ipam_of_this_very_build_runs_in_process(world, tmp_path):
+    """bin/host-local is the bridge's own executable (one multi-call binary): ADD and DEL exec
+    nothing but the bridge, and the lease is taken and released all the same."""
+    container = world.container()
+    config = world.config()
+    assert exec_trace(world, tmp_path, "ADD", config, container) == [str(BIN_DIR / "bridge")]
+    assert world.leases() == ["10.77.0.2"]
+    assert exec_trace(world, tmp_path, "DEL", config, container) == [str(BIN_DIR / "bridge")]
+    assert world.leases() == []
+
+
+def test_ipam_that_is_another_program_is_execd(world, tmp_path):
+    """A host-local that is not this build is exec'd as the spec says: the reference one, and
+    ours behind a wrapper script (a user's replacement, say) whose file differs."""
+    wrapped = tmp_path / "wrapped"
+    wrapped.mkdir()
+    (wrapped / "host-local").write_text(f'#!/bin/sh\nexec {BIN_DIR / "host-local"} "$@"\n')
+    (wrapped / "host-local").chmod(0o755)
+    cases = [(str(wrapped), [str(wrapped / "host-local"), str(BIN_DIR / "host-local")])]
+    if (REF_DIR / "host-local").exists():
+        cases.append((str(REF_DIR), [str(REF_DIR / "host-local")]))
+    for path, delegates in cases:
+        container = world.container()
+        config = world.config()
+        bridge = [str(BIN_DIR / "bridge")]
+        assert exec_trace(world, tmp_path, "ADD", config, container, path=path) == bridge + delegates
+        # One lease (the next address each time: host-local goes round the range).
+        assert len(world.leases()) == 1
+        assert exec_trace(world, tmp_path, "DEL", config, container, path=path) == bridge + delegates
+        assert world.leases() == []
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 import CNI
 import JSON
 import NetAddress
+import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -47,12 +48,12 @@ import Testing
         chmod(path, mode)
     }
 
-    func request(_ command: Command) throws -> PluginRequest {
+    func request(_ command: Command, containerID: String = "ctr-42") throws -> PluginRequest {
         let config = #"{"cniVersion":"0.4.0","name":"net","type":"bridge","ipam":{"type":"echoipam"}}"#
         let env = try CNIEnvironment(
             command: command,
             variables: [
-                "CNI_CONTAINERID": "ctr-42", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
+                "CNI_CONTAINERID": containerID, "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
                 "CNI_PATH": "/nonexistent:\(directory)", "PATH": "/usr/bin:/bin",
             ])
         return PluginRequest(
@@ -117,5 +118,112 @@ import Testing
     @Test func statusWithAPathAsTypeIsAConfigError() throws {
         let error = #expect(throws: CNIError.self) { try Delegate.status("../bin/sh", request(.status)) }
         #expect(error?.code == .invalidNetworkConfig)
+    }
+
+    // MARK: In-process: the file in CNI_PATH is this very test binary
+
+    /// Installs this test binary (a symlink to it: the same file) as `type` in the CNI_PATH
+    /// directory, and registers the fake handlers for `type`.
+    func installOurselves(as type: String) throws {
+        var target = [CChar](repeating: 0, count: 4096)
+        let count = readlink("/proc/self/exe", &target, target.count - 1)
+        try #require(count > 0)
+        try #require(symlink(target, "\(directory)/\(type)") == 0)
+        Delegate.runInProcess(type, InProcessFake.handlers)
+    }
+
+    @Test func ourOwnBinaryRunsInProcessAtOnceWithTheExecsEnvironmentAndStdin() throws {
+        try installOurselves(as: "selfipam")
+        let pending = try Delegate.start("selfipam", .add, request(.del, containerID: "inproc-1"))
+        // Not held: it ran already, as an exec'd plugin would be running.
+        #expect(InProcessFake.calls("inproc-1") == [.add])
+        #expect(pending.hasConfig)
+        let result = try pending.result()
+        #expect(result.dns.nameservers == ["in-process inproc-1 ADD"])
+        #expect(try pending.result() == result)
+        #expect(InProcessFake.calls("inproc-1") == [.add])
+        try Delegate.del("selfipam", request(.add, containerID: "inproc-1"))
+        #expect(InProcessFake.calls("inproc-1") == [.add, .del])
+    }
+
+    @Test func inProcessWithHeldConfigRunsOnlyOnceSent() throws {
+        try installOurselves(as: "selfipam")
+        let pending = try Delegate.start("selfipam", .add, request(.add, containerID: "inproc-2"), holdingConfig: true)
+        #expect(!pending.hasConfig)
+        #expect(InProcessFake.calls("inproc-2") == [])
+        pending.sendConfig()
+        #expect(pending.hasConfig)
+        #expect(InProcessFake.calls("inproc-2") == [.add])
+        _ = try pending.result()
+        pending.cancel()
+        #expect(InProcessFake.calls("inproc-2") == [.add])
+
+        // Waited for while still held: it gets its config then, as an exec'd one would.
+        let waited = try Delegate.start("selfipam", .add, request(.add, containerID: "inproc-3"), holdingConfig: true)
+        #expect(try waited.result().dns.nameservers == ["in-process inproc-3 ADD"])
+        #expect(waited.hasConfig)
+    }
+
+    @Test func inProcessCancelledBeforeItsConfigNeverRuns() throws {
+        try installOurselves(as: "selfipam")
+        let pending = try Delegate.start("selfipam", .add, request(.add, containerID: "inproc-4"), holdingConfig: true)
+        pending.cancel()
+        #expect(!pending.hasConfig)
+        pending.sendConfig()
+        // Like a killed exec'd plugin: nothing ran, and waiting says it was killed.
+        let error = #expect(throws: CNIError.self) { try pending.output() }
+        #expect(error?.code == .delegationFailure)
+        #expect(error?.message == "plugin \"selfipam\" failed ADD with exit status 137")
+        #expect(InProcessFake.calls("inproc-4") == [])
+    }
+
+    @Test func inProcessErrorsKeepTheirCode() throws {
+        try installOurselves(as: "selfipam")
+        let error = #expect(throws: CNIError.self) {
+            try Delegate.add("selfipam", request(.add, containerID: "fail-inproc"))
+        }
+        #expect(error?.code == .addressUnavailable)
+        #expect(error?.message == "no IP addresses available in range set: 10.9.0.1-10.9.0.2")
+        #expect(InProcessFake.calls("fail-inproc") == [.add])
+    }
+
+    @Test func aRegisteredTypeWhoseFileIsAnotherProgramIsExecd() throws {
+        // echoipam is a shell script: registering the type changes nothing, the script runs.
+        Delegate.runInProcess("echoipam", InProcessFake.handlers)
+        let result = try Delegate.add("echoipam", request(.add, containerID: "inproc-5"))
+        #expect(result.dns.nameservers == ["inproc-5"])
+        #expect(InProcessFake.calls("inproc-5") == [])
+    }
+}
+
+/// A plugin registered to run in-process: records its calls by container ID (tests run in
+/// parallel, each with its own), answers ADD with what it saw.
+enum InProcessFake {
+    static let recorded = Mutex<[String: [Command]]>([:])
+
+    static func calls(_ containerID: String) -> [Command] {
+        recorded.withLock { $0[containerID] ?? [] }
+    }
+
+    static let handlers = PluginHandlers(
+        add: { request throws(CNIError) in
+            record(request)
+            if request.environment.containerID.hasPrefix("fail-") {
+                throw CNIError(.addressUnavailable, "no IP addresses available in range set: 10.9.0.1-10.9.0.2")
+            }
+            var result = CNIResult()
+            result.dns.nameservers = [
+                "in-process \(request.environment.containerID) \(request.environment.variables["CNI_COMMAND"] ?? "")"
+            ]
+            return result
+        },
+        del: { request throws(CNIError) in record(request) },
+        check: { request throws(CNIError) in record(request) })
+
+    private static func record(_ request: PluginRequest) {
+        // What the exec'd plugin would have read on stdin.
+        let config = #"{"cniVersion":"0.4.0","name":"net","type":"bridge","ipam":{"type":"echoipam"}}"#
+        #expect(request.stdin == Array(config.utf8))
+        recorded.withLock { $0[request.environment.containerID, default: []].append(request.environment.command) }
     }
 }

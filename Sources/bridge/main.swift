@@ -1,4 +1,0 @@
-import BridgePlugin
-import CNI
-
-Plugin.main(name: "bridge", handlers: BridgePlugin.handlers)

@@ -1,4 +1,0 @@
-import CNI
-import HostLocalPlugin
-
-Plugin.main(name: "host-local", handlers: HostLocal.handlers)

@@ -1,4 +1,0 @@
-import CNI
-import LoopbackPlugin
-
-Plugin.main(name: "loopback", handlers: LoopbackPlugin.handlers)

@@ -1,4 +1,0 @@
-import CNI
-import StaticPlugin
-
-Plugin.main(name: "static", handlers: Static.handlers)
