@@ -51,7 +51,7 @@ let package = Package(
 
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),
-        .testTarget(name: "CNITests", dependencies: ["CNI", "JSON"]),
+        .testTarget(name: "CNITests", dependencies: ["CNI", "JSON", "Exec"]),
         .testTarget(name: "IPAMTests", dependencies: ["IPAM", "JSON", "HostLocalPlugin", "StaticPlugin"]),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetAddress"]),
         .testTarget(name: "MasqueradeTests", dependencies: ["Masquerade", "NetAddress", "Netlink"]),

@@ -1,4 +1,5 @@
 import CNI
+import Exec
 import JSON
 import NetAddress
 import Synchronization
@@ -54,7 +55,7 @@ import Testing
             command: command,
             variables: [
                 "CNI_CONTAINERID": containerID, "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
-                "CNI_PATH": "/nonexistent:\(directory)", "PATH": "/usr/bin:/bin",
+                "CNI_PATH": "/nonexistent:\(directory)", "PATH": "/usr/bin:/bin", "SWCNI_DELEGATED_TEST": "1",
             ])
         return PluginRequest(
             environment: env, stdin: Array(config.utf8),
@@ -125,10 +126,17 @@ import Testing
     /// Installs this test binary (a symlink to it: the same file) as `type` in the CNI_PATH
     /// directory, and registers the fake handlers for `type`.
     func installOurselves(as type: String) throws {
+        // Were Delegate to exec it after all, this test binary would run every test again, and
+        // this one would recurse: such a copy stops here, and the test fails on its exit status.
+        if getenv("SWCNI_DELEGATED_TEST") != nil { exit(97) }
         var target = [CChar](repeating: 0, count: 4096)
         let count = readlink("/proc/self/exe", &target, target.count - 1)
         try #require(count > 0)
         try #require(symlink(target, "\(directory)/\(type)") == 0)
+        // Never exec this test binary (it would run the whole suite again): the build IDs must
+        // match, so Delegate calls the fake instead.
+        let ours = try #require(BuildID.current)
+        try #require(BuildID.of("\(directory)/\(type)") == ours)
         Delegate.runInProcess(type, InProcessFake.handlers)
     }
 
