@@ -11,25 +11,23 @@ import StaticPlugin
 #endif
 
 // One executable for the four plugins, installed under each one's name: it runs the one it was
-// started as (the file name in argv[0], as a runtime execs it from CNI_PATH).
-let plugins: [String: PluginHandlers] = [
-    "bridge": BridgePlugin.handlers,
-    "host-local": HostLocal.handlers,
-    "static": Static.handlers,
-    "loopback": LoopbackPlugin.handlers,
-]
-
-// The IPAM plugins the bridge delegates to: called in-process when the file CNI_PATH holds for
-// them is this very build (Delegate), saving a process start per ADD and DEL.
-Delegate.runInProcess("host-local", HostLocal.handlers)
-Delegate.runInProcess("static", Static.handlers)
-
+// started as (the file name in argv[0], as a runtime execs it from CNI_PATH). Only that plugin's
+// handlers are touched: each start pages in as little as it can.
 let invokedAs = CommandLine.arguments.first?.split(separator: "/").last.map(String.init) ?? ""
-guard let handlers = plugins[invokedAs] else {
+switch invokedAs {
+case "bridge":
+    // The IPAM plugins it delegates to: called in-process when the file CNI_PATH holds for them
+    // is this very build (Delegate), saving a process start per ADD, CHECK and DEL.
+    Delegate.runInProcess("host-local", HostLocal.handlers)
+    Delegate.runInProcess("static", Static.handlers)
+    Plugin.main(name: invokedAs, handlers: BridgePlugin.handlers)
+case "host-local": Plugin.main(name: invokedAs, handlers: HostLocal.handlers)
+case "static": Plugin.main(name: invokedAs, handlers: Static.handlers)
+case "loopback": Plugin.main(name: invokedAs, handlers: LoopbackPlugin.handlers)
+default:
     let message =
-        "swift-cni: unknown plugin name \"\(invokedAs)\": this executable runs as "
-        + "\(plugins.keys.sorted().joined(separator: ", ")) (install or link it under one of those names)\n"
+        "swift-cni: unknown plugin name \"\(invokedAs)\": this executable runs as bridge, host-local, "
+        + "static or loopback (install or link it under one of those names)\n"
     _ = message.withCString { write(2, $0, strlen($0)) }
     exit(1)
 }
-Plugin.main(name: invokedAs, handlers: handlers)
