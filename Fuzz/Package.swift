@@ -12,11 +12,11 @@ let package = Package(
         .target(name: "NetAddress"),
         .target(name: "Exec", dependencies: ["CSystem"]),
         .target(name: "CNI", dependencies: ["JSON", "NetAddress", "Exec"]),
-        .target(name: "IPAM", dependencies: ["CNI", "NetAddress"]),
+        .target(name: "IPAM", dependencies: ["CNI", "NetAddress", "CSystem"]),
         .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
         .systemLibrary(name: "CNetlink", pkgConfig: "libnl-route-3.0"),
         .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
-        .target(name: "Masquerade", dependencies: ["JSON", "NetAddress", "Exec"]),
+        .target(name: "Masquerade", dependencies: ["JSON", "NetAddress", "Exec", "Netlink"]),
         .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink", "Masquerade"]),
         // The libFuzzer entry every target's main.swift calls.
         .target(name: "FuzzDriver", path: "Targets/FuzzDriver"),

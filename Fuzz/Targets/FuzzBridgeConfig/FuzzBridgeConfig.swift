@@ -1,6 +1,7 @@
 import BridgePlugin
 import CNI
 import NetAddress
+import FuzzDriver
 
 // The bridge plugin's config parser (`BridgeConfig.parse`, pure: no netlink, no files). Input: an
 // optional first line `MAC=...` (or any `K=V;...`) used as CNI_ARGS, then the network config.
@@ -10,10 +11,6 @@ import NetAddress
 // not '.' or '..'), mtu nil or 68...65535, vlan 0...4094, trunk VLANs sorted, unique, 1...4094,
 // not both hairpin and promiscuous mode, no IPAM with disableContainerInterface, a unicast
 // non-zero container MAC, and an ipMasqBackend of nil, iptables or nftables.
-
-func fail(_ why: String, _ input: [UInt8]) -> Never {
-    fatalError("\(why): \(String(decoding: input.prefix(800), as: UTF8.self))")
-}
 
 func isValidLinkName(_ name: String) -> Bool {
     !name.isEmpty && name.utf8.count <= 15 && name != "." && name != ".."

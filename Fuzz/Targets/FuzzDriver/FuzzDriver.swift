@@ -18,3 +18,9 @@ public func runFuzzer(_ fuzz: @convention(c) (UnsafePointer<UInt8>, Int) -> Int3
     var argv = CommandLine.unsafeArgv
     exit(runFuzzerDriver(&argc, &argv, fuzz))
 }
+
+/// A broken invariant: traps (libFuzzer records the input as a crash) and says what broke,
+/// with the start of the bytes involved.
+public func fail(_ why: String, _ bytes: [UInt8]) -> Never {
+    fatalError("\(why): \(String(decoding: bytes.prefix(800), as: UTF8.self))")
+}

@@ -1,4 +1,5 @@
 import JSON
+import FuzzDriver
 
 // The JSON module on any bytes. Invariants: parsing never traps; an error points inside the
 // input (offset, line, column); what parses is written as JSON that parses to an equal value (up
@@ -19,10 +20,6 @@ struct Shape: Codable, Equatable {
     var items: [Inner]?
     var table: [String: Int]?
     var any: JSONValue?
-}
-
-func fail(_ why: String, _ bytes: [UInt8]) -> Never {
-    fatalError("\(why): \(String(decoding: bytes.prefix(800), as: UTF8.self))")
 }
 
 /// Equal, except that numbers need only have the same double.

@@ -1,6 +1,7 @@
 import CNI
 import JSON
 import NetAddress
+import FuzzDriver
 
 // The whole entry point with random stdin: environment validation, config decoding, version checks,
 // a handler that decodes plugin keys, prevResult, CNI_ARGS and GC attachments, and the printed reply.
@@ -63,10 +64,6 @@ func handlers() -> PluginHandlers {
 
 enum IPPrefixSample {
     static let address = IPPrefix("10.1.2.3/24")!
-}
-
-func fail(_ why: String, _ stdout: [UInt8]) -> Never {
-    fatalError("\(why): \(String(decoding: stdout.prefix(500), as: UTF8.self))")
 }
 
 @_cdecl("LLVMFuzzerTestOneInput")

@@ -4,6 +4,7 @@ import IPAM
 import NetAddress
 
 @testable import HostLocalPlugin
+import FuzzDriver
 
 // host-local's config parsing (ranges, range sets, legacy range, requested addresses) and the
 // allocation order over what it accepts. The input is the `ipam` section (any bytes: it is spliced
@@ -14,10 +15,6 @@ import NetAddress
 // round-robin candidates (from the start and from any range's end) lie in the set, are never a
 // gateway, never repeat, and stop after at most the set's size. A refusal is code 4 or 7 with a
 // message. Parsing touches no file (no lease store is opened).
-
-func fail(_ why: String, _ input: [UInt8]) -> Never {
-    fatalError("\(why): \(String(decoding: input.prefix(800), as: UTF8.self))")
-}
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {

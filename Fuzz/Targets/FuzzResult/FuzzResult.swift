@@ -1,14 +1,11 @@
 import CNI
+import FuzzDriver
 
 // Results and prevResults: byte 0 picks the version the bytes are read in, the rest is the JSON.
 // Invariants: decoding never traps; whatever decodes can be encoded in every supported version
 // (or fails with a CNI error: 0.1/0.2 need an IP); each encoding is JSON that decodes again in its
 // own version; decode∘encode is stable (a second round trip changes nothing); and 1.x keeps
 // everything (the canonical shape round-trips exactly after normalisation).
-
-func fail(_ why: String, _ bytes: [UInt8]) -> Never {
-    fatalError("\(why): \(String(decoding: bytes.prefix(800), as: UTF8.self))")
-}
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
