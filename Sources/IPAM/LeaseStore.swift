@@ -177,15 +177,20 @@ public final class LeaseStore {
     /// Takes `address` for `owner` if it is free, then records it as range set `rangeSetIndex`'s
     /// last reserved address. False when someone holds it.
     public func reserve(_ address: IPAddress, for owner: LeaseOwner, rangeSetIndex: Int) throws(CNIError) -> Bool {
-        let path = leasePath(address)
         changed = true
+        guard try createLease(leasePath(address), for: owner) else { return false }
+        try update(owner) { $0.insert(address) }
+        try recordLastReserved(address, rangeSetIndex: rangeSetIndex)
+        return true
+    }
+
+    /// Gives `path` `owner`'s lease content, atomically: false when the file exists. Each lease
+    /// keeps its own inode, which nothing else names.
+    private func createLease(_ path: String, for owner: LeaseOwner) throws(CNIError) -> Bool {
         if owner == unnamedLeaseOwner, let fd = unnamedLeases.last {
             guard try Files.link(unnamed: fd, path) == .linked else { return false }
-            // Each lease keeps its own inode, which nothing else names.
             unnamedLeases.removeLast()
             Glibc.close(fd)
-            try update(owner) { $0.insert(address) }
-            try recordLastReserved(address, rangeSetIndex: rangeSetIndex)
             return true
         }
         if preparedOwner != owner {
@@ -197,15 +202,13 @@ public final class LeaseStore {
             return false
         case .crossDevice:
             // The lease directory is a mount point of its own: no atomic path, do as the reference.
-            guard try Files.createExclusive(path, owner.fileContent, mode: 0o600) else { return false }
+            return try Files.createExclusive(path, owner.fileContent, mode: 0o600)
         case .linked:
-            // The temp name goes at once: each lease keeps its own inode, which nothing else names.
+            // The temp name goes at once.
             try Files.remove(leaseTemp)
             preparedOwner = nil
+            return true
         }
-        try update(owner) { $0.insert(address) }
-        try recordLastReserved(address, rangeSetIndex: rangeSetIndex)
-        return true
     }
 
     /// Removes `address`'s lease if `owner` holds it; false (and nothing removed) otherwise.
