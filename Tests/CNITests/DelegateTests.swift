@@ -37,6 +37,8 @@ import Testing
             exit 1
             """)
         try write("crashipam", "#!/bin/sh\necho 'panic: runtime error' >&2\nexit 2\n")
+        // Acts (leaves a marker next to itself) once it has read its config.
+        try write("markipam", "#!/bin/sh\ncat >/dev/null\ntouch \"$(dirname \"$0\")/acted\"\n")
         try write("notexecutable", "#!/bin/sh\nexit 0\n", mode: 0o644)
     }
 
@@ -84,10 +86,17 @@ import Testing
         #expect(try pending.result() == result)
     }
 
-    @Test func aCancelledDelegateThatNeverGotItsConfigFailsNothing() throws {
-        let pending = try Delegate.start("failipam", .add, request(.add), holdingConfig: true)
+    @Test func aCancelledDelegateThatNeverGotItsConfigNeverActs() throws {
+        let pending = try Delegate.start("markipam", .add, request(.add), holdingConfig: true)
+        usleep(100_000)  // time to start up and block on its stdin
         pending.cancel()
         #expect(!pending.hasConfig)
+        #expect(access("\(directory)/acted", F_OK) != 0, "the cancelled plugin acted")
+        // The same plugin given its config does act: the marker is a real witness.
+        let sent = try Delegate.start("markipam", .add, request(.add), holdingConfig: true)
+        sent.sendConfig()
+        _ = try? sent.output()
+        #expect(access("\(directory)/acted", F_OK) == 0)
     }
 
     @Test func delegateErrorsKeepTheirCode() throws {
