@@ -56,9 +56,15 @@ public enum HostLocal {
         let owner = LeaseOwner(containerID: request.containerID, ifname: request.ifName)
         try LeaseStore.withLock(dataDir: config.dataDir, network: config.network) { store throws(CNIError) in
             // Legacy id-only leases count only when the interface holds none of its own (the reference's rule).
-            let exact = try store.leases(of: owner)
+            var exact = try store.leases(of: owner)
+            var legacy = exact.isEmpty ? try store.leases(of: owner.legacy) : []
+            if exact.isEmpty && legacy.isEmpty {
+                // The index is derived state: before "nothing to release", the lease files say.
+                exact = try store.scannedLeases(of: owner)
+                legacy = exact.isEmpty ? try store.scannedLeases(of: owner.legacy) : []
+            }
             let holder = exact.isEmpty ? owner.legacy : owner
-            let addresses = exact.isEmpty ? try store.leases(of: holder) : exact
+            let addresses = exact.isEmpty ? legacy : exact
             var failures: [String] = []
             for address in addresses {
                 do throws(CNIError) {
@@ -160,6 +166,8 @@ public enum HostLocal {
                     throw CNIError(
                         .storeFailure, "\(store.directory) is not writable: \(String(cString: strerror(errno)))")
                 }
+                // A full or read-only filesystem: say so before an ADD fails on it.
+                if let shortage = store.shortage() { throw CNIError(.storeFailure, shortage) }
             }
         } catch {
             throw CNIError(
