@@ -17,14 +17,16 @@ public struct PluginRequest: Sendable {
     public var cniPath: [String] { environment.cniPath }
 
     /// stdin parsed, when the entry point already did it (the plugin's keys then decode from it).
-    let document: JSONValue?
+    let document: JSONDocument?
 
     public init(environment: CNIEnvironment, stdin: [UInt8], config: NetworkConfig, version: CNIVersion) {
         self.init(environment: environment, stdin: stdin, document: nil, config: config, version: version)
     }
 
-    init(environment: CNIEnvironment, stdin: [UInt8], document: JSONValue?, config: NetworkConfig, version: CNIVersion)
-    {
+    init(
+        environment: CNIEnvironment, stdin: [UInt8], document: JSONDocument?, config: NetworkConfig,
+        version: CNIVersion
+    ) {
         self.environment = environment
         self.stdin = stdin
         self.document = document
