@@ -118,10 +118,20 @@ public final class LeaseStore {
     private var unnamedLeases: [Int32] = []
     private var unnamedLeaseOwner: LeaseOwner?
 
-    private static let leaseTemp = "~lease"
-    private static func lastTemp(_ index: Int) -> String { "~last.\(index)" }
-    private static func lastBackup(_ index: Int) -> String { "~last.\(index).old" }
-    private static func bucketTemp(_ name: String) -> String { "~bucket." + name }
+    /// Temp names carry our process ID: two processes can both believe they hold the lock (one
+    /// whose lock file was removed under it) and must not share a name. A rebuild removes only
+    /// the temp files of processes that are gone (or named without a process, as before).
+    private static let suffix = ".\(getpid())"
+    private static let leaseTemp = "~lease" + suffix
+    private static func lastTemp(_ index: Int) -> String { "~last.\(index)" + suffix }
+    private static func lastBackup(_ index: Int) -> String { "~last.\(index).old" + suffix }
+    private static func bucketTemp(_ name: String) -> String { "~bucket." + name + suffix }
+
+    /// Whether a temp name is a leftover: its process (the last dot-separated field) is gone.
+    static func isLeftover(_ name: String) -> Bool {
+        guard let field = name.split(separator: ".").last, let pid = Int32(field), pid > 0 else { return true }
+        return kill(pid, 0) != 0 && errno == ESRCH
+    }
     private static func lastReservedName(_ index: Int) -> String { "last_reserved_ip.\(index)" }
 
     /// Opens the store of `network` under `dataDir`, creating its directories, holds the lock for
@@ -577,7 +587,7 @@ public final class LeaseStore {
         guard indexWritten else { return }
         // Temp files a killed process left (ours only by name; links and directories stay).
         let inUse = Set(temps.map(\.1) + (preparedOwner == nil ? [] : [Self.leaseTemp]))
-        for name in present where name.hasPrefix("~") && !inUse.contains(name) {
+        for name in present where name.hasPrefix("~") && !inUse.contains(name) && Self.isLeftover(name) {
             try? index.removeFile(name)
         }
     }
