@@ -30,10 +30,10 @@ NETNS = "/var/run/netns/store-fault-unused"  # IPAM never enters it; ADD needs C
 REF = REF_DIR / "host-local"
 
 
-def conf(data_dir, version="1.0.0", **extra):
+def conf(data_dir, version="1.0.0", subnet="10.1.2.0/24", **extra):
     return {"cniVersion": version, "name": "mynet", "type": "ipvlan", **extra,
             "ipam": {"type": "host-local", "dataDir": str(data_dir),
-                     "ranges": [[{"subnet": "10.1.2.0/24"}], [{"subnet": "2001:db8:1::/64"}]]}}
+                     "ranges": [[{"subnet": subnet}], [{"subnet": "2001:db8:1::/64"}]]}}
 
 
 def run(command, config, containerid, plugin="host-local", **kw):
@@ -220,7 +220,7 @@ def test_lock_removed_under_parallel_adds_loses_no_lease(tmp_path, plugin):
             time.sleep(0.003)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-        futures = {pool.submit(run, "ADD", conf(data_dir), f"c{i}"): f"c{i}" for i in range(count)}
+        futures = {pool.submit(run, "ADD", conf(data_dir, subnet="10.1.0.0/16"), f"c{i}"): f"c{i}" for i in range(count)}
         time.sleep(0.2)
         thread = threading.Thread(target=remover)
         thread.start()
@@ -237,7 +237,7 @@ def test_lock_removed_under_parallel_adds_loses_no_lease(tmp_path, plugin):
         assert len(leases_of(data_dir, containerid)) == 2, containerid
     assert len(given) == len(set(given)) == 2 * count, "an address given twice"
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-        deleted = list(pool.map(lambda c: run("DEL", conf(data_dir), c), results))
+        deleted = list(pool.map(lambda c: run("DEL", conf(data_dir, subnet="10.1.0.0/16"), c), results))
     assert all(d.ok for d in deleted), [d for d in deleted if not d.ok]
     left = [n for n in lease_state(data_dir) if _is_address(n)]
     assert left == [], f"{len(left)} leases left after every DEL: {left[:5]}"

@@ -109,7 +109,9 @@ public enum Files {
         return time
     }
 
-    enum LinkOutcome { case linked, exists, crossDevice }
+    /// `missing`: the source went away (or was being renamed over, which `link` can also
+    /// report so).
+    enum LinkOutcome { case linked, exists, crossDevice, missing }
 }
 
 /// A directory of the store, opened once without following a link: every operation on its
@@ -326,6 +328,7 @@ final class StateDirectory {
         switch errno {
         case EEXIST: return .exists
         case EXDEV: return .crossDevice
+        case ENOENT: return .missing
         default: throw Files.failure("link \(pathOf(source)) to", directory.pathOf(target))
         }
     }

@@ -298,6 +298,8 @@ public final class LeaseStore {
         switch try index.link(Self.leaseTemp, to: name, in: leases) {
         case .exists:
             return false
+        case .missing:
+            throw Files.failure("link \(index.pathOf(Self.leaseTemp)) to", leases.pathOf(name), ENOENT)
         case .crossDevice:
             // The lease directory is a mount point of its own: no atomic path, do as the reference.
             return try leases.createExclusive(name, owner.fileContent, mode: 0o600)
@@ -369,14 +371,7 @@ public final class LeaseStore {
                 let name = Self.lastReservedName(setIndex)
                 try createTemp(lastTemps, Self.lastTemp(setIndex), Array(address.description.utf8))
                 try lastTemps.removeFile(Self.lastBackup(setIndex))
-                hadFile[setIndex] = try leases.kind(name) == S_IFREG
-                if hadFile[setIndex] == true {
-                    temps.append((lastTemps, Self.lastBackup(setIndex)))
-                    guard try leases.link(name, to: Self.lastBackup(setIndex), in: lastTemps) == .linked else {
-                        throw Files.failure(
-                            "link \(leases.pathOf(name)) to", lastTemps.pathOf(Self.lastBackup(setIndex)))
-                    }
-                }
+                hadFile[setIndex] = try backUp(name, to: Self.lastBackup(setIndex))
             }
             // Index writes only while the lock is ours (see `lockIsOurs`); else it stays unstamped.
             let dirty = lockIsOurs() ? changedBuckets() : []
@@ -429,6 +424,23 @@ public final class LeaseStore {
         grownBuckets = []
         writeIndex()
         removeTemps()
+    }
+
+    /// Links the plain file `name` (if there is one) to the temp name `backup`; whether it did.
+    /// A link that races with a rename over `name` (only another process whose lock file was
+    /// removed under it renames here at the same time) can fail as if `name` were missing: tried again.
+    private func backUp(_ name: String, to backup: String) throws(CNIError) -> Bool {
+        for _ in 0..<10 {
+            guard try leases.kind(name) == S_IFREG else { return false }
+            temps.append((lastTemps, backup))
+            switch try leases.link(name, to: backup, in: lastTemps) {
+            case .linked: return true
+            case .missing: continue
+            case .exists, .crossDevice:
+                throw Files.failure("link \(leases.pathOf(name)) to", lastTemps.pathOf(backup), EEXIST)
+            }
+        }
+        throw Files.failure("link \(leases.pathOf(name)) to", lastTemps.pathOf(backup), ENOENT)
     }
 
     private func createTemp(_ directory: StateDirectory, _ name: String, _ bytes: [UInt8]) throws(CNIError) {
