@@ -177,6 +177,42 @@ def test_a_full_store_fails_add_cleanly_and_still_releases(tmpfs, exhaust, stale
     assert [n for n in lease_state(data_dir) if _is_address(n)] == []
 
 
+@pytest.mark.parametrize("exhaust", ["space", "inodes"])
+def test_every_amount_of_room_left_gives_a_whole_add_or_none(tmpfs, exhaust):
+    """With 0, 1, 2, ... pages (or inodes) left, an ADD fails at a different step each time; it
+    either succeeds whole or changes nothing, and its DEL always works."""
+    root = tmpfs(size_kib=1024, inodes=200)
+    data_dir = prepared_store(root)
+    outcomes = []
+    for left in range(24 if STRESS else 8):
+        slack = []
+        if exhaust == "space":
+            (root / "slack").write_bytes(b"\0" * (4096 * left))
+            slack.append(root / "slack")
+            filler = fill_space(root)
+        else:
+            for i in range(left):
+                (root / f"slack-{i}").touch()
+                slack.append(root / f"slack-{i}")
+            filler = fill_inodes(root)
+        for path in slack:
+            path.unlink()
+        before = lease_state(data_dir)
+        added = run("ADD", conf(data_dir), f"room-{left}")
+        if added.ok:
+            assert len(leases_of(data_dir, f"room-{left}")) == 2
+        else:
+            assert added.json["code"] == 101 and "No space left" in added.json["msg"], added
+            assert lease_state(data_dir) == before, f"{left} left: a failed ADD changed the store"
+        outcomes.append(added.ok)
+        deleted = run("DEL", conf(data_dir), f"room-{left}")
+        assert deleted.ok, deleted
+        assert leases_of(data_dir, f"room-{left}") == []
+        for path in filler:
+            path.unlink()
+    assert not outcomes[0] and outcomes[-1], f"from failing to succeeding as room grows: {outcomes}"
+
+
 def test_a_read_only_store_is_reported_and_fails_add_cleanly(tmpfs):
     root = tmpfs()
     data_dir = prepared_store(root)

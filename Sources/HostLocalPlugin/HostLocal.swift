@@ -94,7 +94,11 @@ public enum HostLocal {
                 store throws(CNIError) in
                 // Legacy id-only leases count only when the interface holds none of its own, as in DEL.
                 let own = try store.leases(of: owner)
-                return own.isEmpty ? try store.leases(of: owner.legacy) : own
+                let found = own.isEmpty ? try store.leases(of: owner.legacy) : own
+                guard found.isEmpty else { return found }
+                // As in DEL: the lease files, not the index, say there is none.
+                let scanned = try store.scannedLeases(of: owner)
+                return scanned.isEmpty ? try store.scannedLeases(of: owner.legacy) : scanned
             }
         }
         guard !held.isEmpty else {

@@ -226,8 +226,8 @@ final class StateDirectory {
     }
 
     /// Creates `name` exclusively with `bytes`. A plain file left there by a killed process is
-    /// removed first: temp names are fixed and only used under the store's lock. Anything else
-    /// under that name is refused. A failure leaves no file.
+    /// removed first: temp names carry the process ID and are only used under the store's lock.
+    /// Anything else under that name is refused. A failure leaves no file.
     func createFresh(_ name: String, _ bytes: [UInt8], mode: mode_t, sync: Bool) throws(CNIError) {
         if let code = Files.injected("create", pathOf(name)) { throw Files.failure("create", pathOf(name), code) }
         var file = openat(fd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC, mode)

@@ -39,7 +39,7 @@ import NetAddress
 /// foreign writer (the reference plugin, an administrator) changes the lease directory's time and
 /// a crash between our changes and the stamp leaves the two apart. Either way the next operation
 /// rebuilds the index from one scan. Temp files live in the index directory (same filesystem,
-/// where the reference never looks), under fixed names only ever used under the lock.
+/// where the reference never looks), under names of our process ID, only used under the lock.
 ///
 /// Faults (a full disk, a full inode table, EIO, a read-only remount, a quota): every change an
 /// ADD makes is prepared first (lease content, `last_reserved_ip` and index buckets written to
