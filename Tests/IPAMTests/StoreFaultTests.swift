@@ -202,6 +202,19 @@ import Testing
         #expect(added.ips == ["10.1.2.3/24", "2001:db8:1::3/64"], "\(added.text)")
     }
 
+    @Test func aRebuildRemovesOnlyTheTempFilesOfProcessesThatAreGone() throws {
+        let directory = preparedStore()
+        // A killed process's temps (no such process, or an old name without one), and one of a
+        // live process (init) that may be a second holder of a removed lock file.
+        for name in ["~last.0.999999999", "~bucket.b001.999999999", "~lease", "~bucket.b002.1"] {
+            directory.write(".swift-cni-index/mynet/\(name)", "x")
+        }
+        directory.write("mynet/10.1.2.9", "foreign\r\neth0")  // the stamps go apart: a rebuild
+        #expect(run(HostLocal.handlers, "DEL", config(directory), containerID: "foreign").status == 0)
+        let temps = directory.list(".swift-cni-index/mynet").filter { $0.hasPrefix("~") }
+        #expect(temps == ["~bucket.b002.1"])
+    }
+
     // MARK: - Links and odd files planted in the store
 
     @Test func aLockLinkIsRefusedAndItsTargetNeverCreated() throws {
