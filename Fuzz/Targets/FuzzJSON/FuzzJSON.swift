@@ -52,7 +52,9 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         guard error.offset >= 0, error.offset <= bytes.count, error.line >= 1, error.column >= 1,
             error.column <= error.offset + 1
         else { fail("error position \(error)", bytes) }
-        guard validationError == error else { fail("validation disagrees: \(String(describing: validationError))", bytes) }
+        guard validationError == error else {
+            fail("validation disagrees: \(String(describing: validationError))", bytes)
+        }
         return 0
     }
     guard let validated, validated.value == value else { fail("validation rejected or built otherwise", bytes) }
