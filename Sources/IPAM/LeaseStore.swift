@@ -357,6 +357,7 @@ public final class LeaseStore {
     /// can fail for want of room comes before the first rename; the bucket that lists new leases
     /// is renamed last.
     private func commit() throws(CNIError) {
+        // Temps go before the stamps: removing one changes its directory's time.
         defer { removeTemps() }
         guard !taken.isEmpty || !pendingLastReserved.isEmpty else {
             // Nothing taken (DEL, GC, CHECK, STATUS): the index is written if it can be.
@@ -410,6 +411,7 @@ public final class LeaseStore {
         taken = []
         pendingLastReserved = [:]
         grownBuckets = []
+        removeTemps()
         stampIfComplete()
     }
 
@@ -422,6 +424,7 @@ public final class LeaseStore {
         taken = []
         pendingLastReserved = [:]
         grownBuckets = []
+        removeTemps()
         writeIndex()
         removeTemps()
     }
@@ -594,14 +597,16 @@ public final class LeaseStore {
         for name in present where IndexBucket.isBucketName(name) && buckets[name] == nil {
             buckets[name] = [:]
         }
+        // Temp files a killed process left (ours only by name; links and directories stay),
+        // before the stamps: removing one changes the directory's time.
+        if lockIsOurs() {
+            let inUse = Set(temps.map(\.1) + (preparedOwner == nil ? [] : [Self.leaseTemp]))
+            for name in present where name.hasPrefix("~") && !inUse.contains(name) && Self.isLeftover(name) {
+                try? index.removeFile(name)
+            }
+        }
         // Removes stale buckets too, only while the lock is ours (`writeIndex`).
         writeIndex()
-        guard indexWritten else { return }
-        // Temp files a killed process left (ours only by name; links and directories stay).
-        let inUse = Set(temps.map(\.1) + (preparedOwner == nil ? [] : [Self.leaseTemp]))
-        for name in present where name.hasPrefix("~") && !inUse.contains(name) && Self.isLeftover(name) {
-            try? index.removeFile(name)
-        }
     }
 }
 

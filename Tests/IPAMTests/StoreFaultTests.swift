@@ -202,6 +202,37 @@ import Testing
         #expect(added.ips == ["10.1.2.3/24", "2001:db8:1::3/64"], "\(added.text)")
     }
 
+    /// Whether the lease and index directories carry one stamp of ours (the index is trusted).
+    func stamped(_ directory: TemporaryDirectory) -> Bool {
+        var leases = stat()
+        var index = stat()
+        stat(directory.path + "/mynet", &leases)
+        stat(directory.path + "/.swift-cni-index/mynet", &index)
+        return leases.st_mtim.tv_sec == index.st_mtim.tv_sec && leases.st_mtim.tv_nsec == index.st_mtim.tv_nsec
+            && leases.st_mtim.tv_nsec == 271_828_182
+    }
+
+    @Test func everyOperationLeavesTheIndexStampedSoTheNextNeedsNoRebuild() throws {
+        let directory = preparedStore()
+        #expect(stamped(directory), "after the first ADD")
+        #expect(run(HostLocal.handlers, "ADD", config(directory), containerID: "second").status == 0)
+        #expect(stamped(directory), "after an ADD that replaced last_reserved_ip (backups removed)")
+        #expect(run(HostLocal.handlers, "CHECK", config(directory), containerID: "second").status == 0)
+        #expect(run(HostLocal.handlers, "DEL", config(directory), containerID: "second").status == 0)
+        #expect(stamped(directory), "after a DEL")
+        #expect(run(HostLocal.handlers, "DEL", config(directory), containerID: "unknown").status == 0)
+        #expect(stamped(directory), "after a DEL that scanned and found nothing")
+        let gc = run(
+            HostLocal.handlers, "GC", config(directory, version: "1.1.0", extra: #""cni.dev/valid-attachments": [],"#))
+        #expect(gc.status == 0, "\(gc.text)")
+        #expect(stamped(directory), "after GC")
+        directory.write("mynet/10.1.2.50", "foreign\r\neth0")
+        directory.write(".swift-cni-index/mynet/~last.0.999999999", "left by a killed process")
+        #expect(!stamped(directory))
+        #expect(run(HostLocal.handlers, "CHECK", config(directory), containerID: "foreign").status == 0)
+        #expect(stamped(directory), "after a rebuild that removed a leftover temp")
+    }
+
     @Test func aRebuildRemovesOnlyTheTempFilesOfProcessesThatAreGone() throws {
         let directory = preparedStore()
         // A killed process's temps (no such process, or an old name without one), and one of a
