@@ -60,8 +60,9 @@ public enum HostLocal {
             var legacy = exact.isEmpty ? try store.leases(of: owner.legacy) : []
             if exact.isEmpty && legacy.isEmpty {
                 // The index is derived state: before "nothing to release", the lease files say.
-                exact = try store.scannedLeases(of: owner)
-                legacy = exact.isEmpty ? try store.scannedLeases(of: owner.legacy) : []
+                let found = try store.unindexedLeases(of: [owner, owner.legacy])
+                exact = found[owner] ?? []
+                legacy = exact.isEmpty ? found[owner.legacy] ?? [] : []
             }
             let holder = exact.isEmpty ? owner.legacy : owner
             let addresses = exact.isEmpty ? legacy : exact
@@ -97,8 +98,8 @@ public enum HostLocal {
                 let found = own.isEmpty ? try store.leases(of: owner.legacy) : own
                 guard found.isEmpty else { return found }
                 // As in DEL: the lease files, not the index, say there is none.
-                let scanned = try store.scannedLeases(of: owner)
-                return scanned.isEmpty ? try store.scannedLeases(of: owner.legacy) : scanned
+                let scanned = try store.unindexedLeases(of: [owner, owner.legacy])
+                return scanned[owner] ?? scanned[owner.legacy] ?? []
             }
         }
         guard !held.isEmpty else {

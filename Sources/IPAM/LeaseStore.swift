@@ -258,17 +258,45 @@ public final class LeaseStore {
         return verified.sorted()
     }
 
-    /// The addresses `owner` holds by a scan of the lease files, not the index: what a DEL does
-    /// before it concludes there is nothing to release. An index that missed any of them is
-    /// rebuilt from this scan.
-    public func scannedLeases(of owner: LeaseOwner) throws(CNIError) -> [IPAddress] {
-        let scanned = try scan()
-        let found = scanned[IndexBucket.name(for: owner)]?[owner] ?? []
-        let indexed = try addresses(of: owner)
-        if !found.isEmpty && found != indexed {
-            try rebuildIndex(from: scanned)
+    /// The leases of each of `owners` that the index does not list at all, found in the lease
+    /// directory: what a DEL or CHECK that found nothing in the index does before it says there
+    /// is nothing. Every name in the lease directory that no index entry lists is read (so the
+    /// cost is a listing and the index, plus one read per lease it misses); if any is found, the
+    /// index is rebuilt from a full scan. (A lease the index lists under another owner than its
+    /// file now names is not looked for here: only a rewrite in place makes one, and GC, which
+    /// scans every file, still releases it.)
+    public func unindexedLeases(of owners: [LeaseOwner]) throws(CNIError) -> [LeaseOwner: [IPAddress]] {
+        // The addresses as the bucket files write them (their canonical text, as lease names
+        // are), without parsing each: at 60,000 leases this is most of the cost.
+        var listed: Set<String> = []
+        for name in Set(try index.list()).union(buckets.keys) where IndexBucket.isBucketName(name) {
+            if let cached = buckets[name] {
+                for addresses in cached.values {
+                    for address in addresses { listed.insert(address.description) }
+                }
+            } else if let bytes = try index.read(name) {
+                guard let texts = IndexBucket.addressTexts(bytes) else {
+                    // Damaged: no shortcut; the index rebuilt from every lease file answers.
+                    try rebuildIndex()
+                    var found: [LeaseOwner: [IPAddress]] = [:]
+                    for owner in owners {
+                        let addresses = try self.addresses(of: owner)
+                        if !addresses.isEmpty { found[owner] = addresses.sorted() }
+                    }
+                    return found
+                }
+                listed.formUnion(texts)
+            }
         }
-        return found.sorted()
+        var found: [LeaseOwner: [IPAddress]] = [:]
+        for name in try leases.list() where !listed.contains(name) {
+            guard let address = IPAddress(name), address.description == name, let content = try leases.read(name)
+            else { continue }
+            let holder = LeaseOwner(fileContent: content)
+            if owners.contains(holder) { found[holder, default: []].append(address) }
+        }
+        if !found.isEmpty { try rebuildIndex() }
+        return found.mapValues { $0.sorted() }
     }
 
     /// Takes `address` for `owner` if it is free; range set `rangeSetIndex`'s last reserved
@@ -641,6 +669,27 @@ enum IndexBucket {
             lines.append(([id, ifname] + addresses.sorted().map(\.description)).joined(separator: " "))
         }
         return Array((lines.joined(separator: "\n") + "\n").utf8)
+    }
+
+    /// The address fields of a bucket's text, as written; nil when it is not a bucket.
+    static func addressTexts(_ bytes: [UInt8]) -> [String]? {
+        var texts: [String] = []
+        var lineStart = 0
+        var first = true
+        while lineStart < bytes.count {
+            let lineEnd = bytes[lineStart...].firstIndex(of: 0x0A) ?? bytes.count
+            let line = bytes[lineStart..<lineEnd]
+            if first {
+                guard line.elementsEqual(header.utf8) else { return nil }
+                first = false
+            } else {
+                for (field, text) in line.split(separator: 0x20).enumerated() where field >= 2 {
+                    texts.append(String(decoding: text, as: UTF8.self))
+                }
+            }
+            lineStart = lineEnd + 1
+        }
+        return first ? nil : texts
     }
 
     static func parse(_ bytes: [UInt8]) -> [LeaseOwner: Set<IPAddress>]? {

@@ -158,6 +158,22 @@ import Testing
         #expect(directory.read("mynet/10.1.2.2") == "first\r\neth0")
     }
 
+    @Test func aDelFindsALeaseTheIndexMissedAlsoWhenABucketIsDamaged() throws {
+        let directory = preparedStore()
+        var info = stat()
+        stat(directory.path + "/mynet", &info)
+        directory.write("mynet/10.1.2.7", "hidden\r\neth0")
+        var times = [info.st_mtim, info.st_mtim]
+        utimensat(AT_FDCWD, directory.path + "/mynet", &times, 0)
+        let bucket = try #require(directory.list(".swift-cni-index/mynet").first { !$0.hasPrefix("~") })
+        directory.write(".swift-cni-index/mynet/\(bucket)", "not a bucket")
+        stat(directory.path + "/.swift-cni-index/mynet", &info)
+        #expect(run(HostLocal.handlers, "DEL", config(directory), containerID: "hidden").status == 0)
+        #expect(directory.read("mynet/10.1.2.7") == nil)
+        #expect(run(HostLocal.handlers, "DEL", config(directory), containerID: "first").status == 0)
+        #expect(directory.read("mynet/10.1.2.2") == nil)
+    }
+
     @Test func aLockFileReplacedUnderAHeldLockLetsTheIndexHideNothing() throws {
         let directory = preparedStore()
         // Stale stamps: the outer operation rebuilds its index from the listing of its start.
