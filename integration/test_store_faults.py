@@ -213,6 +213,37 @@ def test_every_amount_of_room_left_gives_a_whole_add_or_none(tmpfs, exhaust):
     assert not outcomes[0] and outcomes[-1], f"from failing to succeeding as room grows: {outcomes}"
 
 
+def test_a_lease_directory_on_its_own_filesystem_works_and_fails_cleanly(tmp_path):
+    """<dataDir>/<network> a mount point of its own: no link or rename reaches it from the index
+    directory, so its temp files live in it; a full one still fails an ADD without a trace."""
+    data_dir = tmp_path / "networks"
+    (data_dir / "mynet").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,nr_inodes=64", "swcni-store-fault",
+                    str(data_dir / "mynet")], check=True)
+    try:
+        for containerid in ("first", "second"):
+            assert run("ADD", conf(data_dir), containerid).ok
+        assert leases_of(data_dir, "second") == ["10.1.2.3", "2001:db8:1::3"]
+        assert (data_dir / "mynet" / "last_reserved_ip.0").read_text() == "10.1.2.3"
+        assert not [n for n in lease_state(data_dir) if n.startswith("~")], lease_state(data_dir)
+        assert run("CHECK", conf(data_dir), "first").ok
+        filler = fill_inodes(data_dir / "mynet")
+        before = lease_state(data_dir)
+        failed = run("ADD", conf(data_dir), "third")
+        assert failed.rc == 1 and failed.json["code"] == 101, failed
+        assert lease_state(data_dir) == before
+        assert run("DEL", conf(data_dir), "first").ok
+        for path in filler:
+            path.unlink()
+        assert run("ADD", conf(data_dir), "third").ok
+        assert leases_of(data_dir, "third") == ["10.1.2.4", "2001:db8:1::4"]
+        for containerid in ("second", "third"):
+            assert run("DEL", conf(data_dir), containerid).ok
+        assert [n for n in lease_state(data_dir) if _is_address(n) or n.startswith("~")] == []
+    finally:
+        subprocess.run(["umount", "-l", str(data_dir / "mynet")], check=False)
+
+
 def test_a_read_only_store_is_reported_and_fails_add_cleanly(tmpfs):
     root = tmpfs()
     data_dir = prepared_store(root)
