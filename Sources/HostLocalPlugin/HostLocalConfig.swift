@@ -21,12 +21,14 @@ struct HostLocalConfig {
             var rangeStart: String?
             var rangeEnd: String?
             var gateway: String?
+            var exclude: [String]?
         }
         struct IPAMKeys: Decodable {
             var subnet: String?
             var rangeStart: String?
             var rangeEnd: String?
             var gateway: String?
+            var exclude: [String]?
             var ranges: [[RangeKeys]]?
             var routes: [CNIResult.Route]?
             var dataDir: String?
@@ -64,7 +66,8 @@ struct HostLocalConfig {
         }
         if let subnet = ipam.subnet, !subnet.isEmpty {
             let legacy = Keys.RangeKeys(
-                subnet: subnet, rangeStart: ipam.rangeStart, rangeEnd: ipam.rangeEnd, gateway: ipam.gateway)
+                subnet: subnet, rangeStart: ipam.rangeStart, rangeEnd: ipam.rangeEnd, gateway: ipam.gateway,
+                exclude: ipam.exclude)
             sets.append(([legacy], "ipam"))
         }
         for (i, set) in (ipam.ranges ?? []).enumerated() {
@@ -122,18 +125,16 @@ struct HostLocalConfig {
     }
 
     /// Which requested address each range set takes: the first not yet taken that the set
-    /// contains. A requested address no set takes, or a range's gateway, fails the ADD before
-    /// the store is touched (not even its directories are created).
+    /// contains. A requested address no set takes, a range's gateway or an excluded address fails
+    /// the ADD before the store is touched (not even its directories are created).
     func assignRequested() throws(CNIError) -> [IPAddress?] {
         var remaining = requested
         var assignment: [IPAddress?] = []
         for (setIndex, set) in rangeSets.enumerated() {
             if let index = remaining.firstIndex(where: set.contains) {
                 let address = remaining.remove(at: index)
-                if let range = set.range(for: address), address == range.gateway {
-                    throw CNIError(
-                        .addressUnavailable, "requested ip \(address) is subnet's gateway",
-                        details: "range \(range) of range set \(setIndex) has gateway \(range.gateway)")
+                if let refusal = set.range(for: address)?.refusal(ofRequested: address, setIndex: setIndex) {
+                    throw refusal
                 }
                 assignment.append(address)
             } else {
@@ -186,7 +187,7 @@ struct HostLocalConfig {
             rangeStart: try address(keys.rangeStart, key: "\(key).rangeStart"),
             rangeEnd: try address(keys.rangeEnd, key: "\(key).rangeEnd"),
             gateway: try address(keys.gateway, key: "\(key).gateway"),
-            key: key)
+            exclude: keys.exclude ?? [], key: key)
     }
 
     private static func address(_ text: String?, key: String) throws(CNIError) -> IPAddress? {

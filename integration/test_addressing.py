@@ -1,0 +1,140 @@
+"""Addressing the way Docker and Calico users expect (issue #15), through the built plugins:
+ranges podman's --ip-range writes, host-local `exclude`, family and pool choice, bridge
+`macFromIP`.
+
+host-local tests need no namespace (each has its own dataDir); bridge tests run in namespaces
+of their own (test_bridge_support.World). podman's --ip-range is in test_podman.py.
+"""
+
+import ipaddress
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from cnitest import REF_DIR, run_plugin
+from test_bridge_support import global_addresses, link, with_prev, world  # noqa: F401 (fixture)
+
+NETNS = "/var/run/netns/ipam-test-unused"  # IPAM plugins never enter it; the skel needs it set
+REF = REF_DIR / "host-local"
+
+
+@pytest.fixture
+def data_dir():
+    path = Path(tempfile.mkdtemp(prefix="addressing-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def conf(data_dir, ranges, version="1.0.0", name="mynet", **extra):
+    return {"cniVersion": version, "name": name, "type": "ipvlan",
+            "ipam": {"type": "host-local", "dataDir": str(data_dir), "ranges": ranges}, **extra}
+
+
+def add(config, plugin="host-local", **kw):
+    kw.setdefault("netns", NETNS)
+    return run_plugin(plugin, "ADD", config, **kw)
+
+
+def delete(config, **kw):
+    kw.setdefault("netns", NETNS)
+    return run_plugin("host-local", "DEL", config, **kw)
+
+
+def lease_names(data_dir, network="mynet"):
+    directory = data_dir / network
+    names = []
+    for entry in directory.iterdir() if directory.exists() else []:
+        try:
+            ipaddress.ip_address(entry.name)
+        except ValueError:
+            continue
+        names.append(entry.name)
+    return sorted(names, key=lambda name: (":" in name, ipaddress.ip_address(name)))
+
+
+def fill(config, limit=600):
+    """ADD until the range is exhausted; returns the addresses handed out and the refusal."""
+    got = []
+    for i in range(limit):
+        run = add(config, containerid=f"c{i}")
+        if not run.ok:
+            return got, run
+        got += [ip["address"].split("/")[0] for ip in run.json["ips"]]
+    raise AssertionError(f"still allocating after {limit} ADDs")
+
+
+def hosts(first, last):
+    a, b = int(ipaddress.ip_address(first)), int(ipaddress.ip_address(last))
+    return [str(ipaddress.ip_address(v)) for v in range(a, b + 1)]
+
+
+# --- Ranges real clients write ---------------------------------------------------------------
+
+@pytest.mark.parametrize("bounds, span", [
+    ({"rangeStart": "10.1.7.225", "rangeEnd": "10.1.7.255"}, ("10.1.7.225", "10.1.7.254")),  # upper part, broadcast end
+    ({"rangeStart": "10.1.7.0", "rangeEnd": "10.1.7.31"}, ("10.1.7.2", "10.1.7.31")),  # network start (.1 the gateway)
+    ({"rangeStart": "10.1.7.0", "rangeEnd": "10.1.7.255"}, None),  # the whole subnet: on a /27 below
+])
+def test_ranges_ending_at_broadcast_or_starting_at_the_network_are_served_without_either(data_dir, bounds, span):
+    subnet = "10.1.7.0/24" if span else "10.1.7.0/27"
+    if span is None:
+        bounds = {"rangeStart": "10.1.7.0", "rangeEnd": "10.1.7.31"}
+        span = ("10.1.7.2", "10.1.7.30")
+    config = conf(data_dir, [[{"subnet": subnet, **bounds}]])
+    got, refusal = fill(config)
+    assert refusal.error_code() == 102, refusal
+    assert sorted(got, key=ipaddress.ip_address) == hosts(*span)
+    network = ipaddress.ip_network(subnet)
+    assert str(network.network_address) not in got and str(network.broadcast_address) not in got
+    assert lease_names(data_dir) == hosts(*span)
+    # Requesting the broadcast address is refused, and leaves nothing.
+    run = add(config, containerid="bcast", args=f"IP={network.broadcast_address}")
+    assert not run.ok and str(network.broadcast_address) in run.json["msg"]
+
+
+@pytest.mark.skipif(not REF.exists(), reason=f"reference plugin {REF} missing")
+def test_the_reference_accepts_the_same_configs(data_dir):
+    """The configs above are valid for the reference too (so accepting them is drop-in)."""
+    for i, bounds in enumerate(({"rangeStart": "10.1.7.250", "rangeEnd": "10.1.7.255"},
+                                {"rangeStart": "10.1.7.0", "rangeEnd": "10.1.7.255"})):
+        config = conf(data_dir, [[{"subnet": "10.1.7.0/24", **bounds}]], name=f"refnet{i}")
+        assert add(config, plugin=str(REF)).ok
+
+
+# --- exclude ---------------------------------------------------------------------------------
+
+def test_excluded_addresses_are_never_handed_out_over_a_full_range(data_dir):
+    exclude = ["10.1.8.5", "10.1.8.10-10.1.8.14", "10.1.8.32/29", "10.1.8.62"]
+    ranges = [[{"subnet": "10.1.8.0/26", "exclude": exclude}], [{"subnet": "fd00:15:8::/120",
+                                                                 "rangeEnd": "fd00:15:8::40",
+                                                                 "exclude": ["fd00:15:8::3-fd00:15:8::7"]}]]
+    config = conf(data_dir, ranges)
+    excluded_v4 = {"10.1.8.5", *hosts("10.1.8.10", "10.1.8.14"), *hosts("10.1.8.32", "10.1.8.39"), "10.1.8.62"}
+    excluded_v6 = set(hosts("fd00:15:8::3", "fd00:15:8::7"))
+    got, refusal = fill(config)
+    v4 = [a for a in got if "." in a]
+    v6 = [a for a in got if ":" in a]
+    # IPv4: .2-.62 (.1 gateway) less 15 excluded = 46; IPv6 ::2-::40 less 5 = 58: v4 runs out first.
+    assert sorted(v4, key=ipaddress.ip_address) == [a for a in hosts("10.1.8.2", "10.1.8.62") if a not in excluded_v4]
+    assert len(v4) == 46 and not excluded_v4 & set(v6 + v4)
+    assert not excluded_v6 & set(v6) and len(v6) == 46
+    assert refusal.error_code() == 102 and "10.1.8." in refusal.json["msg"], refusal
+    assert len(lease_names(data_dir)) == 92
+    # Round robin wraps: a released address comes back, excluded ones still never do.
+    assert delete(config, containerid="c3").ok
+    again = add(config, containerid="again")
+    assert again.ok and again.json["ips"][0]["address"].split("/")[0] == v4[3]
+
+
+def test_a_requested_address_inside_an_exclusion_is_refused_naming_the_entry(data_dir):
+    config = conf(data_dir, [[{"subnet": "10.1.9.0/24", "exclude": ["10.1.9.1", "10.1.9.64/28"]}]])
+    for how in ({"args": "IP=10.1.9.70"},
+                {"config": {**config, "args": {"cni": {"ips": ["10.1.9.70"]}}}},
+                {"config": {**config, "runtimeConfig": {"ips": ["10.1.9.70/24"]}}}):
+        run = add(how.get("config", config), args=how.get("args"))
+        assert run.error_code() == 102, run
+        assert run.json["msg"] == 'requested IP 10.1.9.70 is excluded by ipam.ranges[0][0].exclude[1] "10.1.9.64/28"'
+    assert not (data_dir / "mynet").exists() or lease_names(data_dir) == []
+    assert add(config, args="IP=10.1.9.80").ok
