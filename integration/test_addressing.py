@@ -138,3 +138,63 @@ def test_a_requested_address_inside_an_exclusion_is_refused_naming_the_entry(dat
         assert run.json["msg"] == 'requested IP 10.1.9.70 is excluded by ipam.ranges[0][0].exclude[1] "10.1.9.64/28"'
     assert not (data_dir / "mynet").exists() or lease_names(data_dir) == []
     assert add(config, args="IP=10.1.9.80").ok
+
+
+# --- Family and pool choice ------------------------------------------------------------------
+
+DUAL_TWO_POOLS = [[{"subnet": "10.22.0.0/24"}], [{"subnet": "10.23.0.0/24"}], [{"subnet": "fd00:15:22::/64"}]]
+
+
+@pytest.mark.parametrize("how, expected", [
+    ({}, ["10.22.0.2/24", "10.23.0.2/24", "fd00:15:22::2/64"]),
+    ({"args": "IPFAMILY=ipv4"}, ["10.22.0.2/24", "10.23.0.2/24"]),
+    ({"cni": {"ipFamilies": ["ipv6"]}}, ["fd00:15:22::2/64"]),
+    ({"args": "IPPOOL=10.23.0.0/24"}, ["10.23.0.2/24"]),
+    ({"cni": {"ipPools": ["fd00:15:22::/64", "10.22.0.0/24"]}}, ["10.22.0.2/24", "fd00:15:22::2/64"]),
+    ({"cni": {"ipFamilies": ["ipv4", "ipv6"], "ipPools": ["10.23.0.0/24"]}}, ["10.23.0.2/24", "fd00:15:22::2/64"]),
+    ({"args": "IPFAMILY=ipv4", "cni": {"ipFamilies": ["ipv6"]}}, ["fd00:15:22::2/64"]),  # args.cni wins
+])
+def test_family_and_pool_choice_on_a_dual_stack_two_pool_network(data_dir, how, expected):
+    config = conf(data_dir, DUAL_TWO_POOLS)
+    if "cni" in how:
+        config["args"] = {"cni": how["cni"]}
+    run = add(config, args=how.get("args"))
+    assert run.ok, run
+    assert [ip["address"] for ip in run.json["ips"]] == expected
+    assert lease_names(data_dir) == [a.split("/")[0] for a in expected]
+    # CHECK with the same request agrees; DEL releases what was taken.
+    checked = run_plugin("host-local", "CHECK", {**config, "prevResult": run.json}, netns=NETNS, args=how.get("args"))
+    assert checked.ok, checked
+    assert delete(config).ok and lease_names(data_dir) == []
+
+
+def test_choosing_what_the_network_lacks_is_refused_listing_what_it_has(data_dir):
+    v4_only = conf(data_dir, DUAL_TWO_POOLS[:2])
+    run = add(v4_only, args="IPFAMILY=ipv6")
+    assert run.error_code() == 7, run
+    assert run.json["msg"] == "CNI_ARGS IPFAMILY asks for ipv6, which this network does not have"
+    assert run.json["details"] == "its range sets are of: ipv4"
+    run = add(conf(data_dir, DUAL_TWO_POOLS), args="IPPOOL=10.24.0.0/24")
+    assert run.error_code() == 7 and run.json["details"] == \
+        "its pools (subnets): 10.22.0.0/24, 10.23.0.0/24, fd00:15:22::/64", run
+    assert not (data_dir / "mynet").exists(), "a refused choice must not touch the store"
+
+
+def test_dual_stack_allocates_both_or_neither(data_dir):
+    # The IPv6 set has a single address (::2; ::1 is the gateway).
+    config = conf(data_dir, [[{"subnet": "10.22.0.0/24"}], [{"subnet": "fd00:15:22::/64", "rangeEnd": "fd00:15:22::2"}]])
+    assert add(config, containerid="a", args="IPFAMILY=ipv4,ipv6").ok
+    refused = add(config, containerid="b", args="IPFAMILY=ipv4,ipv6")
+    assert refused.error_code() == 102, refused
+    assert lease_names(data_dir) == ["10.22.0.2", "fd00:15:22::2"], "the failed ADD kept its IPv4 lease"
+    only_v4 = add(config, containerid="b", args="IPFAMILY=ipv4")
+    assert only_v4.ok and [ip["address"] for ip in only_v4.json["ips"]][0].startswith("10.22.0.")
+
+
+def test_static_takes_the_chosen_addresses(data_dir):
+    config = {"cniVersion": "1.0.0", "name": "st", "type": "ipvlan",
+              "ipam": {"type": "static", "addresses": [{"address": "10.22.0.5/24"}, {"address": "fd00:15:22::5/64"}]}}
+    run = run_plugin("static", "ADD", config, netns=NETNS, args="IPFAMILY=ipv6")
+    assert run.ok and [ip["address"] for ip in run.json["ips"]] == ["fd00:15:22::5/64"], run
+    run = run_plugin("static", "ADD", {**config, "args": {"cni": {"ipPools": ["10.22.0.0/24"]}}}, netns=NETNS)
+    assert run.ok and [ip["address"] for ip in run.json["ips"]] == ["10.22.0.5/24"], run

@@ -11,6 +11,9 @@ struct HostLocalConfig {
     /// Requested addresses, in the reference's order: CNI_ARGS `IP`, `args.cni.ips`,
     /// `runtimeConfig.ips`; duplicates dropped.
     var requested: [IPAddress] = []
+    /// The indices of the range sets this ADD allocates from: all of them unless the request
+    /// chose families or pools (`AddressChoice`).
+    var chosen: [Int] = []
     var routes: [CNIResult.Route] = []
     var resolvConf: String?
 
@@ -40,7 +43,7 @@ struct HostLocalConfig {
         }
         var ipam: IPAMKeys?
         var runtimeConfig: RuntimeKeys?
-        var args: ConventionArgs?
+        var args: IPAMArgs?
     }
 
     /// Only what DEL, CHECK, GC and STATUS need: the store's location. Ranges are not validated,
@@ -105,7 +108,11 @@ struct HostLocalConfig {
         }
 
         var requested: [(IPAddress, String)] = []
-        let args = try request.args(known: ["IP"])
+        let args = try request.args(known: ["IP", "IPFAMILY", "IPPOOL"])
+        let choice = try AddressChoice(args: keys.args?.cni, cniArgs: args)
+        config.chosen = try choice.select(
+            config.rangeSets.map { AddressChoice.Candidate(family: $0.family, subnets: $0.ranges.map(\.subnet)) },
+            what: "range set")
         if let text = args["IP"], !text.isEmpty {
             for item in text.split(separator: ",") {
                 requested.append(
@@ -125,20 +132,31 @@ struct HostLocalConfig {
     }
 
     /// Which requested address each range set takes: the first not yet taken that the set
-    /// contains. A requested address no set takes, a range's gateway or an excluded address fails
-    /// the ADD before the store is touched (not even its directories are created).
+    /// contains (nil for a set this ADD does not allocate from). A requested address no chosen
+    /// set takes, a range's gateway or an excluded address fails the ADD before the store is
+    /// touched (not even its directories are created).
     func assignRequested() throws(CNIError) -> [IPAddress?] {
         var remaining = requested
-        var assignment: [IPAddress?] = []
-        for (setIndex, set) in rangeSets.enumerated() {
+        var assignment: [IPAddress?] = Array(repeating: nil, count: rangeSets.count)
+        for setIndex in chosen {
+            let set = rangeSets[setIndex]
             if let index = remaining.firstIndex(where: set.contains) {
                 let address = remaining.remove(at: index)
                 if let refusal = set.range(for: address)?.refusal(ofRequested: address, setIndex: setIndex) {
                     throw refusal
                 }
-                assignment.append(address)
-            } else {
-                assignment.append(nil)
+                assignment[setIndex] = address
+            }
+        }
+        for address in remaining {
+            if let setIndex = rangeSets.indices.first(where: { rangeSets[$0].contains(address) }),
+                !chosen.contains(setIndex)
+            {
+                throw CNIError(
+                    .invalidNetworkConfig,
+                    "requested IP \(address) is in range set \(setIndex) (\(rangeSets[setIndex])), which the "
+                        + "requested ipFamilies / ipPools leave out",
+                    details: "request an address of a chosen range set, or choose its family or pool too")
             }
         }
         guard remaining.isEmpty else {
