@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cnitest import REF_DIR, run_plugin
-from test_bridge_support import global_addresses, link, with_prev, world  # noqa: F401 (fixture)
+from test_bridge_support import addresses, global_addresses, link, nft_rules, with_prev, world  # noqa: F401 (fixture)
 
 NETNS = "/var/run/netns/ipam-test-unused"  # IPAM plugins never enter it; the skel needs it set
 REF = REF_DIR / "host-local"
@@ -198,3 +198,67 @@ def test_static_takes_the_chosen_addresses(data_dir):
     assert run.ok and [ip["address"] for ip in run.json["ips"]] == ["fd00:15:22::5/64"], run
     run = run_plugin("static", "ADD", {**config, "args": {"cni": {"ipPools": ["10.22.0.0/24"]}}}, netns=NETNS)
     assert run.ok and [ip["address"] for ip in run.json["ips"]] == ["10.22.0.5/24"], run
+
+
+# --- bridge macFromIP ------------------------------------------------------------------------
+
+def test_mac_from_ip_is_set_in_the_kernel_reported_and_checked(world):
+    container = world.container()
+    config = world.config(subnet=["10.77.0.0/24", "fd00:15:77::/64"], macFromIP=True, macspoofchk=True)
+    result = world.add(config, container)
+    mac = "02:42:0a:4d:00:02"  # 10.77.0.2
+    assert [ip["address"] for ip in result["ips"]] == ["10.77.0.2/24", "fd00:15:77::2/64"]
+    assert result["interfaces"][2]["mac"] == mac
+    eth0 = link(container, "eth0")
+    assert eth0["address"] == mac and eth0["operstate"] == "UP"
+    # The link-local address was made from the final MAC (it was set before the link came up).
+    assert ("fe80::42:aff:fe4d:2", 64) in [(a, p) for a, p, _ in addresses(container, "eth0")]
+    # macspoofchk lets exactly that MAC out.
+    text = world.host.run("nft", "list", "table", "bridge", "nat")
+    assert f"ether saddr {mac} return" in text, text
+    checked = with_prev(config, result)
+    assert world.run("CHECK", checked, container).ok
+    container.run("ip", "link", "set", "eth0", "address", "02:42:0a:4d:00:99")
+    run = world.run("CHECK", checked, container)
+    assert run.error_code() == 105 and "macFromIP" in run.json["msg"], run
+    without_mac = with_prev(config, {**result, "interfaces": [{k: v for k, v in i.items() if k != "mac"}
+                                                             for i in result["interfaces"]]})
+    run = world.run("CHECK", without_mac, container)
+    assert run.json["msg"] == ("Interface eth0 Mac 02:42:0a:4d:00:99 is not 02:42:0a:4d:00:02, "
+                               "the MAC of its address (macFromIP)"), run
+    assert world.run("DEL", config, container).ok
+    assert nft_rules(world.host, "bridge", "nat") == []
+
+
+def test_mac_from_ip_follows_a_reused_address_and_yields_to_an_explicit_mac(world):
+    config = world.config(macFromIP=True)
+    first = world.container()
+    assert world.add(config, first, containerid="a", args="IgnoreUnknown=1;IP=10.77.0.9")["interfaces"][2]["mac"] == "02:42:0a:4d:00:09"
+    assert world.run("DEL", config, first, containerid="a").ok
+    # A new container on the same address gets the same MAC: neighbours' ARP caches stay right.
+    second = world.container()
+    result = world.add(config, second, containerid="b", args="IgnoreUnknown=1;IP=10.77.0.9")
+    assert result["interfaces"][2]["mac"] == link(second, "eth0")["address"] == "02:42:0a:4d:00:09"
+    explicit = world.container()
+    result = world.add(config, explicit, containerid="c", args="IgnoreUnknown=1;MAC=c2:11:22:33:44:55")
+    assert result["interfaces"][2]["mac"] == link(explicit, "eth0")["address"] == "c2:11:22:33:44:55"
+    assert world.run("CHECK", with_prev(config, result), explicit, containerid="c", args="IgnoreUnknown=1;MAC=c2:11:22:33:44:55").ok
+
+
+def test_mac_from_ip_on_an_ipv6_only_network_uses_the_low_32_bits(world):
+    container = world.container()
+    result = world.add(world.config(subnet="fd00:15:77::/64", macFromIP=True), container)
+    assert result["ips"][0]["address"] == "fd00:15:77::2/64"
+    assert result["interfaces"][2]["mac"] == link(container, "eth0")["address"] == "02:42:00:00:00:02"
+
+
+def test_an_ipv4_only_container_on_a_dual_stack_bridge_network(world):
+    config = world.config(subnet=["10.77.0.0/24", "fd00:15:77::/64"])
+    by_cni_args = world.container()
+    result = world.add(config, by_cni_args, containerid="a", args="IgnoreUnknown=1;IPFAMILY=ipv4")
+    assert [ip["address"] for ip in result["ips"]] == ["10.77.0.2/24"]
+    assert global_addresses(by_cni_args, "eth0") == ["10.77.0.2/24"]
+    by_args = world.container()
+    result = world.add({**config, "args": {"cni": {"ipFamilies": ["ipv6"]}}}, by_args, containerid="b")
+    assert global_addresses(by_args, "eth0") == ["fd00:15:77::2/64"]
+    assert world.leases() == ["10.77.0.2", "fd00:15:77::2"]

@@ -79,6 +79,12 @@ public struct IPRange: Hashable, Sendable, CustomStringConvertible {
         self.rangeEnd = end
         self.gateway = gateway ?? firstHost
         self.exclusions = exclusions
+        // A range that can never hand out an address is a mistake in the config: refused here,
+        // before ADD creates the store, rather than reported as a full range at every ADD.
+        if !exclusions.isEmpty && counts.allocatable == 0 {
+            throw Self.invalid(
+                key, "exclude", "every address of range \(self) is excluded (or the gateway \(self.gateway))")
+        }
     }
 
     public var family: IPAddress.Family { subnet.family }

@@ -70,10 +70,15 @@ import Testing
         ])
         let order = Array(set.candidates(after: ip("10.1.2.8"))).map(\.address.description)
         #expect(order == ["10.1.2.102", "10.1.2.2", "10.1.2.3", "10.1.2.4", "10.1.2.5", "10.1.2.6", "10.1.2.7"])
-        // Everything excluded: the walk is empty and ends.
-        let none = try RangeSet([try range(start: "10.1.2.2", end: "10.1.2.10", exclude: ["10.1.2.0/28"])])
-        #expect(Array(none.candidates(after: nil)).isEmpty)
-        #expect(Array(none.candidates(after: ip("10.1.2.4"))).isEmpty)
+        // Everything excluded (the gateway aside): refused, naming the range.
+        #expect(
+            throws: CNIError(
+                .invalidNetworkConfig,
+                "invalid ipam.ranges[0][0].exclude: every address of range 10.1.2.2-10.1.2.10 is excluded (or the "
+                    + "gateway 10.1.2.1)")
+        ) {
+            try range(start: "10.1.2.2", end: "10.1.2.10", exclude: ["10.1.2.0/29", "10.1.2.8-10.1.2.10"])
+        }
     }
 
     @Test func aLargeExcludedCIDRIsSteppedOverAtOnce() throws {
