@@ -262,3 +262,38 @@ def test_an_ipv4_only_container_on_a_dual_stack_bridge_network(world):
     result = world.add({**config, "args": {"cni": {"ipFamilies": ["ipv6"]}}}, by_args, containerid="b")
     assert global_addresses(by_args, "eth0") == ["fd00:15:77::2/64"]
     assert world.leases() == ["10.77.0.2", "fd00:15:77::2"]
+
+
+# --- The README walkthrough runs as written --------------------------------------------------
+
+def test_readme_docker_style_walkthrough(tmp_path):
+    """The shell block of README's walkthrough, run with unique namespace, bridge and file names;
+    the results its comments promise are checked."""
+    import re
+    import subprocess
+
+    from cnitest import BIN_DIR, REPO, unique
+
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Docker-style addressing: a walkthrough"):]
+    script = section[section.index("```sh\n") + 6:section.index("```\n", section.index("```sh\n") + 6)]
+    names = {word: unique(f"sw15{word}-", 14) for word in ("node", "web", "db")}
+    for word, name in names.items():
+        script = re.sub(rf"\b{word}\b", name, script)
+    script = (script.replace("/tmp/docker-style.json", str(tmp_path / "config.json"))
+              .replace("/tmp/docker-style-leases", str(tmp_path / "leases"))
+              .replace("cni-docker0", unique("cni-w", 12))
+              .replace("$PWD/bin", str(BIN_DIR)).replace("bin/bridge", str(BIN_DIR / "bridge")))
+    try:
+        proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    finally:
+        for name in names.values():
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    out = proc.stdout
+    assert proc.returncode == 0, proc.stderr
+    assert '"address":"10.90.0.10/24"' in out and '"address":"fd00:90::10/64"' in out, out
+    assert '"mac":"02:42:0a:5a:00:0a"' in out and "02:42:0a:5a:00:0a" in out.split("\n", 1)[1], out
+    assert ('"code":102' in out and
+            'requested IP 10.90.0.254 is excluded by ipam.ranges[0][0].exclude[0] \\"10.90.0.254\\"' in out), out
+    last = out.strip().splitlines()[-1]
+    assert '"address":"10.90.0.11/24"' in last and "fd00:90" not in last and '"mac":"02:42:0a:5a:00:0b"' in last, out

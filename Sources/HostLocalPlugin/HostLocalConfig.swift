@@ -17,7 +17,10 @@ struct HostLocalConfig {
     var routes: [CNIResult.Route] = []
     var resolvConf: String?
 
-    /// The keys host-local reads, as raw text so that errors can name key and value.
+    /// The keys host-local reads, as raw text so that errors can name key and value. `exclude`
+    /// (per range) and `args.cni.ipFamilies` / `ipPools` (CNI_ARGS `IPFAMILY` / `IPPOOL`) are
+    /// ours: the reference ignores them, so on a network it also serves (mixed operation, or a
+    /// node switched back) excluded addresses may be handed out and every range set allocates.
     struct Keys: Decodable {
         struct RangeKeys: Decodable {
             var subnet: String?
