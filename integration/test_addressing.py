@@ -252,16 +252,24 @@ def test_mac_from_ip_on_an_ipv6_only_network_uses_the_low_32_bits(world):
     assert result["interfaces"][2]["mac"] == link(container, "eth0")["address"] == "02:42:00:00:00:02"
 
 
-def test_an_ipv4_only_container_on_a_dual_stack_bridge_network(world):
-    config = world.config(subnet=["10.77.0.0/24", "fd00:15:77::/64"])
+def test_family_and_pool_choice_through_the_bridge_on_a_dual_stack_two_pool_network(world):
+    config = world.config(subnet=["10.77.0.0/24", "10.78.0.0/24", "fd00:15:77::/64"])
     by_cni_args = world.container()
     result = world.add(config, by_cni_args, containerid="a", args="IgnoreUnknown=1;IPFAMILY=ipv4")
-    assert [ip["address"] for ip in result["ips"]] == ["10.77.0.2/24"]
-    assert global_addresses(by_cni_args, "eth0") == ["10.77.0.2/24"]
-    by_args = world.container()
-    result = world.add({**config, "args": {"cni": {"ipFamilies": ["ipv6"]}}}, by_args, containerid="b")
-    assert global_addresses(by_args, "eth0") == ["fd00:15:77::2/64"]
-    assert world.leases() == ["10.77.0.2", "fd00:15:77::2"]
+    assert [ip["address"] for ip in result["ips"]] == ["10.77.0.2/24", "10.78.0.2/24"]
+    assert sorted(global_addresses(by_cni_args, "eth0")) == ["10.77.0.2/24", "10.78.0.2/24"]
+    by_family = world.container()
+    world.add({**config, "args": {"cni": {"ipFamilies": ["ipv6"]}}}, by_family, containerid="b")
+    assert global_addresses(by_family, "eth0") == ["fd00:15:77::2/64"]
+    by_pool = world.container()
+    result = world.add({**config, "args": {"cni": {"ipPools": ["10.78.0.0/24"]}}}, by_pool, containerid="c")
+    assert global_addresses(by_pool, "eth0") == ["10.78.0.3/24"]
+    assert world.leases() == ["10.77.0.2", "10.78.0.2", "10.78.0.3", "fd00:15:77::2"]
+    # A pool the network lacks: refused before anything stays (no veth, no lease).
+    refused = world.run("ADD", config, world.container(), containerid="d", args="IgnoreUnknown=1;IPPOOL=10.79.0.0/24")
+    assert refused.error_code() == 7 and "10.79.0.0/24" in refused.json["msg"], refused
+    assert len(world.host_veths()) == 3
+    assert world.leases() == ["10.77.0.2", "10.78.0.2", "10.78.0.3", "fd00:15:77::2"]
 
 
 # --- The README walkthrough runs as written --------------------------------------------------

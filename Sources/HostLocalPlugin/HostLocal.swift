@@ -99,8 +99,10 @@ public enum HostLocal {
                 details: "no lease of \(owner) in \(directory)")
         }
         guard let previous else { return }
+        // By subnet, not by span: a lease the reference made at the broadcast address of a range
+        // ending there (we narrow such a span) is still this config's to compare.
         let listed = previous.ips.map(\.address.address).filter { address in
-            config.rangeSets.contains { $0.contains(address) }
+            config.rangeSets.contains { set in set.ranges.contains { $0.subnet.contains(address) } }
         }
         let notLeased = listed.filter { !held.contains($0) }
         let notListed = held.filter { !listed.contains($0) }
