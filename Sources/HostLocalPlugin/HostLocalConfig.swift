@@ -100,9 +100,15 @@ struct HostLocalConfig {
             }
             config.rangeSets.append(rangeSet)
         }
+        let args = try request.args(known: ["IP", "IPFAMILY", "IPPOOL"])
+        let choice = try AddressChoice(args: keys.args?.cni, cniArgs: args)
+        config.chosen = try choice.select(
+            config.rangeSets.map { AddressChoice.Candidate(family: $0.family, subnets: $0.ranges.map(\.subnet)) },
+            what: "range set")
         // Before 0.3.0 a result holds one address per family.
         if request.version < .v0_3_0 {
-            for family in [IPAddress.Family.v4, .v6] where config.rangeSets.filter({ $0.family == family }).count > 1 {
+            let families = config.chosen.map { config.rangeSets[$0].family }
+            for family in [IPAddress.Family.v4, .v6] where families.filter({ $0 == family }).count > 1 {
                 throw CNIError(
                     .invalidNetworkConfig,
                     "CNI version \(request.config.cniVersion) does not support more than 1 address per family",
@@ -111,11 +117,6 @@ struct HostLocalConfig {
         }
 
         var requested: [(IPAddress, String)] = []
-        let args = try request.args(known: ["IP", "IPFAMILY", "IPPOOL"])
-        let choice = try AddressChoice(args: keys.args?.cni, cniArgs: args)
-        config.chosen = try choice.select(
-            config.rangeSets.map { AddressChoice.Candidate(family: $0.family, subnets: $0.ranges.map(\.subnet)) },
-            what: "range set")
         if let text = args["IP"], !text.isEmpty {
             for item in text.split(separator: ",") {
                 requested.append(

@@ -5,10 +5,9 @@ import NetAddress
 public enum Allocator {
     /// Takes one address of `set` (range set number `index` of the config) for `owner`:
     /// `requested` when given (it must lie in the set and be neither its range's gateway nor
-    /// excluded), otherwise
-    /// the next free address in round-robin order after the set's last reserved address
-    /// (never a gateway, an excluded address, or an IPv4 network or broadcast address). No
-    /// directory scan: each candidate is simply tried (a link that fails with EEXIST).
+    /// excluded), otherwise the next free address in round-robin order after the set's last
+    /// reserved address (never a gateway, an excluded address, or an IPv4 network or broadcast
+    /// address). No directory scan: each candidate is simply tried (a link that fails with EEXIST).
     public static func allocate(
         from set: RangeSet, index: Int, requested: IPAddress?, for owner: LeaseOwner, in store: LeaseStore
     ) throws(CNIError) -> CNIResult.IPConfig {

@@ -115,6 +115,14 @@ import Testing
         #expect(directory.list("mynet").filter { $0.hasPrefix("10.") || $0.hasPrefix("fd00:") }.count == 5)
     }
 
+    @Test func beforeCNI030OneAddressPerFamilyCountsOnlyTheChosenSets() {
+        let old = config().replacingOccurrences("\"1.0.0\"", with: "\"0.2.0\"")
+        #expect(run(HostLocal.handlers, "ADD", old, containerID: "a").code == 7)
+        let chosen = run(HostLocal.handlers, "ADD", old, containerID: "a", args: "IPPOOL=10.23.0.0/24,fd00:22::/64")
+        #expect(chosen.json?["ip4"]?["ip"]?.stringValue == "10.23.0.2/24", "\(chosen.text)")
+        #expect(chosen.json?["ip6"]?["ip"]?.stringValue == "fd00:22::2/64")
+    }
+
     @Test func aRequestedAddressOutsideTheChosenSetsIsRefusedBeforeTheStore() {
         let added = run(
             HostLocal.handlers, "ADD", config(extra: #""args": {"cni": {"ipFamilies": ["ipv4"]}},"#),
@@ -163,5 +171,17 @@ import Testing
         #expect(missing.code == 7)
         #expect(
             missing.json?["details"]?.stringValue == "its pools (subnets): 10.22.0.0/24, 10.23.0.0/24, fd00:22::/64")
+    }
+}
+
+extension String {
+    fileprivate func replacingOccurrences(_ target: String, with replacement: String) -> String {
+        var result = ""
+        var rest = self[...]
+        while let range = rest.firstRange(of: target) {
+            result += rest[..<range.lowerBound] + replacement
+            rest = rest[range.upperBound...]
+        }
+        return result + rest
     }
 }
