@@ -1,6 +1,7 @@
 """podman 4.3 (CNI backend) drives our plugins: the conflists podman writes (0.4.0: bridge with
 host-local, then portmap, firewall, tuning), its CNI_ARGS for --ip, port publishing, a bridge with
-static IPAM, network connect/disconnect, and nothing left behind after `podman rm`.
+static IPAM, network connect/disconnect, --ip-range ranges (rangeEnd at the broadcast address),
+macFromIP and exclude in a hand-written conflist, and nothing left behind after `podman rm`.
 
 A private podman (own config, storage and network dir under a temp dir) runs containers from a
 busybox rootfs (`--rootfs`), since no registry is reachable. Set SWIFT_CNI_BIN=/usr/lib/cni to
@@ -226,3 +227,32 @@ def test_podman_ip_range_is_served_without_network_or_broadcast_address(podman, 
     assert f"{base}.15" not in leases(network["name"]) and f"{base}.0" not in leases(network["name"])
     podman("rm", "-a", "-f", "-t", "0")
     assert_nothing_left(network, containers[0], got)
+
+
+def test_podman_sees_the_mac_from_ip_and_an_excluded_address_is_skipped(podman):
+    # A hand-written conflist in podman's shape with our keys: macFromIP on the bridge, exclude in
+    # the range. podman reads the MAC from our result (its inspect shows it).
+    dynamic = podman.create_network()
+    subnet = dynamic["subnets"][0]["subnet"]
+    base = subnet.rsplit(".", 1)[0]
+    name = dynamic["name"] + "m"
+    podman.add_conflist({
+        "cniVersion": "0.4.0", "name": name,
+        "plugins": [
+            {"type": "bridge", "bridge": dynamic["network_interface"], "isGateway": True, "macFromIP": True,
+             "ipam": {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}],
+                      "ranges": [[{"subnet": subnet, "gateway": f"{base}.1", "exclude": [f"{base}.2-{base}.9"]}]]}},
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+            {"type": "firewall", "backend": ""},
+            {"type": "tuning"},
+        ],
+    }, dynamic["network_interface"], subnet)
+    container = podman.run(name, "sleep", "600")
+    address = podman.addresses(container)
+    assert address == [f"{base}.10"], address
+    mac = "02:42:" + ":".join(f"{int(octet):02x}" for octet in address[0].split("."))
+    assert f"link/ether {mac}" in podman.exec(container, "ip", "-o", "link", "show", "eth0")
+    seen = json.loads(podman("inspect", "--format", "{{json .NetworkSettings.Networks}}", container))
+    assert seen[name]["MacAddress"] == mac, seen
+    podman("rm", "-f", "-t", "0", container)
+    assert leases(name) == []
