@@ -305,3 +305,12 @@ def test_readme_docker_style_walkthrough(tmp_path):
             'requested IP 10.90.0.254 is excluded by ipam.ranges[0][0].exclude[0] \\"10.90.0.254\\"' in out), out
     last = out.strip().splitlines()[-1]
     assert '"address":"10.90.0.11/24"' in last and "fd00:90" not in last and '"mac":"02:42:0a:5a:00:0b"' in last, out
+
+
+def test_static_conf_example_with_a_family_choice():
+    import json
+
+    from cnitest import REPO
+    example = json.loads((REPO / "conf-examples/static-ipv4-only.conf").read_text())
+    run = run_plugin("static", "ADD", example, netns=NETNS)
+    assert run.ok and [ip["address"] for ip in run.json["ips"]] == ["10.27.0.5/24"], run
