@@ -10,6 +10,13 @@ enum Naming {
         "CNI-" + SHA512.hexDigest(network + containerID).prefix(24)
     }
 
+    /// The reference's `MustFormatChainNameWithPrefix`: `CNI-<prefix>` followed by the hex digest
+    /// of sha512(network + containerID), cut to 28 characters (portmap's `DN-`, `SN-`).
+    static func hashedChain(prefix: String, network: String, containerID: String) -> String {
+        let head = "CNI-" + prefix
+        return head + SHA512.hexDigest(network + containerID).prefix(28 - head.count)
+    }
+
     /// `name: "<net>" id: "<cid>"`, quoted as Go's %q does.
     static func iptablesComment(network: String, containerID: String) -> String {
         "name: \(goQuoted(network)) id: \(goQuoted(containerID))"
