@@ -42,12 +42,15 @@ let package = Package(
         .target(name: "LoopbackPlugin", dependencies: ["CNI", "NetAddress", "Netlink"]),
         .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
         .target(name: "StaticPlugin", dependencies: ["CNI", "IPAM"]),
+        .target(name: "PortmapPlugin", dependencies: ["CNI", "NetAddress", "Netlink", "Masquerade"]),
 
         // The multi-call executable: runs the plugin it is named as (argv[0]), and the IPAM
         // plugins the bridge delegates to in-process when CNI_PATH holds this very build.
         .executableTarget(
             name: "cni-plugins",
-            dependencies: ["CNI", "BridgePlugin", "HostLocalPlugin", "StaticPlugin", "LoopbackPlugin"]),
+            dependencies: [
+                "CNI", "BridgePlugin", "HostLocalPlugin", "StaticPlugin", "LoopbackPlugin", "PortmapPlugin",
+            ]),
 
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),
@@ -55,6 +58,8 @@ let package = Package(
         .testTarget(name: "IPAMTests", dependencies: ["IPAM", "JSON", "HostLocalPlugin", "StaticPlugin"]),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetAddress"]),
         .testTarget(name: "MasqueradeTests", dependencies: ["Masquerade", "NetAddress", "Netlink"]),
+        .testTarget(
+            name: "PortmapTests", dependencies: ["PortmapPlugin", "Masquerade", "CNI", "JSON", "NetAddress"]),
         .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "JSON", "CNI", "NetAddress"]),
     ]
 )
