@@ -59,7 +59,7 @@ let package = Package(
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetAddress"]),
         .testTarget(name: "MasqueradeTests", dependencies: ["Masquerade", "NetAddress", "Netlink"]),
         .testTarget(
-            name: "PortmapTests", dependencies: ["PortmapPlugin", "Masquerade", "CNI", "JSON", "NetAddress"]),
+            name: "PortmapTests", dependencies: ["PortmapPlugin", "Masquerade", "CNI", "JSON", "NetAddress", "Netlink"]),
         .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "JSON", "CNI", "NetAddress"]),
     ]
 )

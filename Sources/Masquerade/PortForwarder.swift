@@ -1,27 +1,35 @@
 import NetAddress
 import Netlink
 
-/// portmap's rules (the reference's exact layout, see `IPTablesPortForwarding`), each ADD, DEL,
-/// CHECK and GC one transaction per family: one `iptables-save` and one `iptables-restore`.
-/// A DEL reads nf_tables over netlink first (iptables-nft keeps its tables there) and runs
-/// nothing for a family that holds no chain of the container.
+/// portmap's rules in the reference's exact layouts (`IPTablesPortForwarding`,
+/// `NFTablesPortForwarding`), each ADD, DEL, CHECK and GC one transaction per family: for
+/// iptables one `iptables-save` and one `iptables-restore`, for nftables one netlink batch after
+/// reading the ruleset over netlink. A DEL reads nf_tables over netlink first (iptables-nft keeps
+/// its tables there too) and runs nothing for a family that holds nothing of the container.
 public struct PortForwarder {
     public var runner: any CommandRunner
     /// Reads nf_tables without exec'ing; nil: every read runs a tool.
     public var ruleset: (any RulesetReader)?
+    /// Writes nf_tables without exec'ing; nil: every nftables write runs `nft`.
+    public var writer: (any RulesetWriter)?
 
     public init(runner: any CommandRunner = SystemCommandRunner()) {
-        self.init(runner: runner, ruleset: try? NFTables())
+        let netlink = try? NFTables()
+        self.init(runner: runner, ruleset: netlink, writer: netlink)
     }
 
-    public init(runner: any CommandRunner, ruleset: (any RulesetReader)?) {
+    public init(runner: any CommandRunner, ruleset: (any RulesetReader)?, writer: (any RulesetWriter)? = nil) {
         self.runner = runner
         self.ruleset = ruleset
+        self.writer = writer
     }
 
     /// Forwards `config`'s mappings of `container`'s family to it. Re-running it for the same
     /// attachment replaces that attachment's rules.
-    public func setup(config: PortForwardingConfig, container: IPPrefix) throws(FirewallError) {
+    public func setup(backend: FirewallBackend, config: PortForwardingConfig, container: IPPrefix)
+        throws(FirewallError)
+    {
+        if backend == .nftables { return try setupNFT(config: config, container: container) }
         let rules = IPTablesPortForwarding(family: container.family)
         let tool = FirewallTool(
             runner: runner, backend: .iptables,
@@ -37,6 +45,12 @@ public struct PortForwarder {
     /// A family whose iptables is unusable here holds nothing to remove. Goes on past a failing
     /// family and reports the first failure.
     public func teardown(network: String, containerID: String) throws(FirewallError) {
+        var firstError: FirewallError?
+        do {
+            try teardownNFT(containerID: containerID)
+        } catch {
+            firstError = error
+        }
         let tool = FirewallTool(
             runner: runner, backend: .iptables,
             operation: "tear down port forwarding for \(attachment(network, containerID))")
@@ -44,7 +58,6 @@ public struct PortForwarder {
             IPTablesPortForwarding.containerChain(network: network, containerID: containerID),
             IPTablesPortForwarding.oldSNATContainerChain(network: network, containerID: containerID),
         ]
-        var firstError: FirewallError?
         for family in [IPAddress.Family.v4, .v6] {
             let rules = IPTablesPortForwarding(family: family)
             if chains.allSatisfy({ chainExists($0, rules) == false }) { continue }
@@ -60,7 +73,10 @@ public struct PortForwarder {
     }
 
     /// What is missing of `config`'s forwarding to `container`; nil when all is in place.
-    public func check(config: PortForwardingConfig, container: IPPrefix) throws(FirewallError) -> String? {
+    public func check(backend: FirewallBackend, config: PortForwardingConfig, container: IPPrefix)
+        throws(FirewallError) -> String?
+    {
+        if backend == .nftables { return try checkNFT(config: config, container: container) }
         let rules = IPTablesPortForwarding(family: container.family)
         let tool = FirewallTool(
             runner: runner, backend: .iptables,
@@ -89,6 +105,85 @@ public struct PortForwarder {
             }
         }
         if let firstError { throw firstError }
+    }
+
+    // MARK: nftables
+
+    private func nftTool(_ operation: String) -> FirewallTool {
+        FirewallTool(runner: runner, backend: .nftables, operation: operation)
+    }
+
+    /// The container's rules (by comment) in the family's table; none when the table is missing.
+    private func nftRules(_ family: IPAddress.Family, containerID: String, _ tool: FirewallTool)
+        throws(FirewallError) -> [(chain: String, handle: UInt64)]
+    {
+        var found: [(chain: String, handle: UInt64)] = []
+        for chain in NFTablesPortForwarding.containerChains {
+            let rules: [NFTables.Rule]
+            if let ruleset {
+                do {
+                    rules = try ruleset.rules(
+                        family: NFTablesPortForwarding.family(family), table: NFTablesPortForwarding.table,
+                        chain: chain)
+                } catch {
+                    throw tool.error(.refused(error.description), "netlink")
+                }
+            } else {
+                let listing = try tool.nftList([
+                    "chain", NFTablesPortForwarding.familyName(family), NFTablesPortForwarding.table, chain,
+                ])
+                rules = (listing?.rules ?? []).map { NFTables.Rule(handle: UInt64($0.handle), comment: $0.comment) }
+            }
+            found += rules.filter { $0.comment == containerID }.map { (chain, $0.handle) }
+        }
+        return found
+    }
+
+    /// Applies a transaction: over netlink when there is a writer and no conditions (nft rule
+    /// text we do not compile), else with `nft -f -`.
+    private func applyNFT(_ change: NFTablesPortForwarding.Transaction, textOnly: Bool, _ tool: FirewallTool)
+        throws(FirewallError)
+    {
+        if let writer, !textOnly {
+            do {
+                try writer.apply(change.commands)
+                return
+            } catch {
+                guard error.isNotSupported else { throw tool.error(.refused(error.description), "netlink") }
+            }
+        }
+        try tool.run("nft", ["-f", "-"], stdin: change.script)
+    }
+
+    private func setupNFT(config: PortForwardingConfig, container: IPPrefix) throws(FirewallError) {
+        let tool = nftTool(
+            "set up port forwarding for \(attachment(config.network, config.containerID)) to \(container.address)")
+        let stale = try nftRules(container.family, containerID: config.containerID, tool)
+        let change = NFTablesPortForwarding.setup(config: config, container: container, staleRules: stale)
+        try applyNFT(change, textOnly: !config.conditions(container.family).isEmpty, tool)
+    }
+
+    private func teardownNFT(containerID: String) throws(FirewallError) {
+        let tool = nftTool("tear down port forwarding for container \"\(containerID)\"")
+        if writer == nil && !runner.isInstalled("nft") { return }
+        for family in [IPAddress.Family.v4, .v6] {
+            let rules = try nftRules(family, containerID: containerID, tool)
+            if let change = NFTablesPortForwarding.delete(family: family, rules: rules) {
+                try applyNFT(change, textOnly: false, tool)
+            }
+        }
+    }
+
+    /// The reference's CHECK (v1.9.0+): enough rules commented with the container ID.
+    private func checkNFT(config: PortForwardingConfig, container: IPPrefix) throws(FirewallError) -> String? {
+        let tool = nftTool("check port forwarding for \(attachment(config.network, config.containerID))")
+        let rules = try nftRules(container.family, containerID: config.containerID, tool)
+        let (hostPorts, masquerading) = NFTablesPortForwarding.expectedCounts(config: config, family: container.family)
+        for (chain, expected) in [(NFTablesPortForwarding.hostPorts, hostPorts), ("masquerading", masquerading)]
+        where rules.filter({ $0.chain == chain }).count < expected {
+            return "missing hostport rules in \"\(chain)\" chain"
+        }
+        return nil
     }
 
     /// Whether the family's nat table holds `chain`; nil when that cannot be read without the

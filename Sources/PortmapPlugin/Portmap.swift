@@ -10,8 +10,10 @@ import Netlink
 #endif
 
 /// The `portmap` plugin (chained after an interface plugin): publishes `runtimeConfig.portMappings`
-/// on the host with the reference v1.9.x's rules (see `IPTablesPortForwarding`), one iptables
-/// transaction per family instead of two execs per rule.
+/// on the host with the reference v1.9.x's rules (see `IPTablesPortForwarding` and
+/// `NFTablesPortForwarding` in the packet-filter module), one transaction per family: for
+/// iptables one save and one restore instead of two execs per rule, for nftables one netlink
+/// batch instead of `nft`.
 ///
 /// Where we go past the reference: DEL removes the container's rules without `runtimeConfig` (the
 /// reference returns early and leaks them when a runtime does not re-send it); a failed ADD
@@ -37,12 +39,14 @@ public enum Portmap {
                 details: "portmap needs the prevResult of the interface plugin before it in the chain")
         }
         guard !config.mappings.isEmpty else { return previous }
-        try checkedBackend(config)
+        let backend = try checkedBackend(config)
         let forwarding = config.forwarding(network: request.config.name, containerID: request.containerID)
         let addresses = containerAddresses(previous, ifName: request.ifName)
         do throws(CNIError) {
             for address in addresses {
-                try firewall { () throws(FirewallError) in try forwarder.setup(config: forwarding, container: address) }
+                try firewall { () throws(FirewallError) in
+                    try forwarder.setup(backend: backend, config: forwarding, container: address)
+                }
                 deleteStaleUDPEntries(config.mappings, family: address.family)
                 if address.family == .v4 && config.snat { try enableLocalnetRouting(toward: address.address) }
             }
@@ -56,8 +60,9 @@ public enum Portmap {
         return previous
     }
 
-    /// Removes the container's chains in both families, whatever the config's mappings: the
-    /// chain's name depends only on the network and the container. Needs neither prevResult nor
+    /// Removes the container's rules from both backends and families, whatever the config's
+    /// mappings and backend: the iptables chain's name depends only on the network and the
+    /// container, the nftables rules carry the container ID. Needs neither prevResult nor
     /// the namespace; nothing to remove is success.
     static func del(_ request: PluginRequest) throws(CNIError) {
         try firewall { () throws(FirewallError) in
@@ -72,11 +77,11 @@ public enum Portmap {
             throw CNIError(.invalidNetworkConfig, "Required prevResult missing", details: "CHECK needs the prevResult")
         }
         guard !config.mappings.isEmpty else { return }
-        try checkedBackend(config)
+        let backend = try checkedBackend(config)
         let forwarding = config.forwarding(network: request.config.name, containerID: request.containerID)
         for address in containerAddresses(previous, ifName: request.ifName) {
             let problem = try firewall { () throws(FirewallError) in
-                try forwarder.check(config: forwarding, container: address)
+                try forwarder.check(backend: backend, config: forwarding, container: address)
             }
             if let problem { throw CNIError(.checkFailed, problem, details: "run ADD again to restore the rules") }
         }
@@ -105,21 +110,17 @@ public enum Portmap {
 
     // MARK: steps
 
-    /// The backend the reference would use, which must be one we write.
-    static func checkedBackend(_ config: PortmapConfig) throws(CNIError) {
+    /// The backend the reference would use: the configured one, else iptables unless it is
+    /// unusable here and nftables is usable. Options of the other backend are an error.
+    static func checkedBackend(_ config: PortmapConfig) throws(CNIError) -> FirewallBackend {
         let chosen: FirewallBackend
         do {
             chosen = try FirewallBackend.choose(configured: config.backend?.rawValue)
         } catch {
             throw CNIError(.invalidNetworkConfig, error.description, details: "key backend")
         }
-        let backend: PortmapConfig.Backend = chosen == .iptables ? .iptables : .nftables
-        try config.check(backend: backend)
-        guard backend == .iptables else {
-            throw CNIError(
-                .notAvailable, "portmap: the nftables backend is not available in this build",
-                details: "set \"backend\": \"iptables\" (iptables-nft writes nf_tables too)")
-        }
+        try config.check(backend: chosen == .iptables ? .iptables : .nftables)
+        return chosen
     }
 
     /// The reference's choice: the first IPv4 and the first IPv6 address of prevResult on

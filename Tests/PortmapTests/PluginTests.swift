@@ -1,6 +1,7 @@
 import CNI
 import JSON
 import NetAddress
+import Netlink
 import Testing
 
 @testable import Masquerade
@@ -29,6 +30,12 @@ final class RecordingRunner: CommandRunner, @unchecked Sendable {
     func scripts(_ program: String) -> [String] { calls.filter { $0.command[0] == program }.map(\.stdin) }
 }
 
+/// nf_tables with nothing in it.
+struct EmptyRuleset: RulesetReader {
+    func chainExists(family: NFTables.Family, table: String, chain: String) throws(NetlinkError) -> Bool { false }
+    func rules(family: NFTables.Family, table: String, chain: String) throws(NetlinkError) -> [NFTables.Rule] { [] }
+}
+
 private let prevResult = """
     {"cniVersion":"1.0.0","interfaces":[{"name":"host0"},{"name":"eth0","sandbox":"/run/netns/x"}],
      "ips":[{"interface":0,"address":"192.168.50.1/24"},{"interface":1,"address":"10.0.0.2/24"},
@@ -47,7 +54,7 @@ private func stdin(
 }
 
 private func run(_ command: String, _ input: [UInt8], runner: RecordingRunner) -> (json: JSONValue?, status: Int32) {
-    Portmap.forwarder = PortForwarder(runner: runner, ruleset: nil)
+    Portmap.forwarder = PortForwarder(runner: runner, ruleset: EmptyRuleset())
     let environment = [
         "CNI_COMMAND": command, "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
         "CNI_PATH": "/opt/cni/bin",
