@@ -16,7 +16,7 @@ import pytest
 
 from clients.common import (announce, assemble_plugin_dir, free_subnet, plugins_under_test, reference_gap)
 from clients.libcni import LibcniClient, build_client, library_version
-from cnitest import REPO, ip_json, sh, unique
+from cnitest import BIN_DIR, REF_DIR, REPO, ip_json, sh, unique
 
 VERSIONS = ["0.3.1", "0.4.0", "1.0.0"]
 
@@ -229,7 +229,8 @@ def test_libcni_runs_the_shipped_example_conflists(libcni, node, netns, tmp_path
     address = added["result"]["ips"][0]["address"]
     subnet = conflist["plugins"][0]["ipam"]["ranges"][0][0]["subnet"]
     assert ipaddress.ip_interface(address).ip in ipaddress.ip_network(subnet)
-    if "portmap" not in [p["type"] for p in conflist["plugins"]]:  # reference portmap 1.1.1: CHECK bug
+    if "portmap" not in [p["type"] for p in conflist["plugins"]] or BIN_DIR.resolve() != REF_DIR.resolve():
+        # (the reference portmap 1.1.1's CHECK fails on every IPv4 network; ours is the one run here)
         checked = libcni("check", path, id="example-ctr", netns=netns.path)
         assert checked["ok"], checked
     deleted = libcni("del", path, id="example-ctr", netns=netns.path)
