@@ -295,19 +295,24 @@ def traced_programs(pw, tmp_path, command, config, container):
 
 @pytest.mark.parametrize("backend", ["iptables", "nftables"])
 def test_programs_run_per_add_and_del(pw, tmp_path, backend):
-    """iptables: one save and one restore per family; nftables: nothing (netlink). A DEL with
-    nothing left runs nothing."""
+    """iptables: one restore per family (iptables-nft's tables are read over netlink), and only
+    a re-ADD lists first; nftables: nothing (netlink). A DEL with nothing left runs nothing."""
     mappings = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
                 {"hostPort": 8081, "containerPort": 81, "protocol": "udp"}]
     container = pw.container()
     result = pw.add(pw.bridge_config(), container)
     config = pw.portmap_config(result, mappings, backend=backend)
-    expected = ["iptables-save", "iptables-restore", "ip6tables-save", "ip6tables-restore"]
+    listed = ["iptables-save", "iptables-restore", "ip6tables-save", "ip6tables-restore"]
+    expected = ["iptables-restore", "ip6tables-restore"]
     if backend == "nftables":
-        expected = []
+        listed = expected = []
     assert traced_programs(pw, tmp_path, "ADD", config, container) == expected
-    assert traced_programs(pw, tmp_path, "CHECK", config, container) == [p for p in expected if "save" in p]
+    assert traced_programs(pw, tmp_path, "ADD", config, container) == listed, "a re-ADD"
+    assert traced_programs(pw, tmp_path, "CHECK", config, container) == [p for p in listed if "save" in p]
     assert traced_programs(pw, tmp_path, "DEL", config, container) == expected
+    assert traced_programs(pw, tmp_path, "ADD", config, container) == expected
+    without_mappings = pw.portmap_config(None, [], backend=backend)
+    assert traced_programs(pw, tmp_path, "DEL", without_mappings, container) == listed, "DEL lists to find them"
     assert dn_rules(pw) == [] and nft_portmap_comments(pw) == []
     assert traced_programs(pw, tmp_path, "DEL", config, container) == []
 

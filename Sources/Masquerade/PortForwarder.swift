@@ -35,6 +35,14 @@ public struct PortForwarder {
             runner: runner, backend: .iptables,
             operation: "set up port forwarding for \(attachment(config.network, config.containerID)) "
                 + "to \(container.address)")
+        // A first ADD needs no iptables-save: what it must know is read over netlink. A restore
+        // that fails (a race, an unexpected rule) falls back to listing.
+        if let current = sharedState(config, rules) {
+            let script = rules.setupScript(current: current, config: config, container: container)
+            if try tool.attempt(rules.restoreCommand, FirewallTool.iptablesRestoreArguments, stdin: script).succeeded {
+                return
+            }
+        }
         try tool.applyIPTables(save: rules.saveCommand, restore: rules.restoreCommand, whenUnusable: .fail) {
             rules.setupScript(current: $0, config: config, container: container)
         }
@@ -44,7 +52,9 @@ public struct PortForwarder {
     /// set up by the reference plugin); needs neither the mappings nor the container's addresses.
     /// A family whose iptables is unusable here holds nothing to remove. Goes on past a failing
     /// family and reports the first failure.
-    public func teardown(network: String, containerID: String) throws(FirewallError) {
+    public func teardown(network: String, containerID: String, config: PortForwardingConfig? = nil)
+        throws(FirewallError)
+    {
         var firstError: FirewallError?
         do {
             try teardownNFT(containerID: containerID)
@@ -62,6 +72,14 @@ public struct PortForwarder {
             let rules = IPTablesPortForwarding(family: family)
             if chains.allSatisfy({ chainExists($0, rules) == false }) { continue }
             do {
+                if let config, knownEntryRules(config, rules) {
+                    let script = rules.knownTeardownScript(config: config)
+                    if try tool.attempt(rules.restoreCommand, FirewallTool.iptablesRestoreArguments, stdin: script)
+                        .succeeded
+                    {
+                        continue
+                    }
+                }
                 try tool.applyIPTables(save: rules.saveCommand, restore: rules.restoreCommand, whenUnusable: .skip) {
                     rules.teardownScript(current: $0, network: network, containerID: containerID)
                 }
@@ -184,6 +202,74 @@ public struct PortForwarder {
             return "missing hostport rules in \"\(chain)\" chain"
         }
         return nil
+    }
+
+    // MARK: reading iptables-nft over netlink
+
+    /// What `setupScript` needs to know of the shared chains, read over netlink (chains, the
+    /// jumps of the entry chains, the mark values of the mark rules); nil when that cannot be (no
+    /// reader, iptables-legacy) or is not enough: the container's chain exists (a re-ADD deletes
+    /// its entry rules by their spec, which only a listing gives).
+    private func sharedState(_ config: PortForwardingConfig, _ rules: IPTablesPortForwarding) -> SavedNATTable? {
+        guard let ruleset, IPTablesVariant(runner: runner, saveCommand: rules.saveCommand) == .nft else { return nil }
+        let family: NFTables.Family = rules.family == .v4 ? .ip : .ip6
+        let chain = IPTablesPortForwarding.containerChain(network: config.network, containerID: config.containerID)
+        do throws(NetlinkError) {
+            guard try !ruleset.chainExists(family: family, table: "nat", chain: chain) else { return nil }
+            var chains: [String] = []
+            for name in [
+                IPTablesPortForwarding.setMarkChain, IPTablesPortForwarding.masqChain, IPTablesPortForwarding.dnatChain,
+            ] where try ruleset.chainExists(family: family, table: "nat", chain: name) {
+                chains.append(name)
+            }
+            var saved: [SavedRule] = []
+            for entry in ["PREROUTING", "OUTPUT", "POSTROUTING"] {
+                for rule in try ruleset.rules(family: family, table: "nat", chain: entry) {
+                    guard let target = rule.jumpTarget else { continue }
+                    saved.append(SavedRule(chain: entry, arguments: ["-j", target], spec: ""))
+                }
+            }
+            if config.snat && config.externalSetMarkChain == nil {
+                let setMark = IPTablesPortForwarding.setMarkChain
+                let masq = IPTablesPortForwarding.masqChain
+                let setMarkRules =
+                    chains.contains(setMark) ? try ruleset.rules(family: family, table: "nat", chain: setMark) : []
+                let masqRules =
+                    chains.contains(masq) ? try ruleset.rules(family: family, table: "nat", chain: masq) : []
+                // Mark rules whose mark we cannot read (another encoding) need a listing.
+                if setMarkRules.contains(where: { $0.marks.isEmpty }) || masqRules.contains(where: { $0.marks.isEmpty })
+                {
+                    return nil
+                }
+                // The mark rules count as present when one sets (one compares) this bit's value.
+                let bit = UInt32(1) << UInt32(config.markMasqBit)
+                let mark = IPTablesPortForwarding.markDefinition(bit: config.markMasqBit)
+                if setMarkRules.contains(where: { $0.marks.contains(bit) }) {
+                    saved.append(SavedRule(chain: setMark, arguments: ["--set-xmark", mark], spec: ""))
+                }
+                if masqRules.contains(where: { $0.marks.contains(bit) }) {
+                    saved.append(SavedRule(chain: masq, arguments: ["--mark", mark, "-j", "MASQUERADE"], spec: ""))
+                }
+            }
+            return SavedNATTable(chains: chains, rules: saved)
+        } catch {
+            return nil
+        }
+    }
+
+    /// Whether the jumps into the container's chain are as many as `config`'s entry rules (so a
+    /// DEL can name them without a listing), and no early version's CNI-SN chain is left.
+    private func knownEntryRules(_ config: PortForwardingConfig, _ rules: IPTablesPortForwarding) -> Bool {
+        guard let ruleset, IPTablesVariant(runner: runner, saveCommand: rules.saveCommand) == .nft else { return false }
+        let family: NFTables.Family = rules.family == .v4 ? .ip : .ip6
+        let chain = IPTablesPortForwarding.containerChain(network: config.network, containerID: config.containerID)
+        let old = IPTablesPortForwarding.oldSNATContainerChain(network: config.network, containerID: config.containerID)
+        let expected = rules.entryRules(config).count
+        guard expected > 0,
+            let jumps = try? ruleset.rules(family: family, table: "nat", chain: IPTablesPortForwarding.dnatChain),
+            (try? ruleset.chainExists(family: family, table: "nat", chain: old)) == false
+        else { return false }
+        return jumps.filter { $0.jumpTarget == chain }.count == expected
     }
 
     /// Whether the family's nat table holds `chain`; nil when that cannot be read without the

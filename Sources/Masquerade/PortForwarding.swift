@@ -240,6 +240,17 @@ struct IPTablesPortForwarding {
         return (["*nat"] + lines + ["COMMIT"]).joined(separator: "\n") + "\n"
     }
 
+    /// DEL without a listing when the mappings are known: the entry rules ADD wrote, then the
+    /// chain. The transaction fails as a whole when any of them is not there (other mappings,
+    /// another version's layout); `teardownScript` from a listing then decides.
+    func knownTeardownScript(config: PortForwardingConfig) -> String {
+        let chain = Self.containerChain(network: config.network, containerID: config.containerID)
+        var lines = ["*nat"]
+        lines += entryRules(config).map { line("-D", Self.dnatChain, $0 + ["-j", chain]) }
+        lines += ["-F \(chain)", "-X \(chain)", "COMMIT"]
+        return lines.joined(separator: "\n") + "\n"
+    }
+
     /// GC: removes the chains of `network`'s containers not in `validContainerIDs`, found by the
     /// entry rules' comments; nil when none is stale.
     func garbageCollectScript(current: SavedNATTable, network: String, validContainerIDs: Set<String>) -> String? {

@@ -65,8 +65,14 @@ public enum Portmap {
     /// container, the nftables rules carry the container ID. Needs neither prevResult nor
     /// the namespace; nothing to remove is success.
     static func del(_ request: PluginRequest) throws(CNIError) {
+        // The mappings, when the runtime sends them again, let the iptables DEL name the exact
+        // rules without a listing; a config ADD would refuse still gets its rules removed.
+        let known = (try? PortmapConfig(request)).flatMap { config in
+            config.mappings.isEmpty
+                ? nil : config.forwarding(network: request.config.name, containerID: request.containerID)
+        }
         try firewall { () throws(FirewallError) in
-            try forwarder.teardown(network: request.config.name, containerID: request.containerID)
+            try forwarder.teardown(network: request.config.name, containerID: request.containerID, config: known)
         }
     }
 

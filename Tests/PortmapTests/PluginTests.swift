@@ -11,6 +11,9 @@ import Testing
 /// `failRestoreContaining` fails.
 final class RecordingRunner: CommandRunner, @unchecked Sendable {
     var saved: [String: String] = [:]
+    /// The save tools resolve to iptables-nft (whose tables netlink shows) when set.
+    var iptablesNFT = false
+    func resolvedPath(of program: String) -> String? { iptablesNFT ? "/usr/sbin/xtables-nft-multi" : nil }
     var failRestoreContaining: String?
     private(set) var calls: [(command: [String], stdin: String)] = []
 
@@ -36,6 +39,17 @@ struct EmptyRuleset: RulesetReader {
     func rules(family: NFTables.Family, table: String, chain: String) throws(NetlinkError) -> [NFTables.Rule] { [] }
 }
 
+/// Canned iptables-nft chains of family ip (ip6 is empty), as netlink shows them.
+struct CannedRuleset: RulesetReader {
+    var chains: [String: [NFTables.Rule]]
+    func chainExists(family: NFTables.Family, table: String, chain: String) throws(NetlinkError) -> Bool {
+        family == .ip && chains[chain] != nil
+    }
+    func rules(family: NFTables.Family, table: String, chain: String) throws(NetlinkError) -> [NFTables.Rule] {
+        family == .ip ? chains[chain] ?? [] : []
+    }
+}
+
 private let prevResult = """
     {"cniVersion":"1.0.0","interfaces":[{"name":"host0"},{"name":"eth0","sandbox":"/run/netns/x"}],
      "ips":[{"interface":0,"address":"192.168.50.1/24"},{"interface":1,"address":"10.0.0.2/24"},
@@ -53,8 +67,10 @@ private func stdin(
     return Array((text + "}").utf8)
 }
 
-private func run(_ command: String, _ input: [UInt8], runner: RecordingRunner) -> (json: JSONValue?, status: Int32) {
-    Portmap.forwarder = PortForwarder(runner: runner, ruleset: EmptyRuleset())
+private func run(
+    _ command: String, _ input: [UInt8], runner: RecordingRunner, ruleset: any RulesetReader = EmptyRuleset()
+) -> (json: JSONValue?, status: Int32) {
+    Portmap.forwarder = PortForwarder(runner: runner, ruleset: ruleset)
     let environment = [
         "CNI_COMMAND": command, "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
         "CNI_PATH": "/opt/cni/bin",
@@ -74,6 +90,43 @@ private func run(_ command: String, _ input: [UInt8], runner: RecordingRunner) -
         let v4 = runner.scripts("iptables-restore")[0]
         #expect(v4.contains("--to-destination 10.0.0.2:80"), "the sandbox interface's address, not host0's")
         #expect(runner.scripts("ip6tables-restore")[0].contains("--to-destination [fd00::2]:80"))
+    }
+
+    @Test func withIPTablesNFTAFirstAddAndAKnownDelRunOneRestorePerFamily() {
+        let runner = RecordingRunner()
+        runner.iptablesNFT = true
+        #expect(run("ADD", stdin(), runner: runner).status == 0)
+        #expect(runner.programs == ["iptables-restore", "ip6tables-restore"], "nothing listed: netlink said it all")
+        #expect(runner.scripts("iptables-restore")[0].contains("-N CNI-HOSTPORT-DNAT\n"))
+
+        // Shared chains with the default mark (as netlink decodes them) and c1's chain with one jump.
+        let chain = IPTablesPortForwarding.containerChain(network: "test", containerID: "c1")
+        let shared = CannedRuleset(chains: [
+            "CNI-HOSTPORT-SETMARK": [.init(handle: 1, comment: nil, marks: [0x2000])],
+            "CNI-HOSTPORT-MASQ": [.init(handle: 2, comment: nil, marks: [0x2000])],
+            "CNI-HOSTPORT-DNAT": [.init(handle: 3, comment: nil, jumpTarget: chain)],
+            "PREROUTING": [.init(handle: 4, comment: nil, jumpTarget: "CNI-HOSTPORT-DNAT")],
+            "OUTPUT": [.init(handle: 5, comment: nil, jumpTarget: "CNI-HOSTPORT-DNAT")],
+            "POSTROUTING": [.init(handle: 6, comment: nil, jumpTarget: "CNI-HOSTPORT-MASQ")], chain: [],
+        ])
+        let second = RecordingRunner()
+        second.iptablesNFT = true
+        #expect(run("DEL", stdin(), runner: second, ruleset: shared).status == 0)
+        #expect(second.programs == ["iptables-restore"], "v6 holds nothing; v4's rules are named from the mappings")
+        #expect(
+            second.scripts("iptables-restore")[0].hasPrefix(
+                "*nat\n-D CNI-HOSTPORT-DNAT -p tcp -m comment --comment \"dnat name: \\\"test\\\" id: \\\"c1\\\"\" "))
+
+        // Another container's ADD: the shared rules are there, only its own chain is written.
+        var others = shared
+        others.chains[chain] = nil
+        others.chains["CNI-HOSTPORT-DNAT"] = []
+        let third = RecordingRunner()
+        third.iptablesNFT = true
+        #expect(run("ADD", stdin(), runner: third, ruleset: others).status == 0)
+        let script = third.scripts("iptables-restore")[0]
+        #expect(!script.contains("SETMARK -m") && !script.contains("-N CNI-HOSTPORT") && !script.contains("PREROUTING"))
+        #expect(script.contains("-N \(chain)\n"))
     }
 
     @Test func addWithoutMappingsTouchesNothing() {
