@@ -1,7 +1,7 @@
 import CNI
-import Masquerade
 import NetAddress
 import Netlink
+import PacketFilter
 
 #if canImport(Glibc)
     import Glibc

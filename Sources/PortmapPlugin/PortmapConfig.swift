@@ -1,6 +1,6 @@
 import CNI
-import Masquerade
 import NetAddress
+import PacketFilter
 
 /// portmap's keys, parsed and checked before anything touches the host. The reference's
 /// messages are kept (prefixed `failed to parse config: ` as it prefixes them); `details` names

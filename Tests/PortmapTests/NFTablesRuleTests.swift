@@ -1,8 +1,8 @@
 import NetAddress
 import Testing
 
-@testable import Masquerade
 @testable import Netlink
+@testable import PacketFilter
 
 private let container4 = IPPrefix("10.0.0.2/24")!
 private let container6 = IPPrefix("2001:db8::2/64")!

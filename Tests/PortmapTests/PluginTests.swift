@@ -4,7 +4,7 @@ import NetAddress
 import Netlink
 import Testing
 
-@testable import Masquerade
+@testable import PacketFilter
 @testable import PortmapPlugin
 
 /// Records every command; `iptables-save` answers `saved[program]`, a restore whose script contains

@@ -1,7 +1,7 @@
 import NetAddress
 import Testing
 
-@testable import Masquerade
+@testable import PacketFilter
 
 /// The reference's unit-test container ID (plugins/meta/portmap/portmap_iptables_test.go).
 let longID =
