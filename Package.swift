@@ -33,7 +33,8 @@ let package = Package(
         // libnl wrappers: links, addresses, routes, bridge ports, network namespaces, sysctls,
         // nf_tables reads and batches.
         .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
-        // ipMasq (iptables and nftables) and the bridge's MAC spoof check, as one transaction each.
+        // The packet filter: rule transactions per backend (one iptables-restore, one nf_tables
+        // batch) for ipMasq, the bridge's MAC spoof check and portmap, with the reference's names.
         // nf_tables is read (and, for nftables, written) over netlink; iptables runs one restore.
         .target(name: "PacketFilter", dependencies: ["JSON", "NetAddress", "Exec", "Netlink"]),
 
