@@ -106,11 +106,12 @@ public enum Portmap {
     static func status(_ request: PluginRequest) throws(CNIError) {
         let config = try PortmapConfig(request)
         let candidates: [FirewallBackend] =
-            config.backend.map { [$0 == .iptables ? .iptables : .nftables] } ?? [.iptables]
-        guard candidates.contains(where: { $0.isUsable() }) else {
+            config.backend.map { [$0 == .iptables ? .iptables : .nftables] } ?? [.iptables, .nftables]
+        guard candidates.contains(where: { $0.isUsable(runner: forwarder.runner) }) else {
             throw CNIError(
                 .notAvailable, "no usable firewall backend",
-                details: "\(candidates.map(\.rawValue).joined(separator: ", ")) cannot read its nat table here")
+                details:
+                    "\(candidates.map(\.rawValue).joined(separator: " nor ")) can be used here (no nat table access)")
         }
     }
 

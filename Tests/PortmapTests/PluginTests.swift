@@ -17,7 +17,8 @@ final class RecordingRunner: CommandRunner, @unchecked Sendable {
     var failRestoreContaining: String?
     private(set) var calls: [(command: [String], stdin: String)] = []
 
-    func isInstalled(_ program: String) -> Bool { true }
+    var installed = true
+    func isInstalled(_ program: String) -> Bool { installed }
 
     func run(_ program: String, _ arguments: [String], stdin: [UInt8]) throws(CommandNotRunnable) -> CommandOutput {
         let text = String(decoding: stdin, as: UTF8.self)
@@ -195,6 +196,18 @@ private func run(
             #expect(text.contains(key), "\(text) should name \(key)")
             #expect(runner.calls.isEmpty, "nothing runs for bad input: \(keys)")
         }
+    }
+
+    @Test func statusNeedsAUsableBackend() {
+        let status = Array(#"{"cniVersion":"1.1.0","name":"test","type":"portmap"}"#.utf8)
+        let runner = RecordingRunner()
+        #expect(run("STATUS", status, runner: runner).status == 0)
+        #expect(runner.programs == ["iptables"], "the reference's iptables probe")
+        let bare = RecordingRunner()
+        bare.installed = false
+        let (json, code) = run("STATUS", status, runner: bare)
+        #expect(code == 1 && json?["code"]?.intValue == 50)
+        #expect(json?["details"]?.stringValue?.contains("iptables nor nftables") == true)
     }
 
     @Test func unknownBackendIsTheReferencesError() {
