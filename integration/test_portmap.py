@@ -337,3 +337,15 @@ def test_check_after_tampering_and_gc(pw):
     assert 'id: \\"stale\\"' not in remaining and 'id: \\"keep\\"' in remaining
     status = {"cniVersion": "1.1.0", "name": pw.network, "type": "portmap"}
     assert pw.portmap("STATUS", status, None).ok
+
+
+def test_failed_add_leaves_no_rule(pw):
+    """A mark chain that does not exist fails the iptables transaction: the shared chains of the
+    same transaction are not left either, and the error is the firewall's (code 104)."""
+    container = pw.container()
+    result = pw.add(pw.bridge_config(), container)
+    config = pw.portmap_config(result, [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}],
+                               externalSetMarkChain="NO-SUCH-CHAIN")
+    run = pw.portmap("ADD", config, container)
+    assert not run.ok and run.error_code() == 104, str(run)
+    assert nat_rules(pw.host) == [], "a rule was left behind"
