@@ -134,7 +134,10 @@ struct PortmapConfig {
                     "Invalid host IP: \(shown(text))",
                     "\(key).hostIP must be an IPv4 or IPv6 address (or empty for all host addresses)")
             }
-            hostIP = address
+            // Go's net.IP.To4 takes an IPv4-mapped IPv6 address (::ffff:a.b.c.d) as IPv4.
+            hostIP =
+                address.family == .v6 && address.value >> 32 == 0xffff
+                ? IPAddress(v4: UInt32(truncatingIfNeeded: address.value)) : address
         }
         return PortMapping(hostPort: hostPort, containerPort: containerPort, transport: transport, hostIP: hostIP)
     }

@@ -34,6 +34,12 @@ private func failure(_ json: String) -> CNIError? {
         #expect(config.mappings[1].hostIP == nil && config.mappings[1].applies(to: .v4))
     }
 
+    @Test func anIPv4MappedHostIPIsIPv4AsInGo() throws {
+        let config = try parse(
+            #"{"runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80,"hostIP":"::ffff:192.0.2.7"}]}}"#)
+        #expect(config.mappings[0].hostIP?.description == "192.0.2.7")
+    }
+
     @Test func backendOptionsOfTheOtherBackendAreRefused() throws {
         let nft = failure(#"{"backend":"nftables","externalSetMarkChain":"KUBE-MARK-MASQ"}"#)
         #expect(
