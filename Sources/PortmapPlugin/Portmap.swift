@@ -152,6 +152,9 @@ public enum Portmap {
     static func deleteStaleUDPEntries(_ mappings: [PortMapping], family: IPAddress.Family) {
         let ports = mappings.filter { $0.transport == .udp && $0.applies(to: family) }.map(\.hostPort)
         guard !ports.isEmpty else { return }
+        // The kernel walks its whole (global) conntrack hash for a dump, ~20 ms on a busy host
+        // even for a namespace with no entry; the namespace's own count says when there is none.
+        if (try? Sysctl.read("net/netfilter/nf_conntrack_count")) == "0" { return }
         do throws(NetlinkError) {
             let conntrack = try Conntrack()
             for port in Set(ports) {
