@@ -62,6 +62,14 @@ extension BridgePlugin {
         guard containerLink.isVeth else {
             throw failed("Error: Container interface \(ifName) not of type veth")
         }
+        // Checked first: it says why the MAC is expected (also when prevResult lists no MAC).
+        if config.derivesMAC, let expected = BridgeConfig.mac(fromAddresses: previous.ips.map(\.address)),
+            containerLink.mac != expected
+        {
+            throw failed(
+                "Interface \(ifName) Mac \(containerLink.mac?.description ?? "none") is not \(expected), the MAC of "
+                    + "its address (macFromIP)")
+        }
         if let mac = containerEntry.mac, !mac.isEmpty, MACAddress(mac) != containerLink.mac {
             throw failed(
                 "Interface \(ifName) Mac \(mac) doesn't match container Mac: \(containerLink.mac?.description ?? "none")"

@@ -129,7 +129,7 @@ public enum Plugin {
         let document: JSONDocument
         do {
             // Checked whole; only the keys decoded are built, so ignored keys cost no memory.
-            document = try JSONCodec.document(stdin)
+            document = CapabilityKeys.canonicalized(try JSONCodec.document(stdin))
             config = try document.decode(NetworkConfig.self)
         } catch {
             // Not JSON, or not an object: code 6. JSON whose common keys have wrong types: code 7.

@@ -10,6 +10,8 @@ public struct JSONDocument: Sendable {
 
     let bytes: [UInt8]
     let range: Range<Int>
+    /// Members of the top-level object given as built values instead of their text.
+    let overrides: [String: JSONValue]
 
     /// Checks `bytes`; throws the syntax error `JSONValue(parsing:)` would.
     public init(validating bytes: [UInt8]) throws(JSONSyntaxError) {
@@ -23,15 +25,49 @@ public struct JSONDocument: Sendable {
         }
         self.bytes = bytes
         self.range = try result.get()
+        overrides = [:]
+    }
+
+    private init(bytes: [UInt8], range: Range<Int>, overrides: [String: JSONValue]) {
+        self.bytes = bytes
+        self.range = range
+        self.overrides = overrides
     }
 
     /// The whole value, built.
-    public var value: JSONValue { JSONText(bytes: bytes).value(at: range) }
+    public var value: JSONValue {
+        let built = JSONText(bytes: bytes).value(at: range)
+        guard !overrides.isEmpty, case .object(var members) = built else { return built }
+        members.merge(overrides) { $1 }
+        return .object(members)
+    }
+
+    /// The top-level object's member `key`, built (nil when absent or the text is no object).
+    public func member(_ key: String) -> JSONValue? {
+        if let override = overrides[key] { return override }
+        let text = JSONText(bytes: bytes)
+        guard text.firstByte(at: range) == UInt8(ascii: "{"), let member = text.members(at: range)[key] else {
+            return nil
+        }
+        return text.value(at: member)
+    }
+
+    /// The document with the top-level object's member `key` replaced by `value` (the text is
+    /// an object: `member` found something there).
+    public func replacing(_ key: String, with value: JSONValue) -> JSONDocument {
+        var overrides = self.overrides
+        overrides[key] = value
+        return JSONDocument(bytes: bytes, range: range, overrides: overrides)
+    }
 
     /// Decodes `type`, building only the values it reads. Errors are those of
     /// `JSONValue.decode`.
     public func decode<T: Decodable>(_ type: T.Type) throws -> T {
-        try LazyDecoder.decode(type, JSONText(bytes: bytes), range, codingPath: [])
+        if overrides.isEmpty || JSONText(bytes: bytes).firstByte(at: range) != UInt8(ascii: "{") {
+            return try LazyDecoder.decode(type, JSONText(bytes: bytes), range, codingPath: [])
+        }
+        if T.self == JSONValue.self { return value as! T }
+        return try T(from: LazyDecoder(JSONText(bytes: bytes), range, codingPath: [], overrides: overrides))
     }
 }
 
@@ -70,12 +106,15 @@ final class LazyDecoder: Decoder {
     let text: JSONText
     let range: Range<Int>
     let codingPath: [any CodingKey]
+    /// For the top-level object of a document with replaced members.
+    let overrides: [String: JSONValue]
     var userInfo: [CodingUserInfoKey: Any] { [:] }
 
-    init(_ text: JSONText, _ range: Range<Int>, codingPath: [any CodingKey]) {
+    init(_ text: JSONText, _ range: Range<Int>, codingPath: [any CodingKey], overrides: [String: JSONValue] = [:]) {
         self.text = text
         self.range = range
         self.codingPath = codingPath
+        self.overrides = overrides
     }
 
     static func decode<T: Decodable>(
@@ -91,12 +130,21 @@ final class LazyDecoder: Decoder {
     }
 
     /// The value built, for what only `JSONValueDecoder` answers (scalars, mismatches).
-    var built: JSONValueDecoder { JSONValueDecoder(text.value(at: range), codingPath: codingPath) }
+    var built: JSONValueDecoder {
+        let value = text.value(at: range)
+        guard !overrides.isEmpty, case .object(var members) = value else {
+            return JSONValueDecoder(value, codingPath: codingPath)
+        }
+        members.merge(overrides) { $1 }
+        return JSONValueDecoder(.object(members), codingPath: codingPath)
+    }
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) throws -> KeyedDecodingContainer<Key> {
         guard text.firstByte(at: range) == UInt8(ascii: "{") else { return try built.container(keyedBy: type) }
-        return KeyedDecodingContainer(
-            LazyKeyedContainer<Key>(text: text, members: text.members(at: range), codingPath: codingPath))
+        var members: [String: LazyMember] = [:]
+        for (key, range) in text.members(at: range) { members[key] = .text(range) }
+        for (key, value) in overrides { members[key] = .built(value) }
+        return KeyedDecodingContainer(LazyKeyedContainer<Key>(text: text, members: members, codingPath: codingPath))
     }
 
     func unkeyedContainer() throws -> any UnkeyedDecodingContainer {
@@ -107,31 +155,61 @@ final class LazyDecoder: Decoder {
     func singleValueContainer() throws -> any SingleValueDecodingContainer { built }
 }
 
+/// A member of an object being decoded: its text, or a value given built (`JSONDocument.replacing`).
+enum LazyMember {
+    case text(Range<Int>)
+    case built(JSONValue)
+}
+
 private struct LazyKeyedContainer<Key: CodingKey>: KeyedDecodingContainerProtocol {
     let text: JSONText
-    let members: [String: Range<Int>]
+    let members: [String: LazyMember]
     let codingPath: [any CodingKey]
 
     var allKeys: [Key] { members.keys.compactMap { Key(stringValue: $0) } }
 
     func contains(_ key: Key) -> Bool { members[key.stringValue] != nil }
 
-    private func range(_ key: Key) throws -> Range<Int> {
-        guard let range = members[key.stringValue] else {
+    private func member(_ key: Key) throws -> LazyMember {
+        guard let member = members[key.stringValue] else {
             throw DecodingError.keyNotFound(
                 key,
                 .init(codingPath: codingPath, debugDescription: "No value associated with key \"\(key.stringValue)\"."))
         }
-        return range
+        return member
     }
 
     private func path(_ key: Key) -> [any CodingKey] { codingPath + [key] }
 
-    private func scalar(_ key: Key) throws -> JSONValueDecoder {
-        JSONValueDecoder(text.value(at: try range(key)), codingPath: path(key))
+    private func decoder(_ member: LazyMember, _ path: [any CodingKey]) -> any Decoder {
+        switch member {
+        case .text(let range): LazyDecoder(text, range, codingPath: path)
+        case .built(let value): JSONValueDecoder(value, codingPath: path)
+        }
     }
 
-    func decodeNil(forKey key: Key) throws -> Bool { text.isNull(at: try range(key)) }
+    private func isNull(_ member: LazyMember) -> Bool {
+        switch member {
+        case .text(let range): text.isNull(at: range)
+        case .built(let value): value == .null
+        }
+    }
+
+    private func scalar(_ key: Key) throws -> JSONValueDecoder {
+        switch try member(key) {
+        case .text(let range): JSONValueDecoder(text.value(at: range), codingPath: path(key))
+        case .built(let value): JSONValueDecoder(value, codingPath: path(key))
+        }
+    }
+
+    private func decode<T: Decodable>(_ type: T.Type, _ member: LazyMember, _ path: [any CodingKey]) throws -> T {
+        switch member {
+        case .text(let range): try LazyDecoder.decode(type, text, range, codingPath: path)
+        case .built(let value): try JSONValueDecoder.decode(type, from: value, codingPath: path)
+        }
+    }
+
+    func decodeNil(forKey key: Key) throws -> Bool { isNull(try member(key)) }
     func decode(_ type: Bool.Type, forKey key: Key) throws -> Bool { try scalar(key).decode(type) }
     func decode(_ type: String.Type, forKey key: Key) throws -> String { try scalar(key).decode(type) }
     func decode(_ type: Double.Type, forKey key: Key) throws -> Double { try scalar(key).decode(type) }
@@ -148,36 +226,32 @@ private struct LazyKeyedContainer<Key: CodingKey>: KeyedDecodingContainerProtoco
     func decode(_ type: UInt64.Type, forKey key: Key) throws -> UInt64 { try scalar(key).decode(type) }
 
     func decode<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T {
-        try LazyDecoder.decode(type, text, range(key), codingPath: path(key))
+        try decode(type, member(key), path(key))
     }
 
     /// Absent and null are both nil.
     func decodeIfPresent<T: Decodable>(_ type: T.Type, forKey key: Key) throws -> T? {
-        guard let range = members[key.stringValue], !text.isNull(at: range) else { return nil }
-        return try LazyDecoder.decode(type, text, range, codingPath: path(key))
+        guard let member = members[key.stringValue], !isNull(member) else { return nil }
+        return try decode(type, member, path(key))
     }
 
     func nestedContainer<NestedKey: CodingKey>(
         keyedBy type: NestedKey.Type, forKey key: Key
     ) throws -> KeyedDecodingContainer<NestedKey> {
-        try LazyDecoder(text, range(key), codingPath: path(key)).container(keyedBy: type)
+        try decoder(member(key), path(key)).container(keyedBy: type)
     }
 
     func nestedUnkeyedContainer(forKey key: Key) throws -> any UnkeyedDecodingContainer {
-        try LazyDecoder(text, range(key), codingPath: path(key)).unkeyedContainer()
+        try decoder(member(key), path(key)).unkeyedContainer()
     }
 
     func superDecoder() throws -> any Decoder {
         let key = IndexKey(stringValue: "super")
-        guard let range = members[key.stringValue] else {
-            return JSONValueDecoder(.null, codingPath: codingPath + [key])
-        }
-        return LazyDecoder(text, range, codingPath: codingPath + [key])
+        return decoder(members[key.stringValue] ?? .built(.null), codingPath + [key])
     }
 
     func superDecoder(forKey key: Key) throws -> any Decoder {
-        guard let range = members[key.stringValue] else { return JSONValueDecoder(.null, codingPath: path(key)) }
-        return LazyDecoder(text, range, codingPath: path(key))
+        decoder(members[key.stringValue] ?? .built(.null), path(key))
     }
 }
 

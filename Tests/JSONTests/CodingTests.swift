@@ -149,6 +149,23 @@ struct Config: Codable, Equatable {
         #expect(document.value["junk"]?.arrayValue?.count == 500_000)
     }
 
+    @Test func aDocumentWithAReplacedMemberDecodesIt() throws {
+        let document = try JSONCodec.document(Array(#"{"name":"old","mtu":1,"extra":{"a":1}}"#.utf8))
+        #expect(document.member("extra") == .object(["a": 1]))
+        #expect(document.member("missing") == nil)
+        let replaced = document.replacing("name", with: .string("new")).replacing("labels", with: .object(["b": 2]))
+        let config = try replaced.decode(Config.self)
+        #expect(config == Config(name: "new", mtu: 1, labels: ["b": 2], extra: .object(["a": 1])))
+        #expect(
+            replaced.value
+                == .object(["name": .string("new"), "mtu": 1, "extra": .object(["a": 1]), "labels": .object(["b": 2])]))
+        #expect(try replaced.decode(JSONValue.self) == replaced.value)
+        // A replaced member of the wrong type fails as a built one would, at its key.
+        let wrong = document.replacing("mtu", with: .string("x"))
+        #expect(failure { _ = try wrong.decode(Config.self) }?.path == ".mtu")
+        #expect(try JSONCodec.document(Array("[1]".utf8)).member("name") == nil)
+    }
+
     @Test func unkeyedContainers() throws {
         struct Pair: Decodable {
             var first: Int
