@@ -36,9 +36,15 @@ let package = Package(
         // ipMasq (iptables and nftables) and the bridge's MAC spoof check, as one transaction each.
         // nf_tables is read (and, for nftables, written) over netlink; iptables runs one restore.
         .target(name: "Masquerade", dependencies: ["JSON", "NetAddress", "Exec", "Netlink"]),
+        // The kernel seam of the main plugins: the host operations they perform as a protocol,
+        // with the libnl implementation and a recording fake that fails on request (unit tests
+        // of rollback, degraded DEL and CHECK without root); ADD's rollback and DEL's failures.
+        .target(name: "HostNetwork", dependencies: ["CNI", "NetAddress", "Netlink", "Masquerade"]),
 
         // Each plugin's logic: a library, so tests can drive it; a thin composition of the above.
-        .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink", "Masquerade"]),
+        .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink", "Masquerade", "HostNetwork"]),
+        .target(
+            name: "PTPPlugin", dependencies: ["CNI", "JSON", "NetAddress", "Netlink", "Masquerade", "HostNetwork"]),
         .target(name: "LoopbackPlugin", dependencies: ["CNI", "NetAddress", "Netlink"]),
         .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
         .target(name: "StaticPlugin", dependencies: ["CNI", "IPAM"]),
@@ -47,7 +53,7 @@ let package = Package(
         // plugins the bridge delegates to in-process when CNI_PATH holds this very build.
         .executableTarget(
             name: "cni-plugins",
-            dependencies: ["CNI", "BridgePlugin", "HostLocalPlugin", "StaticPlugin", "LoopbackPlugin"]),
+            dependencies: ["CNI", "BridgePlugin", "PTPPlugin", "HostLocalPlugin", "StaticPlugin", "LoopbackPlugin"]),
 
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),
@@ -55,6 +61,8 @@ let package = Package(
         .testTarget(name: "IPAMTests", dependencies: ["IPAM", "JSON", "HostLocalPlugin", "StaticPlugin"]),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetAddress"]),
         .testTarget(name: "MasqueradeTests", dependencies: ["Masquerade", "NetAddress", "Netlink"]),
-        .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "JSON", "CNI", "NetAddress"]),
+        .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "JSON", "CNI", "NetAddress", "HostNetwork"]),
+        .testTarget(
+            name: "PTPTests", dependencies: ["PTPPlugin", "HostNetwork", "JSON", "CNI", "NetAddress", "Netlink"]),
     ]
 )

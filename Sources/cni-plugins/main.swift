@@ -2,6 +2,7 @@ import BridgePlugin
 import CNI
 import HostLocalPlugin
 import LoopbackPlugin
+import PTPPlugin
 import StaticPlugin
 
 #if canImport(Glibc)
@@ -10,7 +11,7 @@ import StaticPlugin
     import Musl
 #endif
 
-// One executable for the four plugins, installed under each one's name: it runs the one it was
+// One executable for the five plugins, installed under each one's name: it runs the one it was
 // started as (the file name in argv[0], as a runtime execs it from CNI_PATH). Only that plugin's
 // handlers are touched: each start pages in as little as it can.
 let invokedAs = CommandLine.arguments.first?.split(separator: "/").last.map(String.init) ?? ""
@@ -21,13 +22,17 @@ case "bridge":
     Delegate.runInProcess("host-local", HostLocal.handlers)
     Delegate.runInProcess("static", Static.handlers)
     Plugin.main(name: invokedAs, handlers: BridgePlugin.handlers)
+case "ptp":
+    Delegate.runInProcess("host-local", HostLocal.handlers)
+    Delegate.runInProcess("static", Static.handlers)
+    Plugin.main(name: invokedAs, handlers: PTPPlugin.handlers)
 case "host-local": Plugin.main(name: invokedAs, handlers: HostLocal.handlers)
 case "static": Plugin.main(name: invokedAs, handlers: Static.handlers)
 case "loopback": Plugin.main(name: invokedAs, handlers: LoopbackPlugin.handlers)
 default:
     let message =
-        "swift-cni: unknown plugin name \"\(invokedAs)\": this executable runs as bridge, host-local, "
-        + "static or loopback (install or link it under one of those names)\n"
+        "swift-cni: unknown plugin name \"\(invokedAs)\": this executable runs as bridge, ptp, "
+        + "host-local, static or loopback (install or link it under one of those names)\n"
     _ = message.withCString { write(2, $0, strlen($0)) }
     exit(1)
 }
