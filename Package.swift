@@ -42,7 +42,8 @@ let package = Package(
         .target(name: "HostNetwork", dependencies: ["CNI", "NetAddress", "Netlink", "Masquerade"]),
 
         // Each plugin's logic: a library, so tests can drive it; a thin composition of the above.
-        .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink", "Masquerade", "HostNetwork"]),
+        .target(
+            name: "BridgePlugin", dependencies: ["CNI", "JSON", "NetAddress", "Netlink", "Masquerade", "HostNetwork"]),
         .target(
             name: "PTPPlugin", dependencies: ["CNI", "JSON", "NetAddress", "Netlink", "Masquerade", "HostNetwork"]),
         .target(name: "LoopbackPlugin", dependencies: ["CNI", "NetAddress", "Netlink"]),

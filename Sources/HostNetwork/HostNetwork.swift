@@ -32,6 +32,9 @@ public protocol HostNetwork: AnyObject {
     func garbageCollectMasquerade(network: String, valid: [Attachment]) throws(HostNetworkError)
     /// The backend the reference would choose when the config names none.
     func defaultFirewallBackend() -> FirewallBackend
+    /// Whether a namespace's operations may run on a thread of their own while the main thread
+    /// goes on (the kernel's sockets: yes; the recording fake: no, its record is one sequence).
+    var allowsBackgroundWork: Bool { get }
 
     /// The bridge's MAC spoof check for one attachment (nftables), and its removal.
     func setupSpoofCheck(hostVeth: String, containerMAC: MACAddress, containerID: String, ifName: String)
@@ -76,7 +79,8 @@ public protocol NetworkNamespace: AnyObject {
     func addresses(index: Int?, family: IPAddress.Family?) throws(HostNetworkError) -> [AddressInfo]
     func addAddress(index: Int, _ prefix: IPPrefix, flags: AddressFlags) throws(HostNetworkError)
     func deleteAddress(index: Int, _ prefix: IPPrefix) throws(HostNetworkError)
-    func routes(family: IPAddress.Family, outputIndex: Int?) throws(HostNetworkError) -> [Route]
+    /// The routes of `family` in `table` (all tables if nil), optionally only through `outputIndex`.
+    func routes(family: IPAddress.Family, table: Int?, outputIndex: Int?) throws(HostNetworkError) -> [Route]
     /// Adds a route; false when an identical one was there already.
     @discardableResult func addRoute(_ route: Route) throws(HostNetworkError) -> Bool
     func deleteRoute(_ route: Route) throws(HostNetworkError)
@@ -167,5 +171,16 @@ public func kernel<T>(_ what: String, _ body: @autoclosure () throws(HostNetwork
         return try body()
     } catch {
         throw CNIError(error.cniCode, what, details: error.description)
+    }
+}
+
+/// `kernel(_:_:)` for the firewall: the operation (`iptables: failed to set up masquerading
+/// for …`) is the message, what the tool said the details, code 104.
+@discardableResult
+public func firewall<T>(_ body: @autoclosure () throws(HostNetworkError) -> T) throws(CNIError) -> T {
+    do {
+        return try body()
+    } catch {
+        throw CNIError(error.cniCode, error.operation, details: error.detail)
     }
 }

@@ -6,13 +6,19 @@ import Netlink
 /// The host as the kernel has it: libnl sockets (one per namespace, opened inside it and kept),
 /// sysctls under /proc/sys, and the Masquerade module's rule transactions.
 public final class KernelHostNetwork: HostNetwork {
-    /// One per process, with one nf_tables socket closed only at exit (see the bridge's Firewall:
-    /// closing it waits out the kernel's cleanup of the last transaction, which by exit has
-    /// passed behind the veth work). Created on first use: a plugin without ipMasq never opens it.
-    private lazy var masquerade = IPMasquerade()
+    /// One per process, with one nf_tables socket that is closed only at exit: closing a netfilter
+    /// netlink socket waits until the kernel has freed what the last transaction replaced (an RCU
+    /// grace period, 5-15 ms on a busy machine). By exit that has passed behind the veth work
+    /// that follows the rules (ADD's container and host configuration, DEL's link deletion and
+    /// IPAM). Created on first use (a plugin without ipMasq never opens it); only the main
+    /// thread handles the firewall.
+    nonisolated(unsafe) private static let masquerade = IPMasquerade()
+    private var masquerade: IPMasquerade { Self.masquerade }
     private var plugin: KernelNamespace?
 
     public init() {}
+
+    public var allowsBackgroundWork: Bool { true }
 
     public func pluginNamespace() throws(HostNetworkError) -> any NetworkNamespace {
         if let plugin { return plugin }
@@ -223,8 +229,10 @@ final class KernelNamespace: NetworkNamespace {
     func deleteAddress(index: Int, _ prefix: IPPrefix) throws(HostNetworkError) {
         try request { () throws(NetlinkError) in try socket.deleteAddress(index: index, prefix) }
     }
-    func routes(family: IPAddress.Family, outputIndex: Int?) throws(HostNetworkError) -> [Route] {
-        try request { () throws(NetlinkError) in try socket.routes(family: family, outputIndex: outputIndex) }
+    func routes(family: IPAddress.Family, table: Int?, outputIndex: Int?) throws(HostNetworkError) -> [Route] {
+        try request { () throws(NetlinkError) in
+            try socket.routes(family: family, table: table, outputIndex: outputIndex)
+        }
     }
     @discardableResult func addRoute(_ route: Route) throws(HostNetworkError) -> Bool {
         try request { () throws(NetlinkError) in try socket.addRoute(route) }

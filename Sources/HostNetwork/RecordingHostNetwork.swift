@@ -126,6 +126,8 @@ public final class RecordingHostNetwork: HostNetwork {
 
     public func defaultFirewallBackend() -> FirewallBackend { defaultBackend }
 
+    public var allowsBackgroundWork: Bool { false }
+
     public func setupSpoofCheck(hostVeth: String, containerMAC: MACAddress, containerID: String, ifName: String)
         throws(HostNetworkError)
     {
@@ -372,10 +374,11 @@ public final class FakeNamespace: NetworkNamespace {
         addressTable.removeAll { $0.index == index && $0.prefix == prefix }
     }
 
-    public func routes(family: IPAddress.Family, outputIndex: Int?) throws(HostNetworkError) -> [Route] {
+    public func routes(family: IPAddress.Family, table: Int?, outputIndex: Int?) throws(HostNetworkError) -> [Route] {
         try record("list IPv\(family.rawValue) routes\(outputIndex.map { " of \(name($0))" } ?? "")")
         return routeTable.filter {
-            $0.destination.family == family && (outputIndex == nil || $0.outputIndex == outputIndex)
+            $0.destination.family == family && (table == nil || $0.table == table)
+                && (outputIndex == nil || $0.outputIndex == outputIndex)
         }
     }
 

@@ -73,7 +73,8 @@ struct PTPCheck {
         var routes: [IPAddress.Family: [Route]] = [:]
         func table(_ family: IPAddress.Family) throws(CNIError) -> [Route] {
             if let cached = routes[family] { return cached }
-            let list = try kernel("failed to list routes", container.routes(family: family, outputIndex: nil))
+            let list = try kernel(
+                "failed to list routes", container.routes(family: family, table: nil, outputIndex: nil))
             routes[family] = list
             return list
         }
@@ -142,7 +143,8 @@ struct PTPCheck {
             }
             let containerHost = IPPrefix(address: ip.address.address, length: bits)!
             let routes = try kernel(
-                "failed to list routes", hostSide.routes(family: gateway.family, outputIndex: veth.index))
+                "failed to list routes",
+                hostSide.routes(family: gateway.family, table: Route.mainTable, outputIndex: veth.index))
             guard routes.contains(where: { $0.destination == containerHost }) else {
                 throw failed("Failed to match host route \(containerHost) on interface \(veth.name)")
             }
