@@ -18,7 +18,7 @@ import pytest
 
 from cnitest import BIN_DIR, REF_DIR, sh
 
-OUR_PLUGINS = ("bridge", "host-local", "static", "loopback")
+OUR_PLUGINS = ("bridge", "ptp", "host-local", "static", "loopback")
 CHAINED_REFERENCE_PLUGINS = ("portmap", "firewall", "tuning")
 LEASE_ROOT = Path("/var/lib/cni/networks")
 
