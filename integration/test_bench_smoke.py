@@ -26,7 +26,7 @@ def test_bench_runs_every_row_once(tmp_path):
     expected = (
         [f"startup-{p}" for p in ("bridge", "host-local", "static", "loopback")]
         + [f"startup-cold-{p}" for p in ("bridge", "host-local", "static", "loopback")]
-        + [f"{s}-{c}" for s in ("base", "masq-iptables", "masq-nftables", "dual", "static")
+        + [f"{s}-{c}" for s in ("base", "masq-iptables", "masq-nftables", "dual", "static", "ptp", "ptp-dual")
            for c in ("ADD", "CHECK", "DEL")]
         + ["create-bridge-ADD", "rss-bridge-ADD", "rss-host-local-ADD"]
         + [f"throughput-{n}{phase}" for n in (1, 8, 16) for phase in ("", "-ADD", "-DEL")]
