@@ -383,7 +383,10 @@ struct BridgeAdd {
                     .netlinkFailure, "failed to enter network namespace \"\(container.path)\"",
                     details: error.description)
             }
-            throw CNIError(.sysctlFailure, "failed to enable IPv6 in \"\(container.path)\"", details: error.description)
+            // Only disable_ipv6 is required: name its interface, as before the seam.
+            let interface = error.operation.contains("/conf/lo/") ? "lo" : ifName
+            throw CNIError(
+                .sysctlFailure, "failed to enable IPv6 for interface \"\(interface)\"", details: error.description)
         }
         for ip in result.ips {
             // Without enabledad, no DAD at all (the reference: accept_dad=0; nodad says so per address).

@@ -10,6 +10,9 @@ extension HostNetwork {
         do {
             namespace = try openNamespace(path: path)
         } catch {
+            guard error.layer == .namespace else {
+                throw CNIError(error.cniCode, "failed to \(error.operation)", details: error.detail)
+            }
             guard error.kind == .notFound else {
                 throw CNIError(.invalidEnvironment, "failed to open netns \"\(path)\"", details: "CNI_NETNS: \(error)")
             }
@@ -32,6 +35,9 @@ extension HostNetwork {
         do {
             return try openNamespace(path: path)
         } catch {
+            guard error.layer == .namespace else {
+                throw CNIError(error.cniCode, "failed to \(error.operation)", details: error.detail)
+            }
             guard error.kind == .notFound || error.kind == .invalid else {
                 throw CNIError(.invalidEnvironment, "failed to open netns \"\(path)\"", details: "CNI_NETNS: \(error)")
             }

@@ -14,8 +14,9 @@ import Netlink
 public protocol HostNetwork: AnyObject {
     /// The namespace the plugin runs in.
     func pluginNamespace() throws(HostNetworkError) -> any NetworkNamespace
-    /// Opens a network namespace by path. Kinds: `.notFound` (nothing there), `.invalid` (not a
-    /// network namespace), `.failed` (could not open it).
+    /// Opens a network namespace by path (and a netlink socket in it). Layer `.namespace`, kinds
+    /// `.notFound` (nothing there), `.invalid` (not a network namespace), `.failed` (could not
+    /// open it); layer `.netlink` when the socket could not be opened.
     func openNamespace(path: String) throws(HostNetworkError) -> any NetworkNamespace
 
     // MARK: Firewall (layer `.firewall`)

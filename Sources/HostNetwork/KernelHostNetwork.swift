@@ -56,7 +56,8 @@ public final class KernelHostNetwork: HostNetwork {
         do {
             socket = try namespace.openSocket()
         } catch {
-            throw HostNetworkError(.namespace, .failed, "open a netlink socket in \"\(path)\"", "\(error)")
+            // The namespace is there: a netlink failure, not a bad CNI_NETNS.
+            throw HostNetworkError(.netlink, .failed, "open a netlink socket in \"\(path)\"", "\(error)")
         }
         var isPlugin = false
         if let own = try? Namespace.current() { isPlugin = own.isSame(as: namespace) }

@@ -160,6 +160,20 @@ import Testing
         #expect(harness.ipam.calls.isEmpty)
     }
 
+    /// A namespace that opens but whose netlink socket does not is the host's failure (code 100),
+    /// not a bad CNI_NETNS (code 4); DEL then still releases the lease.
+    @Test func aSocketFailureInTheNamespaceIsCode100() {
+        let harness = Harness()
+        harness.host.fail("open netns \(harness.netns)", layer: .netlink)
+        let add = harness.run("ADD")
+        #expect(add.code == 100, "\(add.text)")
+        #expect(harness.ipam.calls.isEmpty)
+        harness.host.fail("open netns \(harness.netns)", layer: .netlink)
+        let del = harness.run("DEL")
+        #expect(del.code == 100)
+        #expect(harness.ipam.calls == ["ipam DEL host-local"])
+    }
+
     @Test func badKeysAreCode7NamingTheKey() {
         let harness = Harness()
         for (key, value) in [
