@@ -383,8 +383,9 @@ struct BridgeAdd {
                     .netlinkFailure, "failed to enter network namespace \"\(container.path)\"",
                     details: error.description)
             }
-            // Only disable_ipv6 is required: name its interface, as before the seam.
-            let interface = error.operation.contains("/conf/lo/") ? "lo" : ifName
+            // Only disable_ipv6 is required: name its interface, as before the seam. (hasPrefix:
+            // a substring search would link the regex engine, 1.3 MB, into every plugin.)
+            let interface = error.operation.hasPrefix("write net/ipv6/conf/lo/") ? "lo" : ifName
             throw CNIError(
                 .sysctlFailure, "failed to enable IPv6 for interface \"\(interface)\"", details: error.description)
         }

@@ -22,19 +22,14 @@ public final class KernelHostNetwork: HostNetwork {
 
     public func pluginNamespace() throws(HostNetworkError) -> any NetworkNamespace {
         if let plugin { return plugin }
-        let namespace: Namespace
-        do {
-            namespace = try Namespace.current()
-        } catch {
-            throw HostNetworkError(.namespace, .failed, "open the plugin's network namespace", error.description)
-        }
         let socket: NetlinkSocket
         do {
             socket = try NetlinkSocket()
         } catch {
             throw HostNetworkError(error, "open a netlink socket")
         }
-        let opened = KernelNamespace(namespace, socket: socket, isPlugin: true)
+        // Its namespace file is opened only if it is needed (as a veth peer): a syscall less per run.
+        let opened = KernelNamespace(nil, socket: socket, isPlugin: true)
         plugin = opened
         return opened
     }
@@ -59,9 +54,7 @@ public final class KernelHostNetwork: HostNetwork {
             // The namespace is there: a netlink failure, not a bad CNI_NETNS.
             throw HostNetworkError(.netlink, .failed, "open a netlink socket in \"\(path)\"", "\(error)")
         }
-        var isPlugin = false
-        if let own = try? Namespace.current() { isPlugin = own.isSame(as: namespace) }
-        return KernelNamespace(namespace, socket: socket, isPlugin: isPlugin)
+        return KernelNamespace(namespace, socket: socket, isPlugin: nil)
     }
 
     public func setupMasquerade(
@@ -126,18 +119,38 @@ public final class KernelHostNetwork: HostNetwork {
 
 /// A namespace with its netlink socket.
 final class KernelNamespace: NetworkNamespace {
-    let namespace: Namespace
+    private var opened: Namespace?
     let socket: NetlinkSocket
-    private let isPlugin: Bool
+    /// nil until asked (DEL never asks).
+    private var isPlugin: Bool?
 
-    init(_ namespace: Namespace, socket: NetlinkSocket, isPlugin: Bool) {
-        self.namespace = namespace
+    init(_ namespace: Namespace?, socket: NetlinkSocket, isPlugin: Bool?) {
+        self.opened = namespace
         self.socket = socket
         self.isPlugin = isPlugin
     }
 
-    var path: String { namespace.path }
-    func isPluginNamespace() -> Bool { isPlugin }
+    var path: String { opened?.path ?? "/proc/thread-self/ns/net" }
+
+    func isPluginNamespace() -> Bool {
+        if let isPlugin { return isPlugin }
+        var same = false
+        if let opened, let own = try? Namespace.current() { same = own.isSame(as: opened) }
+        isPlugin = same
+        return same
+    }
+
+    /// The namespace file (the plugin's own is opened on first use).
+    func namespace() throws(HostNetworkError) -> Namespace {
+        if let opened { return opened }
+        do {
+            let current = try Namespace.current()
+            opened = current
+            return current
+        } catch {
+            throw HostNetworkError(.namespace, .failed, "open the plugin's network namespace", error.description)
+        }
+    }
 
     /// Runs one netlink request, keeping what the kernel said.
     private func request<T>(_ body: () throws(NetlinkError) -> T) throws(HostNetworkError) -> T {
@@ -165,9 +178,10 @@ final class KernelNamespace: NetworkNamespace {
             throw HostNetworkError(
                 .netlink, .invalid, "create veth \(name)/\(peerName)", "peer namespace not a kernel one")
         }
+        let peerFile = try peer.namespace()
         return try request { () throws(NetlinkError) in
             try socket.createVethPair(
-                name: name, mtu: mtu, peerName: peerName, peerMAC: peerMAC, peerNamespace: peer.namespace)
+                name: name, mtu: mtu, peerName: peerName, peerMAC: peerMAC, peerNamespace: peerFile)
         }
     }
 
@@ -252,9 +266,10 @@ final class KernelNamespace: NetworkNamespace {
 
     func applySysctls(_ settings: [SysctlSetting]) throws(HostNetworkError) {
         guard !settings.isEmpty else { return }
-        if isPlugin { return try Self.apply(settings) }
+        // The plugin's own: no switch (and nothing to open).
+        guard let opened, isPlugin != true else { return try Self.apply(settings) }
         do {
-            try namespace.run { () throws(HostNetworkError) in try Self.apply(settings) }
+            try opened.run { () throws(HostNetworkError) in try Self.apply(settings) }
         } catch let error as HostNetworkError {
             throw error
         } catch {
