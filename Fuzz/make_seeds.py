@@ -96,6 +96,13 @@ def main():
         write("FuzzRange", compact(ipam))
     write("FuzzRange", b"IP=10.1.2.9,fd00::15\n" + compact(ranges[1]))
     write("FuzzRange", compact(dict(ranges[0], ranges=[[{"subnet": "10.9.0.0/29", "gateway": "10.9.0.6"}]])))
+    excluding = {"type": "host-local", "ranges": [
+        [{"subnet": "10.9.0.0/27", "rangeStart": "10.9.0.0", "rangeEnd": "10.9.0.31",
+          "exclude": ["10.9.0.5", "10.9.0.8-10.9.0.12", "10.9.0.16/29"]}, {"subnet": "10.9.1.0/30"}],
+        [{"subnet": "fd00::/120", "rangeEnd": "fd00::ff", "exclude": ["fd00::2-fd00::9", "fd00::80/121"]}]]}
+    write("FuzzRange", compact(excluding))
+    write("FuzzRange", b"IPFAMILY=ipv6;IPPOOL=fd00::/120\n" + compact(excluding))
+    write("FuzzRange", b"IP=10.9.0.6\n" + compact(dict(excluding, subnet="10.8.0.0/24", exclude=["10.8.0.0/25"])))
     bridges = [BRIDGE, dict(BRIDGE, vlan=100, vlanTrunk=[{"id": 101}, {"minID": 200, "maxID": 210}]),
                dict(BRIDGE, ipam={}, disableContainerInterface=True, portIsolation=True, macspoofchk=True),
                dict(BRIDGE, ipMasqBackend="nftables", hairpinMode=True, mtu=9000, isDefaultGateway=True),

@@ -361,3 +361,5 @@ def test_conf_examples_allocate(data_dir, example):
     assert run.ok, run
     if "requested" in example:
         assert addresses(run) == ["10.26.0.42/24"]
+    if "exclude" in example:
+        assert addresses(run) == ["10.27.0.10/24"]  # .1 the gateway, .2-.9 excluded

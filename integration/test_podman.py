@@ -1,6 +1,7 @@
 """podman 4.3 (CNI backend) drives our plugins: the conflists podman writes (0.4.0: bridge with
 host-local, then portmap, firewall, tuning), its CNI_ARGS for --ip, port publishing, a bridge with
-static IPAM, network connect/disconnect, and nothing left behind after `podman rm`.
+static IPAM, network connect/disconnect, --ip-range ranges (rangeEnd at the broadcast address),
+macFromIP and exclude in a hand-written conflist, and nothing left behind after `podman rm`.
 
 A private podman (own config, storage and network dir under a temp dir) runs containers from a
 busybox rootfs (`--rootfs`), since no registry is reachable. Set SWIFT_CNI_BIN=/usr/lib/cni to
@@ -197,6 +198,65 @@ def test_podman_network_connect_and_disconnect(podman):
     first_address = podman.addresses(container)
     podman("rm", "-f", "-t", "0", container)
     assert_nothing_left(first, container, first_address)
+
+
+@pytest.mark.parametrize("half", ["lower", "upper", "whole"])
+def test_podman_ip_range_is_served_without_network_or_broadcast_address(podman, half):
+    # `docker network create --subnet S --ip-range R` (podman's API): podman writes rangeStart =
+    # first address of R + 1 and rangeEnd = last address of R, which for the upper half (or R =
+    # S) is S's broadcast address. On a /28: lower .0/29, upper .8/29, whole .0/28.
+    base = free_subnet().rsplit(".", 1)[0]
+    ip_range = {"lower": f"{base}.0/29", "upper": f"{base}.8/29", "whole": f"{base}.0/28"}[half]
+    network = podman.create_network(subnet=f"{base}.0/28", extra=("--ip-range", ip_range))
+    ipam = podman.conflist(network["name"])["plugins"][0]["ipam"]
+    end = {"lower": 7, "upper": 15, "whole": 15}[half]
+    assert ipam["ranges"][0][0]["rangeEnd"] == f"{base}.{end}", ipam
+    first = {"lower": 2, "upper": 9, "whole": 2}[half]  # .1 is the gateway
+    expected = [f"{base}.{i}" for i in range(first, min(end, 14) + 1)]
+    containers, got = [], []
+    for _ in range(len(expected) if half != "whole" else 2):
+        containers.append(podman.run(network["name"], "sleep", "600"))
+        got += podman.addresses(containers[-1])
+    if half == "whole":
+        assert got == expected[:2]
+    else:
+        assert sorted(got, key=ipaddress.ip_address) == expected
+        # The range is used up: the next start is refused, and .15 (broadcast) never appears.
+        refused = podman("run", "-d", "--network", network["name"], "--rootfs", podman.rootfs, "sleep", "600",
+                         check=False)
+        assert refused.returncode != 0 and "no IP addresses available" in refused.stderr, refused.stderr
+    assert f"{base}.15" not in leases(network["name"]) and f"{base}.0" not in leases(network["name"])
+    podman("rm", "-a", "-f", "-t", "0")
+    assert_nothing_left(network, containers[0], got)
+
+
+def test_podman_sees_the_mac_from_ip_and_an_excluded_address_is_skipped(podman):
+    # A hand-written conflist in podman's shape with our keys: macFromIP on the bridge, exclude in
+    # the range. podman reads the MAC from our result (its inspect shows it).
+    dynamic = podman.create_network()
+    subnet = dynamic["subnets"][0]["subnet"]
+    base = subnet.rsplit(".", 1)[0]
+    name = dynamic["name"] + "m"
+    podman.add_conflist({
+        "cniVersion": "0.4.0", "name": name,
+        "plugins": [
+            {"type": "bridge", "bridge": dynamic["network_interface"], "isGateway": True, "macFromIP": True,
+             "ipam": {"type": "host-local", "routes": [{"dst": "0.0.0.0/0"}],
+                      "ranges": [[{"subnet": subnet, "gateway": f"{base}.1", "exclude": [f"{base}.2-{base}.9"]}]]}},
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+            {"type": "firewall", "backend": ""},
+            {"type": "tuning"},
+        ],
+    }, dynamic["network_interface"], subnet)
+    container = podman.run(name, "sleep", "600")
+    address = podman.addresses(container)
+    assert address == [f"{base}.10"], address
+    mac = "02:42:" + ":".join(f"{int(octet):02x}" for octet in address[0].split("."))
+    assert f"link/ether {mac}" in podman.exec(container, "ip", "-o", "link", "show", "eth0")
+    seen = json.loads(podman("inspect", "--format", "{{json .NetworkSettings.Networks}}", container))
+    assert seen[name]["MacAddress"] == mac, seen
+    podman("rm", "-f", "-t", "0", container)
+    assert leases(name) == []
 
 
 def test_podman_with_a_hand_written_ptp_network(podman):

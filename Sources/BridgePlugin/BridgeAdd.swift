@@ -58,16 +58,9 @@ struct BridgeAdd {
             .init(name: ifName, mac: containerLink.mac?.description, sandbox: request.netns),
         ])
 
-        if config.macSpoofCheck {
-            guard let mac = containerLink.mac else {
-                throw CNIError(.netlinkFailure, "container interface \(ifName) has no MAC address for macspoofchk")
-            }
-            try firewall(
-                host.setupSpoofCheck(
-                    hostVeth: hostVeth.name, containerMAC: mac, containerID: request.containerID, ifName: ifName))
-            rollback.add("remove the mac spoof-check rules") { [host] () throws(CNIError) in
-                try firewall(host.teardownSpoofCheck(containerID: request.containerID, ifName: ifName))
-            }
+        // With macFromIP the MAC is known only once IPAM answers: the rules wait for it.
+        if config.macSpoofCheck && !config.derivesMAC {
+            try setupSpoofCheck(hostVeth: hostVeth, mac: containerLink.mac)
         }
 
         if let pendingIPAM = ipam, let ipamType = config.ipamType {
@@ -80,6 +73,11 @@ struct BridgeAdd {
                 throw CNIError(
                     .delegationFailure, "IPAM plugin returned missing IP config",
                     details: "\(ipamType) returned no addresses")
+            }
+            if config.derivesMAC {
+                let mac = try setMACFromIP(container, link: containerLink, addresses: ipam.ips.map(\.address))
+                result.interfaces[2].mac = mac.description
+                if config.macSpoofCheck { try setupSpoofCheck(hostVeth: hostVeth, mac: mac) }
             }
             // The masquerade rules go first: over netlink they leave the kernel an RCU grace
             // period of cleanup that closing the nf_tables socket at exit would wait for, and
@@ -124,6 +122,36 @@ struct BridgeAdd {
                     network: config.network, containerID: request.containerID, ifName: request.ifName,
                     addresses: addresses))
         }
+    }
+
+    // MARK: MAC
+
+    /// `macspoofchk`: only frames from `mac` leave the container's port. Registers the undo.
+    private func setupSpoofCheck(hostVeth: Link, mac: MACAddress?) throws(CNIError) {
+        let ifName = request.ifName
+        guard let mac else {
+            throw CNIError(.netlinkFailure, "container interface \(ifName) has no MAC address for macspoofchk")
+        }
+        try firewall(
+            host.setupSpoofCheck(
+                hostVeth: hostVeth.name, containerMAC: mac, containerID: request.containerID, ifName: ifName))
+        rollback.add("remove the mac spoof-check rules") { [host] () throws(CNIError) in
+            try firewall(host.teardownSpoofCheck(containerID: request.containerID, ifName: ifName))
+        }
+    }
+
+    /// `macFromIP`: gives the container end the MAC of its addresses while it is still down
+    /// (so its IPv6 link-local address and first ARP use it). Nothing to undo: the veth goes.
+    private func setMACFromIP(
+        _ container: any NetworkNamespace, link: Link, addresses: [IPPrefix]
+    ) throws(CNIError) -> MACAddress {
+        guard let mac = BridgeConfig.mac(fromAddresses: addresses) else {
+            throw CNIError(.delegationFailure, "macFromIP: IPAM returned no address to derive a MAC from")
+        }
+        try kernel(
+            "failed to set the MAC of \(request.ifName) to \(mac) (macFromIP)", container.setMAC(index: link.index, mac)
+        )
+        return mac
     }
 
     // MARK: IPAM

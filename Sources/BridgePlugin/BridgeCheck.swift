@@ -66,6 +66,14 @@ struct BridgeCheck {
             throw failed("Interface name \(ifName) not found", "in netns \(request.netns)")
         }
         guard link.isVeth else { throw failed("Error: Container interface \(ifName) not of type veth") }
+        // Checked first: it says why the MAC is expected (also when prevResult lists no MAC).
+        if config.derivesMAC, let expected = BridgeConfig.mac(fromAddresses: previous.ips.map(\.address)),
+            link.mac != expected
+        {
+            throw failed(
+                "Interface \(ifName) Mac \(link.mac?.description ?? "none") is not \(expected), the MAC of "
+                    + "its address (macFromIP)")
+        }
         if let mac = entry.mac, !mac.isEmpty, MACAddress(mac) != link.mac {
             throw failed(
                 "Interface \(ifName) Mac \(mac) doesn't match container Mac: \(link.mac?.description ?? "none")")

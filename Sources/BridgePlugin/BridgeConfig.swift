@@ -41,6 +41,20 @@ public struct BridgeConfig: Sendable, Equatable {
     public var dns: DNS?
     /// The container interface's MAC, from runtimeConfig.mac > args.cni.mac > CNI_ARGS MAC.
     public var containerMAC: MACAddress?
+    /// `macFromIP` (ours, default false): the container MAC is derived from its first address,
+    /// as Docker does, so that an address reused by a new container keeps the MAC neighbours
+    /// have cached for it (no stale-ARP blackhole when round robin wraps): `02:42:` and the four
+    /// bytes of the first IPv4 address (`02:42:ac:11:00:03` for 172.17.0.3), or for an
+    /// IPv6-only attachment the low 32 bits of the first IPv6 address (`mac(fromAddresses:)`).
+    /// An explicit MAC (`containerMAC`) wins. The veth exists before IPAM answers (reference
+    /// order), so ADD sets the MAC once the addresses are known, before the link comes up; the
+    /// result reports it and CHECK verifies it.
+    ///
+    /// With `macspoofchk`, the spoof-check rules are written for the derived MAC, so ADD sets
+    /// them after IPAM instead of before it: frames from the container must carry the MAC of
+    /// its address. A container that changes its MAC is dropped as with any spoof-checked MAC,
+    /// and a reused address gets the same rules under the new container's name.
+    public var macFromIP: Bool
 
     public static let defaultBridgeName = "cni0"
 
@@ -79,6 +93,7 @@ public struct BridgeConfig: Sendable, Equatable {
         enableDAD = keys.enabledad ?? false
         disableContainerInterface = keys.disableContainerInterface ?? false
         portIsolation = keys.portIsolation ?? false
+        macFromIP = keys.macFromIP ?? false
         if let type = keys.ipam?.type, !type.isEmpty { ipamType = type }
         if let dns = keys.dns,
             dns.nameservers != nil || dns.search != nil || dns.options != nil || !(dns.domain ?? "").isEmpty
@@ -116,10 +131,26 @@ public struct BridgeConfig: Sendable, Equatable {
                 .invalidNetworkConfig, "cannot use IPAM when DisableContainerInterface flag is set",
                 details: "keys disableContainerInterface and ipam.type: an interface left down cannot be addressed")
         }
+        if macFromIP && !isLayer3 {
+            throw CNIError(
+                .invalidNetworkConfig, "macFromIP needs addresses, and this network has no IPAM",
+                details: "keys macFromIP and ipam: set ipam.type, or drop macFromIP for an L2-only network")
+        }
         if let gateway = vlanGatewayInterface {
             try Self.validateLinkName(gateway, key: "bridge and vlan (the VLAN gateway interface name)")
         }
         containerMAC = try Self.resolveMAC(keys, cniArgs: cniArgs)
+    }
+
+    /// Whether ADD sets the container MAC from its addresses (`macFromIP` and no explicit MAC).
+    public var derivesMAC: Bool { macFromIP && containerMAC == nil }
+
+    /// The MAC `macFromIP` gives an attachment with `addresses` (in result order): `02:42:` and
+    /// the first IPv4 address, else the low 32 bits of the first IPv6 address; nil without any.
+    /// Always unicast and locally administered (first byte 0x02).
+    public static func mac(fromAddresses addresses: [IPPrefix]) -> MACAddress? {
+        guard let first = addresses.first(where: { $0.family == .v4 }) ?? addresses.first else { return nil }
+        return MACAddress(bytes: [0x02, 0x42] + first.address.bytes.suffix(4))
     }
 
     /// The reference's precedence: runtimeConfig.mac (capability `mac`) > args.cni.mac > CNI_ARGS MAC.
@@ -217,6 +248,7 @@ public struct BridgeConfig: Sendable, Equatable {
         var enabledad: Bool?
         var disableContainerInterface: Bool?
         var portIsolation: Bool?
+        var macFromIP: Bool?
         var ipam: IPAM?
         var dns: DNS?
         var runtimeConfig: RuntimeConfig?

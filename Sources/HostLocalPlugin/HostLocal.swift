@@ -19,11 +19,11 @@ public enum HostLocal {
         let assignment = try config.assignRequested()
         let owner = LeaseOwner(containerID: request.containerID, ifname: request.ifName)
         return try LeaseStore.withLock(
-            dataDir: config.dataDir, network: config.network, preparingLeases: (owner, config.rangeSets.count)
+            dataDir: config.dataDir, network: config.network, preparingLeases: (owner, config.chosen.count)
         ) { store throws(CNIError) in
             // One container interface gets one address per range set, never two.
             let held = try store.leases(of: owner) + store.leases(of: owner.legacy)
-            for set in config.rangeSets {
+            for set in config.chosen.map({ config.rangeSets[$0] }) {
                 if let existing = held.first(where: set.contains) {
                     throw CNIError(
                         .addressUnavailable,
@@ -34,7 +34,9 @@ public enum HostLocal {
             var taken: [IPAddress] = []
             var ips: [CNIResult.IPConfig] = []
             do throws(CNIError) {
-                for (index, set) in config.rangeSets.enumerated() {
+                // Several range sets (dual stack) allocate all or nothing: see the catch.
+                for index in config.chosen {
+                    let set = config.rangeSets[index]
                     let ip = try Allocator.allocate(
                         from: set, index: index, requested: assignment[index], for: owner, in: store)
                     taken.append(ip.address.address)
@@ -97,8 +99,10 @@ public enum HostLocal {
                 details: "no lease of \(owner) in \(directory)")
         }
         guard let previous else { return }
+        // By subnet, not by span: a lease the reference made at the broadcast address of a range
+        // ending there (we narrow such a span) is still this config's to compare.
         let listed = previous.ips.map(\.address.address).filter { address in
-            config.rangeSets.contains { $0.contains(address) }
+            config.rangeSets.contains { set in set.ranges.contains { $0.subnet.contains(address) } }
         }
         let notLeased = listed.filter { !held.contains($0) }
         let notListed = held.filter { !listed.contains($0) }

@@ -11,22 +11,30 @@ struct HostLocalConfig {
     /// Requested addresses, in the reference's order: CNI_ARGS `IP`, `args.cni.ips`,
     /// `runtimeConfig.ips`; duplicates dropped.
     var requested: [IPAddress] = []
+    /// The indices of the range sets this ADD allocates from: all of them unless the request
+    /// chose families or pools (`AddressChoice`).
+    var chosen: [Int] = []
     var routes: [CNIResult.Route] = []
     var resolvConf: String?
 
-    /// The keys host-local reads, as raw text so that errors can name key and value.
+    /// The keys host-local reads, as raw text so that errors can name key and value. `exclude`
+    /// (per range) and `args.cni.ipFamilies` / `ipPools` (CNI_ARGS `IPFAMILY` / `IPPOOL`) are
+    /// ours: the reference ignores them, so on a network it also serves (mixed operation, or a
+    /// node switched back) excluded addresses may be handed out and every range set allocates.
     struct Keys: Decodable {
         struct RangeKeys: Decodable {
             var subnet: String?
             var rangeStart: String?
             var rangeEnd: String?
             var gateway: String?
+            var exclude: [String]?
         }
         struct IPAMKeys: Decodable {
             var subnet: String?
             var rangeStart: String?
             var rangeEnd: String?
             var gateway: String?
+            var exclude: [String]?
             var ranges: [[RangeKeys]]?
             var routes: [CNIResult.Route]?
             var dataDir: String?
@@ -38,7 +46,7 @@ struct HostLocalConfig {
         }
         var ipam: IPAMKeys?
         var runtimeConfig: RuntimeKeys?
-        var args: ConventionArgs?
+        var args: IPAMArgs?
     }
 
     /// Only what DEL, CHECK, GC and STATUS need: the store's location. Ranges are not validated,
@@ -64,7 +72,8 @@ struct HostLocalConfig {
         }
         if let subnet = ipam.subnet, !subnet.isEmpty {
             let legacy = Keys.RangeKeys(
-                subnet: subnet, rangeStart: ipam.rangeStart, rangeEnd: ipam.rangeEnd, gateway: ipam.gateway)
+                subnet: subnet, rangeStart: ipam.rangeStart, rangeEnd: ipam.rangeEnd, gateway: ipam.gateway,
+                exclude: ipam.exclude)
             sets.append(([legacy], "ipam"))
         }
         for (i, set) in (ipam.ranges ?? []).enumerated() {
@@ -91,9 +100,15 @@ struct HostLocalConfig {
             }
             config.rangeSets.append(rangeSet)
         }
+        let args = try request.args(known: ["IP", "IPFAMILY", "IPPOOL"])
+        let choice = try AddressChoice(args: keys.args?.cni, cniArgs: args)
+        config.chosen = try choice.select(
+            config.rangeSets.map { AddressChoice.Candidate(family: $0.family, subnets: $0.ranges.map(\.subnet)) },
+            what: "range set")
         // Before 0.3.0 a result holds one address per family.
         if request.version < .v0_3_0 {
-            for family in [IPAddress.Family.v4, .v6] where config.rangeSets.filter({ $0.family == family }).count > 1 {
+            let families = config.chosen.map { config.rangeSets[$0].family }
+            for family in [IPAddress.Family.v4, .v6] where families.filter({ $0 == family }).count > 1 {
                 throw CNIError(
                     .invalidNetworkConfig,
                     "CNI version \(request.config.cniVersion) does not support more than 1 address per family",
@@ -102,7 +117,6 @@ struct HostLocalConfig {
         }
 
         var requested: [(IPAddress, String)] = []
-        let args = try request.args(known: ["IP"])
         if let text = args["IP"], !text.isEmpty {
             for item in text.split(separator: ",") {
                 requested.append(
@@ -122,22 +136,31 @@ struct HostLocalConfig {
     }
 
     /// Which requested address each range set takes: the first not yet taken that the set
-    /// contains. A requested address no set takes, or a range's gateway, fails the ADD before
-    /// the store is touched (not even its directories are created).
+    /// contains (nil for a set this ADD does not allocate from). A requested address no chosen
+    /// set takes, a range's gateway or an excluded address fails the ADD before the store is
+    /// touched (not even its directories are created).
     func assignRequested() throws(CNIError) -> [IPAddress?] {
         var remaining = requested
-        var assignment: [IPAddress?] = []
-        for (setIndex, set) in rangeSets.enumerated() {
+        var assignment: [IPAddress?] = Array(repeating: nil, count: rangeSets.count)
+        for setIndex in chosen {
+            let set = rangeSets[setIndex]
             if let index = remaining.firstIndex(where: set.contains) {
                 let address = remaining.remove(at: index)
-                if let range = set.range(for: address), address == range.gateway {
-                    throw CNIError(
-                        .addressUnavailable, "requested ip \(address) is subnet's gateway",
-                        details: "range \(range) of range set \(setIndex) has gateway \(range.gateway)")
+                if let refusal = set.range(for: address)?.refusal(ofRequested: address, setIndex: setIndex) {
+                    throw refusal
                 }
-                assignment.append(address)
-            } else {
-                assignment.append(nil)
+                assignment[setIndex] = address
+            }
+        }
+        for address in remaining {
+            if let setIndex = rangeSets.indices.first(where: { rangeSets[$0].contains(address) }),
+                !chosen.contains(setIndex)
+            {
+                throw CNIError(
+                    .invalidNetworkConfig,
+                    "requested IP \(address) is in range set \(setIndex) (\(rangeSets[setIndex])), which the "
+                        + "requested ipFamilies / ipPools leave out",
+                    details: "request an address of a chosen range set, or choose its family or pool too")
             }
         }
         guard remaining.isEmpty else {
@@ -186,7 +209,7 @@ struct HostLocalConfig {
             rangeStart: try address(keys.rangeStart, key: "\(key).rangeStart"),
             rangeEnd: try address(keys.rangeEnd, key: "\(key).rangeEnd"),
             gateway: try address(keys.gateway, key: "\(key).gateway"),
-            key: key)
+            exclude: keys.exclude ?? [], key: key)
     }
 
     private static func address(_ text: String?, key: String) throws(CNIError) -> IPAddress? {

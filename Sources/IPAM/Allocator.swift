@@ -4,9 +4,10 @@ import NetAddress
 /// Takes addresses from range sets for one owner, as host-local does.
 public enum Allocator {
     /// Takes one address of `set` (range set number `index` of the config) for `owner`:
-    /// `requested` when given (it must lie in the set and not be its range's gateway), otherwise
-    /// the next free address in round-robin order after the set's last reserved address. No
-    /// directory scan: each candidate is simply tried (a link that fails with EEXIST).
+    /// `requested` when given (it must lie in the set and be neither its range's gateway nor
+    /// excluded), otherwise the next free address in round-robin order after the set's last
+    /// reserved address (never a gateway, an excluded address, or an IPv4 network or broadcast
+    /// address). No directory scan: each candidate is simply tried (a link that fails with EEXIST).
     public static func allocate(
         from set: RangeSet, index: Int, requested: IPAddress?, for owner: LeaseOwner, in store: LeaseStore
     ) throws(CNIError) -> CNIResult.IPConfig {
@@ -16,11 +17,7 @@ public enum Allocator {
                     .invalidNetworkConfig, "requested IP \(requested) is not in range set \(index) (\(set))",
                     details: "request an address between rangeStart and rangeEnd of a range")
             }
-            guard requested != range.gateway else {
-                throw CNIError(
-                    .addressUnavailable, "requested ip \(requested) is subnet's gateway",
-                    details: "range \(range) of range set \(index) has gateway \(range.gateway)")
-            }
+            if let refusal = range.refusal(ofRequested: requested, setIndex: index) { throw refusal }
             guard try store.reserve(requested, for: owner, rangeSetIndex: index) else {
                 let holder = try store.owner(of: requested).map { " to \($0)" } ?? ""
                 throw CNIError(

@@ -1,4 +1,5 @@
 import CNI
+import IPAM
 import NetAddress
 
 /// The static IPAM plugin: hands out exactly the addresses it is given, keeps no state.
@@ -39,6 +40,8 @@ public enum Static {
 
 /// static's config after the reference's precedence: `runtimeConfig.ips` replaces `args.cni.ips`,
 /// which replaces `ipam.addresses` plus CNI_ARGS `IP` (CNI_ARGS `GATEWAY` applies to those).
+/// Then, beyond the reference, the request's family or pool choice (`args.cni.ipFamilies` /
+/// `ipPools`, CNI_ARGS `IPFAMILY` / `IPPOOL`) keeps only the matching addresses.
 struct StaticConfig {
     var addresses: [CNIResult.IPConfig] = []
     /// Where each address came from (`ipam.addresses[1]`, `CNI_ARGS IP`, ...), for messages.
@@ -59,7 +62,7 @@ struct StaticConfig {
         struct RuntimeKeys: Decodable { var ips: [String]? }
         var ipam: IPAMKeys?
         var runtimeConfig: RuntimeKeys?
-        var args: ConventionArgs?
+        var args: IPAMArgs?
     }
 
     static func load(_ request: PluginRequest) throws(CNIError) -> StaticConfig {
@@ -91,7 +94,7 @@ struct StaticConfig {
             config.append(address, gateway: gateway, key: key)
         }
 
-        let args = try request.args(known: ["IP", "GATEWAY"])
+        let args = try request.args(known: ["IP", "GATEWAY", "IPFAMILY", "IPPOOL"])
         if let ips = args["IP"], !ips.isEmpty {
             for item in ips.split(separator: ",") {
                 guard let address = IPPrefix(item.trimmed) else {
@@ -131,6 +134,18 @@ struct StaticConfig {
         }
 
         try config.checkDuplicates()
+        // Family and pool choice (`AddressChoice`): only the addresses of those families, or
+        // whose subnet is a pool asked for; asking for one the config lacks is an error.
+        let choice = try AddressChoice(args: keys.args?.cni, cniArgs: args)
+        if !choice.isEverything {
+            let chosen = try choice.select(
+                config.addresses.map {
+                    AddressChoice.Candidate(family: $0.address.family, subnets: [$0.address.network])
+                },
+                what: "address")
+            config.addresses = chosen.map { config.addresses[$0] }
+            config.addressKeys = chosen.map { config.addressKeys[$0] }
+        }
         if request.version < .v0_3_0 {
             for family in [IPAddress.Family.v4, .v6]
             where config.addresses.filter({ $0.address.family == family }).count > 1 {

@@ -105,6 +105,28 @@ final class BridgeHarness {
         #expect(harness.ipamLog == ["ADD c1"])
     }
 
+    /// macFromIP on the seam: the MAC is set once IPAM answers, the spoof check written for it
+    /// after; a failure setting it undoes the lease, veth and bridge.
+    @Test func macFromIPSetsTheDerivedMACBeforeTheSpoofCheck() throws {
+        let harness = try BridgeHarness()
+        harness.config["macFromIP"] = .bool(true)
+        let add = harness.run("ADD")
+        #expect(add.ok, "\(add.message)")
+        let eth0 = try #require(harness.container.linkTable.first { $0.name == "eth0" })
+        #expect(eth0.mac == MACAddress("02:42:0a:07:00:05"))
+        let setMAC = try #require(harness.host.calls.firstIndex { $0.hasPrefix("/run/netns/ctr: set eth0 address") })
+        let spoof = try #require(harness.host.calls.firstIndex { $0.hasPrefix("firewall: set up spoof check") })
+        #expect(setMAC < spoof)
+        #expect(harness.host.calls[spoof].contains("02:42:0a:07:00:05"))
+
+        let failing = try BridgeHarness()
+        failing.config["macFromIP"] = .bool(true)
+        failing.host.fail("/run/netns/ctr: set eth0 address")
+        #expect(failing.run("ADD").code == 100)
+        #expect(failing.hostLinks == ["lo"] && failing.host.spoofChecks.isEmpty)
+        #expect(failing.ipamLog == ["ADD c1", "DEL c1"])
+    }
+
     /// Each step of ADD failed in turn: everything before it is undone, newest first, and the
     /// bridge this ADD created goes too.
     @Test(arguments: [

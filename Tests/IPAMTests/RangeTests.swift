@@ -75,25 +75,48 @@ import Testing
         }
     }
 
-    @Test func rejectsTheIPv4NetworkAndBroadcastAddressesAsRangeBounds() {
+    // podman's `--ip-range` writes these (rangeEnd 10.0.0.255 for 10.0.0.128/25; a whole-subnet
+    // range from the network address): accepted, and the span stops short of both addresses.
+    @Test(arguments: [
+        ("192.0.2.0/24", "192.0.2.129", "192.0.2.255", "192.0.2.129-192.0.2.254"),
+        ("192.0.2.0/24", "192.0.2.0", "192.0.2.127", "192.0.2.1-192.0.2.127"),
+        ("192.0.2.0/24", "192.0.2.0", "192.0.2.255", "192.0.2.1-192.0.2.254"),
+        ("192.0.2.0/30", "192.0.2.0", "192.0.2.3", "192.0.2.1-192.0.2.2"),
+    ])
+    func narrowsIPv4BoundsAtTheNetworkAndBroadcastAddresses(
+        subnet: String, start: String, end: String, span: String
+    ) throws {
+        let range = try IPRange(subnet: cidr(subnet), rangeStart: ip(start), rangeEnd: ip(end))
+        #expect(range.description == span)
+        #expect(!range.contains(cidr(subnet).networkAddress))
+        #expect(!range.contains(cidr(subnet).lastAddress))
+        let handedOut = Array(try RangeSet([range]).candidates(after: nil)).map(\.address)
+        #expect(!handedOut.contains(cidr(subnet).lastAddress) && !handedOut.contains(cidr(subnet).networkAddress))
+        #expect(handedOut.last == range.rangeEnd)
+    }
+
+    @Test func stillRefusesASpanOfOnlyTheNetworkOrBroadcastAddress() {
         #expect(
             throws: CNIError(
                 .invalidNetworkConfig,
-                "invalid ipam.ranges[0][0].rangeStart: RangeStart 192.0.2.0 is the network address of 192.0.2.0/24")
+                "invalid ipam.ranges[0][0].rangeEnd: range 192.0.2.255-192.0.2.255 holds only the network or "
+                    + "broadcast address of 192.0.2.0/24")
         ) {
-            try IPRange(subnet: cidr("192.0.2.0/24"), rangeStart: ip("192.0.2.0"), key: "ipam.ranges[0][0]")
+            try IPRange(
+                subnet: cidr("192.0.2.0/24"), rangeStart: ip("192.0.2.255"), rangeEnd: ip("192.0.2.255"),
+                key: "ipam.ranges[0][0]")
         }
+        // Start after end is checked on the bounds as written.
         #expect(
             throws: CNIError(
-                .invalidNetworkConfig,
-                "invalid ipam.ranges[0][0].rangeEnd: RangeEnd 192.0.2.255 is the broadcast address of 192.0.2.0/24")
+                .invalidNetworkConfig, "invalid range.rangeEnd: RangeEnd 192.0.2.0 is before RangeStart 192.0.2.255")
         ) {
-            try IPRange(subnet: cidr("192.0.2.0/24"), rangeEnd: ip("192.0.2.255"), key: "ipam.ranges[0][0]")
+            try IPRange(subnet: cidr("192.0.2.0/24"), rangeStart: ip("192.0.2.255"), rangeEnd: ip("192.0.2.0"))
         }
-        // IPv6 has no broadcast: the last address is a valid rangeEnd (and the default).
-        #expect(throws: Never.self) {
-            try IPRange(subnet: cidr("2001:db8::/120"), rangeEnd: ip("2001:db8::ff"))
-        }
+        // IPv6 has no broadcast: the last address is a valid rangeEnd (and the default), kept.
+        #expect(
+            (try? IPRange(subnet: cidr("2001:db8::/120"), rangeEnd: ip("2001:db8::ff")))?.rangeEnd == ip("2001:db8::ff")
+        )
     }
 
     @Test func rejectsAGatewayOutsideTheSubnet() {

@@ -6,21 +6,24 @@ import NetAddress
 @testable import HostLocalPlugin
 import FuzzDriver
 
-// host-local's config parsing (ranges, range sets, legacy range, requested addresses) and the
-// allocation order over what it accepts. The input is the `ipam` section (any bytes: it is spliced
-// into a network config as is); a line starting with `IP=` before it becomes CNI_ARGS.
+// host-local's config parsing (ranges, range sets, legacy range, exclude, requested addresses,
+// family and pool choice) and the allocation order over what it accepts. The input is the `ipam`
+// section (any bytes: it is spliced into a network config as is); a line starting with `IP`
+// before it (`IP=`, `IPFAMILY=`, `IPPOOL=`) becomes CNI_ARGS.
 //
 // Invariants for an accepted config: every range set is non-empty, of one family, its ranges
 // disjoint and each within its subnet with rangeStart <= rangeEnd; sets pairwise disjoint; the
 // round-robin candidates (from the start and from any range's end) lie in the set, are never a
-// gateway, never repeat, and stop after at most the set's size. A refusal is code 4 or 7 with a
+// gateway, never excluded, never an IPv4 network or broadcast address, never repeat, and stop
+// after at most the set's size (exactly its allocatable count when the walk is short); the chosen
+// range sets are valid, distinct config indices in order. A refusal is code 4 or 7 with a
 // message. Parsing touches no file (no lease store is opened).
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     var input = Array(UnsafeBufferPointer(start: data, count: size))
     var cniArgs = ""
-    if input.starts(with: Array("IP=".utf8)), let newline = input.firstIndex(of: 0x0a) {
+    if input.starts(with: Array("IP".utf8)), let newline = input.firstIndex(of: 0x0a) {
         cniArgs = String(decoding: input[..<newline], as: UTF8.self)
         input = Array(input[(newline + 1)...])
     }
@@ -44,6 +47,8 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         }
         return 0
     }
+    guard config.chosen == Array(Set(config.chosen)).sorted(), config.chosen.allSatisfy(config.rangeSets.indices.contains)
+    else { fail("bad chosen range sets \(config.chosen)", input) }
     for (index, set) in config.rangeSets.enumerated() {
         guard !set.ranges.isEmpty else { fail("empty range set \(index)", input) }
         for range in set.ranges {
@@ -73,9 +78,19 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
                 guard address != range.gateway else {
                     fail("candidate \(address) is a gateway", input)
                 }
+                guard range.exclusion(containing: address) == nil else {
+                    fail("candidate \(address) is excluded", input)
+                }
+                guard
+                    range.family == .v6
+                        || (address != range.subnet.networkAddress && address != range.subnet.lastAddress)
+                else { fail("candidate \(address) is the network or broadcast address", input) }
                 guard seen.insert(address).inserted else { fail("candidate \(address) repeats", input) }
                 guard UInt128(seen.count) <= total else { fail("more candidates than addresses", input) }
                 if seen.count >= 300 { break }
+            }
+            if seen.count < 300, UInt128(seen.count) != set.counts.allocatable {
+                fail("\(seen.count) candidates but \(set.counts.allocatable) allocatable", input)
             }
         }
     }
