@@ -57,7 +57,8 @@ let package = Package(
         .executableTarget(
             name: "cni-plugins",
             dependencies: [
-                "CNI", "BridgePlugin", "PTPPlugin", "HostLocalPlugin", "StaticPlugin", "LoopbackPlugin", "PortmapPlugin",
+                "CNI", "BridgePlugin", "PTPPlugin", "HostLocalPlugin", "StaticPlugin", "LoopbackPlugin",
+                "PortmapPlugin",
             ]),
 
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),

@@ -1,8 +1,8 @@
 import CNI
 import HostNetwork
-import PacketFilter
 import NetAddress
 import Netlink
+import PacketFilter
 
 /// ADD, in the reference's order (CNI-REFERENCE §2.1 steps 1–13), with these differences:
 /// the container namespace, CNI_IFNAME and the IPAM plugin are checked before anything is

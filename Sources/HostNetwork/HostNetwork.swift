@@ -1,7 +1,7 @@
 import CNI
-import PacketFilter
 import NetAddress
 import Netlink
+import PacketFilter
 
 /// The kernel seam of the main plugins: every host operation `ptp` (and, as it moves, `bridge`)
 /// performs, as two protocols. `KernelHostNetwork` is the libnl implementation (today's Netlink

@@ -1,7 +1,7 @@
 import CNI
-import PacketFilter
 import NetAddress
 import Netlink
+import PacketFilter
 
 /// The host as the kernel has it: libnl sockets (one per namespace, opened inside it and kept),
 /// sysctls under /proc/sys, and the PacketFilter module's rule transactions.

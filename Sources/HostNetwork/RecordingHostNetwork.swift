@@ -1,7 +1,7 @@
 import CNI
-import PacketFilter
 import NetAddress
 import Netlink
+import PacketFilter
 
 /// The second implementation of `HostNetwork`: the host's links, addresses, routes, sysctls and
 /// firewall rules kept in memory, every call recorded in order (`calls`), and any call failing

@@ -1,6 +1,6 @@
 import CNI
-import PacketFilter
 import NetAddress
+import PacketFilter
 
 /// The ptp plugin's view of its network config: every key of the reference (v1.9.x), decoded and
 /// validated before anything touches the host.
