@@ -202,12 +202,24 @@ public struct BridgeConfig: Sendable, Equatable {
     /// a refused ADD, or after the admin edited the config, must not be left with an attachment
     /// it cannot delete) the shared keys, and `macspoofchk` read on its own, taken as set unless
     /// it is `false` (removing spoof-check rules that are not there is harmless).
+    ///
+    /// A shared key of the wrong type (`NetworkConfig.mistypedKeys`, which DEL and GC tolerate):
+    /// `ipMasq` (`"yes"`) counts as set, for the same reason. `ipam` (`"host-local"`, `[]`,
+    /// `{"type":5}`) names no plugin, so there is no IPAM to call: DEL removes the link and the
+    /// rules (the network may have been layer 3) and succeeds. The reference fails such a DEL (its
+    /// netconf does not parse), and a runtime retries a failed DEL for ever, leaving a pod that
+    /// cannot be deleted; the lease it may leave is not ours to identify (the IPAM plugin keeps
+    /// it), and goes with a GC under the corrected config.
     struct Teardown {
         var network: String
+        /// nil: no IPAM plugin named, or `ipam` unreadable (nothing to release that we can name).
         var ipamType: String?
         var ipMasq: Bool
         var macSpoofCheck: Bool
-        var isLayer3: Bool { ipamType != nil }
+        /// `ipam` was there but of the wrong type: masquerade rules may exist, so they are removed.
+        var ipamUnreadable = false
+        /// Whether the network may have had addresses (and so masquerade rules).
+        var isLayer3: Bool { ipamType != nil || ipamUnreadable }
 
         init(_ request: PluginRequest) {
             if let config = try? BridgeConfig.load(request) {
@@ -220,7 +232,8 @@ public struct BridgeConfig: Sendable, Equatable {
             network = request.config.name
             let type = request.config.ipam?.type ?? ""
             ipamType = type.isEmpty ? nil : type
-            ipMasq = request.config.ipMasq ?? false
+            ipamUnreadable = request.config.mistypedKeys.contains(.ipam)
+            ipMasq = request.config.ipMasq ?? request.config.mistypedKeys.contains(.ipMasq)
             struct SpoofCheckKey: Decodable { var macspoofchk: JSONValue? }
             let value = (try? request.decode(SpoofCheckKey.self))?.macspoofchk
             macSpoofCheck = value != .bool(false) && value != nil && value != .null

@@ -20,21 +20,68 @@ public struct NetworkConfig: Decodable, Sendable {
     public var runtimeConfig: JSONValue?
     public var args: JSONValue?
     public var prevResult: JSONValue?
+    /// The optional shared keys whose value had the wrong type and were taken as absent. Empty
+    /// unless the config was decoded `forTeardown` (every other command refuses such a config
+    /// with code 7 naming the key); DEL and GC read it to tell "absent" from "unreadable".
+    public var mistypedKeys: Set<OptionalKey> = []
+
+    /// The shared keys a config may omit, and which DEL and GC therefore tolerate with a wrong type.
+    public enum OptionalKey: String, Sendable, CaseIterable {
+        case cniVersions, capabilities, ipMasq, ipam, dns
+
+        var codingKey: CodingKeys {
+            switch self {
+            case .cniVersions: .cniVersions
+            case .capabilities: .capabilities
+            case .ipMasq: .ipMasq
+            case .ipam: .ipam
+            case .dns: .dns
+            }
+        }
+    }
+
+    /// The config as DEL and GC decode it (`init(from:forTeardown:)` with `true`).
+    struct ForTeardown: Decodable {
+        var config: NetworkConfig
+        init(from decoder: any Decoder) throws { config = try NetworkConfig(from: decoder, forTeardown: true) }
+    }
 
     enum CodingKeys: String, CodingKey {
         case cniVersion, cniVersions, name, type, capabilities, ipMasq, ipam, dns, runtimeConfig, args, prevResult
     }
 
+    /// Every key with its type checked (ADD, CHECK, STATUS): a wrong type is an error naming it.
     public init(from decoder: any Decoder) throws {
+        try self.init(from: decoder, forTeardown: false)
+    }
+
+    /// With `forTeardown` (DEL and GC), an optional key of the wrong type (`"ipMasq":"yes"`,
+    /// `"dns":"x"`, `"ipam":[]`, `"ipam":{"type":5}`) is taken as absent and listed in
+    /// `mistypedKeys`, so that a config ADD refused, or one the admin edited after ADD, still
+    /// lets the attachment be deleted. The required keys (`name`, `type`, `cniVersion`) stay
+    /// strict: without them nothing can be identified.
+    init(from decoder: any Decoder, forTeardown: Bool) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
+        var mistyped: Set<OptionalKey> = []
+        func optional<T: Decodable>(_ type: T.Type, _ key: OptionalKey) throws -> T? {
+            let codingKey = key.codingKey
+            guard forTeardown else { return try container.decodeIfPresent(type, forKey: codingKey) }
+            do {
+                return try container.decodeIfPresent(type, forKey: codingKey)
+            } catch is DecodingError {
+                mistyped.insert(key)
+                return nil
+            }
+        }
         cniVersion = try container.decodeIfPresent(String.self, forKey: .cniVersion) ?? ""
-        cniVersions = try container.decodeIfPresent([String].self, forKey: .cniVersions)
+        cniVersions = try optional([String].self, .cniVersions)
         name = try container.decodeIfPresent(String.self, forKey: .name) ?? ""
         type = try container.decodeIfPresent(String.self, forKey: .type) ?? ""
-        capabilities = try container.decodeIfPresent([String: Bool].self, forKey: .capabilities)
-        ipMasq = try container.decodeIfPresent(Bool.self, forKey: .ipMasq)
-        ipam = try container.decodeIfPresent(IPAMSection.self, forKey: .ipam)
-        dns = try container.decodeIfPresent(DNS.self, forKey: .dns)
+        capabilities = try optional([String: Bool].self, .capabilities)
+        ipMasq = try optional(Bool.self, .ipMasq)
+        ipam = try optional(IPAMSection.self, .ipam)
+        dns = try optional(DNS.self, .dns)
+        mistypedKeys = mistyped
         runtimeConfig = try container.decodeIfPresent(JSONValue.self, forKey: .runtimeConfig)
         args = try container.decodeIfPresent(JSONValue.self, forKey: .args)
         prevResult = try container.decodeIfPresent(JSONValue.self, forKey: .prevResult)

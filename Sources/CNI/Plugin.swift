@@ -89,7 +89,7 @@ public enum Plugin {
             var cniEnvironment = try CNIEnvironment(command: command, variables: environment)
             cniEnvironment.inheritsProcessEnvironment = inheritsProcessEnvironment
             let stdin = try readStdin()
-            let (config, document) = try decodeConfig(stdin)
+            let (config, document) = try decodeConfig(stdin, forTeardown: command == .del || command == .gc)
             if let version = CNIVersion(config.cniVersion), version.isSupported { errorVersion = version }
             let version = try checkVersion(config.cniVersion, for: command)
             let request = PluginRequest(
@@ -119,7 +119,11 @@ public enum Plugin {
     }
 
     /// The common keys, with the spec's checks on `name`, and stdin parsed (for the plugin's keys).
-    static func decodeConfig(_ stdin: [UInt8]) throws(CNIError) -> (NetworkConfig, JSONDocument) {
+    /// `forTeardown` (DEL, GC): an optional shared key of the wrong type is taken as absent and
+    /// listed in `NetworkConfig.mistypedKeys` instead of refusing the config (see there).
+    static func decodeConfig(_ stdin: [UInt8], forTeardown: Bool = false) throws(CNIError) -> (
+        NetworkConfig, JSONDocument
+    ) {
         guard stdin.count <= JSONDocument.maximumSize else {
             throw CNIError(
                 .decodingFailure, "error decoding network config",
@@ -130,7 +134,9 @@ public enum Plugin {
         do {
             // Checked whole; only the keys decoded are built, so ignored keys cost no memory.
             document = CapabilityKeys.canonicalized(try JSONCodec.document(stdin))
-            config = try document.decode(NetworkConfig.self)
+            config =
+                forTeardown
+                ? try document.decode(NetworkConfig.ForTeardown.self).config : try document.decode(NetworkConfig.self)
         } catch {
             // Not JSON, or not an object: code 6. JSON whose common keys have wrong types: code 7.
             if case .some(.typeMismatch(_, let context)) = error as? DecodingError, !context.codingPath.isEmpty {

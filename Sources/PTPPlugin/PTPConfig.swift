@@ -67,10 +67,18 @@ public struct PTPConfig: Sendable, Equatable {
 
     /// What DEL and GC need, from the keys every plugin shares: they must succeed for any config
     /// that parses as JSON with those keys, even one ADD refuses (a wrong-typed `mtu`, an unknown
-    /// backend), or a runtime is left with an attachment it cannot delete.
+    /// backend, a wrong-typed shared key: `NetworkConfig.mistypedKeys`), or a runtime is left
+    /// with an attachment it cannot delete.
+    ///
+    /// A wrong-typed `ipMasq` (`"yes"`) counts as set: the rules may be there, and removing rules
+    /// that are not is harmless. A wrong-typed `ipam` (`"host-local"`, `[]`, `{"type":5}`) names
+    /// no plugin, so there is no IPAM to call: DEL removes the link and the rules and succeeds.
+    /// The reference fails such a DEL (its netconf does not parse), and a runtime retries a failed
+    /// DEL for ever, leaving a pod that cannot be deleted; the lease it may leave is not ours to
+    /// identify (the IPAM plugin keeps it), and goes with a GC under the corrected config.
     struct Teardown {
         var network: String
-        /// nil: no IPAM plugin named (nothing to release).
+        /// nil: no IPAM plugin named, or `ipam` unreadable (nothing to release that we can name).
         var ipamType: String?
         var ipMasq: Bool
 
@@ -78,7 +86,7 @@ public struct PTPConfig: Sendable, Equatable {
             network = request.config.name
             let type = request.config.ipam?.type ?? ""
             ipamType = type.isEmpty ? nil : type
-            ipMasq = request.config.ipMasq ?? false
+            ipMasq = request.config.ipMasq ?? request.config.mistypedKeys.contains(.ipMasq)
         }
     }
 

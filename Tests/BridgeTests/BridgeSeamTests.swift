@@ -227,6 +227,47 @@ final class BridgeHarness {
         #expect(harness.ipamLog.last == "DEL c1")
     }
 
+    /// A shared key of the wrong type: ADD and CHECK refuse it naming the key; DEL still removes
+    /// the veth, the rules and (through IPAM) the lease; a wrong-typed `ipMasq` counts as set.
+    @Test(arguments: [
+        ("ipMasq", JSONValue.string("yes")), ("dns", .string("x")),
+        ("dns", .object(["search": .number(1)])), ("capabilities", .array([])),
+    ])
+    func delOfAConfigWithAMistypedSharedKey(key: String, value: JSONValue) throws {
+        let harness = try BridgeHarness()
+        let add = harness.run("ADD")
+        #expect(add.ok)
+        var edited = harness.config
+        edited[key] = value
+        let refused = harness.run("ADD", config: edited, containerID: "c2")
+        #expect(refused.code == 7 && refused.message.contains(key), "\(refused.message)")
+        edited["prevResult"] = add.json
+        let check = harness.run("CHECK", config: edited)
+        #expect(check.code == 7 && check.message.contains(key), "\(check.message)")
+        edited["prevResult"] = nil
+        let del = harness.run("DEL", config: edited)
+        #expect(del.ok, "\(key): \(del.message)")
+        #expect(!harness.hostLinks.contains { $0.hasPrefix("veth") })
+        #expect(harness.host.masqueradeRules.isEmpty && harness.host.spoofChecks.isEmpty)
+        #expect(harness.ipamLog.last == "DEL c1")
+    }
+
+    /// A wrong-typed `ipam` names no IPAM plugin: DEL removes the veth and the rules (the network
+    /// may have been layer 3) and succeeds without calling IPAM.
+    @Test(arguments: [JSONValue.string("scriptipam"), .array([]), .object(["type": .bool(true)])])
+    func delOfAConfigWithAMistypedIPAM(ipam: JSONValue) throws {
+        let harness = try BridgeHarness()
+        #expect(harness.run("ADD").ok)
+        var edited = harness.config
+        edited["ipam"] = ipam
+        #expect(harness.run("ADD", config: edited, containerID: "c2").code == 7)
+        let del = harness.run("DEL", config: edited)
+        #expect(del.ok, "\(del.message)")
+        #expect(!harness.hostLinks.contains { $0.hasPrefix("veth") })
+        #expect(harness.host.masqueradeRules.isEmpty && harness.host.spoofChecks.isEmpty)
+        #expect(harness.ipamLog == ["ADD c1"], "no IPAM plugin to call")
+    }
+
     @Test func delCollectsEveryFailureFirstTheLinks() throws {
         let harness = try BridgeHarness()
         #expect(harness.run("ADD").ok)

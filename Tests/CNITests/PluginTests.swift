@@ -133,6 +133,67 @@ import Testing
         #expect(json?["cniVersion"] != nil)
     }
 
+    /// DEL and GC take an optional shared key of the wrong type as absent (and say which), so
+    /// an attachment stays deletable; ADD, CHECK and STATUS refuse it with code 7 naming the key.
+    @Test(arguments: [
+        ("ipMasq", #""yes""#, NetworkConfig.OptionalKey.ipMasq), ("ipMasq", "1", .ipMasq),
+        ("dns", #""x""#, .dns), ("dns", #"{"nameservers":"1.1.1.1"}"#, .dns),
+        ("ipam", #""host-local""#, .ipam), ("ipam", "[]", .ipam), ("ipam", #"{"type":5}"#, .ipam),
+        ("capabilities", #"{"mac":"yes"}"#, .capabilities), ("cniVersions", #""1.0.0""#, .cniVersions),
+    ])
+    func mistypedOptionalKeyIsToleratedOnlyByTeardown(key: String, value: String, expected: NetworkConfig.OptionalKey)
+        throws
+    {
+        let config = #"{"cniVersion":"1.1.0","name":"n","type":"t","cni.dev/valid-attachments":[],"\#(key)":\#(value)}"#
+        for command in ["ADD", "CHECK", "STATUS"] {
+            let (json, status) = try run(config, ["CNI_COMMAND": command])
+            #expect(status == 1, "\(command)")
+            #expect(json?["code"] == .number(7), "\(command)")
+            #expect(json?["details"]?.stringValue?.contains(key) == true, "\(command): \(String(describing: json))")
+        }
+        for command in ["DEL", "GC"] {
+            let seen = Seen()
+            let handler: PluginHandlers.Handler = { request throws(CNIError) in
+                seen.keys = request.config.mistypedKeys
+                seen.ipam = request.config.ipam?.type
+                seen.ipMasq = request.config.ipMasq
+            }
+            let handlers = PluginHandlers(
+                add: { _ throws(CNIError) in CNIResult() }, del: handler, check: { _ throws(CNIError) in }, gc: handler)
+            let env = Self.environment.merging(["CNI_COMMAND": command]) { $1 }
+            let (stdout, status) = Plugin.execute(
+                name: "test", environment: env, stdin: Array(config.utf8), handlers: handlers)
+            #expect(status == 0, "\(command): \(String(decoding: stdout, as: UTF8.self))")
+            #expect(seen.keys == [expected], "\(command)")
+            #expect(seen.ipam == nil && seen.ipMasq == nil, "taken as absent")
+        }
+    }
+
+    @Test func wellTypedOptionalKeysAreNotMistypedOnDEL() throws {
+        let config =
+            #"{"cniVersion":"1.0.0","name":"n","type":"t","ipMasq":true,"ipam":{"type":"host-local"},"dns":{}}"#
+        let seen = Seen()
+        let handler: PluginHandlers.Handler = { request throws(CNIError) in
+            seen.keys = request.config.mistypedKeys
+            seen.ipam = request.config.ipam?.type
+            seen.ipMasq = request.config.ipMasq
+        }
+        let handlers = PluginHandlers(
+            add: { _ throws(CNIError) in CNIResult() }, del: handler, check: { _ throws(CNIError) in })
+        let env = Self.environment.merging(["CNI_COMMAND": "DEL"]) { $1 }
+        let (_, status) = Plugin.execute(name: "test", environment: env, stdin: Array(config.utf8), handlers: handlers)
+        #expect(status == 0)
+        #expect(seen.keys.isEmpty && seen.ipam == "host-local" && seen.ipMasq == true)
+    }
+
+    /// The required keys stay strict on DEL: without them nothing can be identified.
+    @Test(arguments: [#"{"cniVersion":"1.0.0","name":5}"#, #"{"cniVersion":1,"name":"n"}"#, #"{"name":"n","type":[]}"#])
+    func mistypedRequiredKeyIsRefusedOnDEL(config: String) throws {
+        let (json, status) = try run(config, ["CNI_COMMAND": "DEL"])
+        #expect(status == 1)
+        #expect(json?["code"] == .number(7))
+    }
+
     @Test func inputPastTheLimitIsCode6AndAtTheLimitIsDecoded() throws {
         func config(padding: Int) -> String {
             let head = #"{"cniVersion":"1.0.0","name":"n","type":"t","junk":""#
@@ -236,4 +297,11 @@ enum CNIEnvironmentFixture {
                 "CNI_PATH": "/opt/cni/bin",
             ])
     }
+}
+
+/// What a handler saw, for tests that look at the decoded config.
+private final class Seen: @unchecked Sendable {
+    var keys: Set<NetworkConfig.OptionalKey> = []
+    var ipam: String?
+    var ipMasq: Bool?
 }

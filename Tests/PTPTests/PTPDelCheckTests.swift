@@ -99,6 +99,60 @@ import Testing
         expectNothingLeft(harness)
     }
 
+    /// A shared key of the wrong type: ADD and CHECK refuse it naming the key; DEL still removes
+    /// the link, the lease and the rules (a wrong-typed `ipMasq` counts as set).
+    @Test(arguments: [
+        ("ipMasq", JSONValue.string("yes")), ("ipMasq", .number(1)), ("dns", .string("x")),
+        ("dns", .object(["nameservers": .string("1.1.1.1")])), ("capabilities", .string("x")),
+    ])
+    func delOfAConfigWithAMistypedSharedKey(key: String, value: JSONValue) {
+        let (harness, add) = attached()
+        var config = harness.config
+        config[key] = value
+        let refused = harness.run("ADD", config: config, containerID: "c2")
+        #expect(refused.code == 7 && refused.message.contains(key), "\(refused.text)")
+        config["prevResult"] = add.json
+        let check = harness.run("CHECK", config: config)
+        #expect(check.code == 7 && check.message.contains(key), "\(check.text)")
+        config["prevResult"] = nil
+        let del = harness.run("DEL", config: config)
+        #expect(del.ok, "\(del.text)")
+        expectNothingLeft(harness)
+    }
+
+    /// A wrong-typed `ipam` names no IPAM plugin: DEL removes the link and the rules and succeeds
+    /// (the lease stays with the IPAM plugin, for a GC under the corrected config).
+    @Test(arguments: [JSONValue.string("host-local"), .array([]), .object(["type": .number(5)])])
+    func delOfAConfigWithAMistypedIPAM(ipam: JSONValue) {
+        let (harness, _) = attached()
+        var config = harness.config
+        config["ipam"] = ipam
+        #expect(harness.run("ADD", config: config, containerID: "c2").code == 7)
+        let calls = harness.ipam.calls
+        let del = harness.run("DEL", config: config)
+        #expect(del.ok, "\(del.text)")
+        #expect(harness.host.host.linkTable.map(\.name) == ["lo"])
+        #expect(harness.container.linkTable.map(\.name) == ["lo"])
+        #expect(harness.host.masqueradeRules.isEmpty)
+        #expect(harness.ipam.calls == calls, "no IPAM plugin to call")
+        // Once the config is corrected, DEL releases the lease.
+        #expect(harness.run("DEL").ok)
+        expectNothingLeft(harness)
+    }
+
+    @Test func gcOfAConfigWithAMistypedIPMasqRemovesStaleRules() {
+        let harness = Harness(ipMasq: true)
+        harness.config["cniVersion"] = .string("1.1.0")
+        #expect(harness.run("ADD", containerID: "stale").ok)
+        var config = harness.config
+        config["ipMasq"] = .string("yes")
+        config["cni.dev/valid-attachments"] = .array([])
+        let gc = harness.run("GC", config: config)
+        #expect(gc.ok, "\(gc.text)")
+        #expect(harness.host.masqueradeRules.isEmpty)
+        #expect(harness.ipam.leases.isEmpty)
+    }
+
     @Test func gcRemovesRulesOfInvalidAttachmentsAndForwardsToIPAM() {
         let harness = Harness(ipMasq: true)
         harness.config["cniVersion"] = .string("1.1.0")
