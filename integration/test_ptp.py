@@ -236,6 +236,41 @@ def test_del_of_configs_add_refuses(world):
     assert_nothing_left(world, container)
 
 
+# A shared key of the wrong type: ADD refuses it (code 7, naming the key), but a DEL after the
+# admin edited the conflist must still remove the veth, the lease and the masquerade rules.
+MISTYPED_SHARED_KEYS = [{"ipMasq": "yes"}, {"dns": "x"}, {"mtu": "x"}, {"ipMasq": "yes", "dns": "x", "mtu": "x"}]
+
+
+@pytest.mark.parametrize("edit", MISTYPED_SHARED_KEYS, ids=lambda e: "+".join(e))
+def test_del_of_config_with_mistyped_shared_keys(world, edit):
+    container = world.container()
+    config = world.config(ipMasq=True)
+    world.add(config, container)
+    assert nat_rules(world.host) or [c for c in nft_comments(world.host) if c], "ADD made masquerade rules"
+    edited = dict(config, **edit)
+    refused = world.run("ADD", edited, container, containerid="other")
+    assert refused.error_code() == 7 and any(key in str(refused.json) for key in edit), str(refused)
+    run = world.run("DEL", edited, container)
+    assert run.ok, str(run)
+    assert_nothing_left(world, container)
+
+
+def test_del_of_config_with_mistyped_ipam(world):
+    """A wrong-typed `ipam` names no IPAM plugin: DEL removes the veth and the rules and exits 0;
+    the lease stays with host-local until a DEL (or GC) under the corrected config."""
+    container = world.container()
+    config = world.config(ipMasq=True)
+    world.add(config, container)
+    edited = dict(config, ipam="host-local")
+    run = world.run("DEL", edited, container)
+    assert run.ok, str(run)
+    assert world.host_veths() == [] and link(container, "eth0") is None
+    assert nat_rules(world.host) == [] and [c for c in nft_comments(world.host) if c] == []
+    assert len(world.leases()) == 1, "no IPAM plugin was named, so none was called"
+    assert world.run("DEL", config, container).ok
+    assert_nothing_left(world, container)
+
+
 def test_check_after_tampering(world):
     container = world.container()
     config = world.config()
