@@ -7,7 +7,13 @@ let package = Package(
     name: "swift-cni",
     products: [
         // One executable, installed under each plugin's name (see Sources/cni-plugins/main.swift).
-        .executable(name: "cni-plugins", targets: ["cni-plugins"])
+        .executable(name: "cni-plugins", targets: ["cni-plugins"]),
+        // The operator's tool (not exec'd per container): attachments, leases, leaks, GC.
+        .executable(name: "cnictl", targets: ["cnictl"]),
+    ],
+    dependencies: [
+        // Only cnictl links it; the plugins stay free of it (and of Foundation).
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2")
     ],
     targets: [
         // C: Glibc declarations Swift's Glibc module lacks (setns, pipe2, CLONE_NEWNET, O_TMPFILE).
@@ -49,6 +55,13 @@ let package = Package(
             name: "cni-plugins",
             dependencies: ["CNI", "BridgePlugin", "HostLocalPlugin", "StaticPlugin", "LoopbackPlugin"]),
 
+        // cnictl's logic: network discovery as libcni does it, the on-disk and kernel state of
+        // each attachment, the consistency check, release and GC (no argument parsing here).
+        .target(name: "CNICtl", dependencies: ["CNI", "IPAM", "JSON", "NetAddress", "Netlink", "Exec"]),
+        .executableTarget(
+            name: "cnictl",
+            dependencies: ["CNICtl", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),
         .testTarget(name: "CNITests", dependencies: ["CNI", "JSON", "Exec"]),
@@ -56,5 +69,6 @@ let package = Package(
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetAddress"]),
         .testTarget(name: "MasqueradeTests", dependencies: ["Masquerade", "NetAddress", "Netlink"]),
         .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "JSON", "CNI", "NetAddress"]),
+        .testTarget(name: "CNICtlTests", dependencies: ["CNICtl", "IPAM", "JSON", "NetAddress"]),
     ]
 )

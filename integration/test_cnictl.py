@@ -1,0 +1,294 @@
+"""cnictl against real attachments: ps, ipam show/check/release and gc.
+
+Attachments are made by our plugins (bridge + host-local, ipMasq) exec'd as a runtime does, and
+through libcni (its result cache), all inside a "host" namespace the test created, where cnictl
+runs too (`ip netns exec`), so it sees that namespace's links and rules. Then each kind of leak is
+planted the way it happens: a netns deleted without DEL, an ADD killed with SIGKILL while its IPAM
+step ran, a lease written by the reference host-local for a container that never existed, an
+empty lease file (the reference's O_EXCL create of a killed plugin), a lease file removed by hand
+under a libcni attachment. `check` must report exactly those, `release`/`gc` fix them, and a
+second `check` is clean.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from clients.common import assemble_plugin_dir, free_subnet
+from clients.libcni import LibcniClient, build_client
+from cnitest import BIN_DIR, REF_DIR, run_plugin, sh, unique
+from test_bridge_support import global_addresses, link, links, nat_rules, run_in, world  # noqa: F401
+
+CNICTL = BIN_DIR / "cnictl"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built_cnictl():
+    if not CNICTL.exists():
+        pytest.fail(f"{CNICTL} missing (run `make build`)")
+
+
+class Node:
+    """A world with cnictl's view: a conf dir holding the network's conflist and a cache dir."""
+
+    def __init__(self, world, tmp_path, dual_stack=True):
+        self.world = world
+        self.conf_dir = tmp_path / "net.d"
+        self.cache_dir = tmp_path / "results"
+        self.conf_dir.mkdir()
+        self.cache_dir.mkdir()
+        self.v4 = free_subnet()
+        self.v6 = f"fd00:{random.randint(0x1000, 0xffff):x}:{random.randint(0, 0xffff):x}::/64"
+        ranges = [[{"subnet": self.v4}]] + ([[{"subnet": self.v6}]] if dual_stack else [])
+        self.ipam = {"type": "host-local", "ranges": ranges, "dataDir": world.data_dir}
+        self.plugin = {"type": "bridge", "bridge": world.bridge, "isGateway": True, "ipMasq": True,
+                       "ipam": self.ipam}
+        self.conflist = {"cniVersion": "1.1.0", "name": world.network, "plugins": [self.plugin]}
+        (self.conf_dir / "10-test.conflist").write_text(json.dumps(self.conflist))
+        self.lease_dir = Path(world.data_dir) / world.network
+
+    def config(self):
+        """The plugin's own config, as libcni builds it from the conflist."""
+        return {"cniVersion": "1.1.0", "name": self.world.network, **self.plugin}
+
+    def cnictl(self, *argv, expect=0):
+        proc = subprocess.run(
+            ["ip", "netns", "exec", self.world.host.name, str(CNICTL), *argv, "--conf-dir", str(self.conf_dir),
+             "--cache-dir", str(self.cache_dir)], capture_output=True, text=True, timeout=60)
+        if expect is not None:
+            assert proc.returncode == expect, f"cnictl {argv}: rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+    def json(self, *argv, expect=0):
+        return json.loads(self.cnictl(*argv, "--json", expect=expect).stdout)
+
+    def add(self, container, cid, **kwargs):
+        run = self.world.run("ADD", self.config(), container, containerid=cid, **kwargs)
+        assert run.ok, str(run)
+        return run.json
+
+    def leases(self):
+        return sorted(p.name for p in self.lease_dir.iterdir() if p.name[0].isdigit() or ":" in p.name)
+
+
+@pytest.fixture
+def node(world, tmp_path):
+    return Node(world, tmp_path)
+
+
+def findings(node, expect=1):
+    return sorted((f["kind"], f["subject"]) for f in node.json("ipam", "check", expect=expect))
+
+
+def ips(result, family=None):
+    return [ip["address"].split("/")[0] for ip in result["ips"]
+            if family is None or (":" in ip["address"]) == (family == 6)]
+
+
+def kill_mid_add(node, container, cid, tmp_path):
+    """An ADD SIGKILLed while its (delegated) IPAM step runs: host-local has taken the leases, the
+    bridge has made the veth, nothing has set addresses."""
+    slow = tmp_path / "slow-ipam"
+    slow.mkdir()
+    marker = tmp_path / "ipam-done"
+    script = slow / "host-local"
+    script.write_text(f"#!/bin/sh\nout=$({BIN_DIR}/host-local)\necho done > {marker}\nsleep 60\nprintf '%s' \"$out\"\n")
+    script.chmod(0o755)
+    env = {"PATH": os.environ["PATH"], "CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_NETNS": container.path,
+           "CNI_IFNAME": "eth0", "CNI_PATH": str(slow)}
+    proc = subprocess.Popen(["ip", "netns", "exec", node.world.host.name, str(BIN_DIR / "bridge")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            start_new_session=True)
+    proc.stdin.write(json.dumps(node.config()).encode())
+    proc.stdin.close()
+    try:
+        deadline = time.time() + 30
+        while not (marker.exists() and link(container, "eth0") is not None):
+            assert time.time() < deadline, "the ADD never reached its IPAM step"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_help_for_every_command_and_one_line_errors(node):
+    commands = ([], ["ps"], ["ipam"], ["ipam", "show"], ["ipam", "check"], ["ipam", "release"], ["ipam", "reindex"],
+                ["gc"])
+    for argv in commands:
+        proc = subprocess.run([str(CNICTL), *argv, "--help"], capture_output=True, text=True)
+        assert proc.returncode == 0 and "USAGE:" in proc.stdout, (argv, proc.stdout, proc.stderr)
+    bad = node.cnictl("ps", "--network", "nosuch", expect=1)
+    assert bad.stdout == "" and len(bad.stderr.strip().splitlines()) == 1
+    assert f'no network "nosuch"' in bad.stderr and node.world.network in bad.stderr
+    bad = node.cnictl("ipam", "release", "not-an-ip", "--network", node.world.network, expect=64)
+    assert '"not-an-ip" is not an IP address' in bad.stderr
+    bad = node.cnictl("gc", "--network", node.world.network, expect=64)
+    assert "either --valid" in bad.stderr
+
+
+def test_ps_and_show_list_live_attachments_from_leases_cache_and_kernel(node, tmp_path):
+    world = node.world
+    plain = world.container()
+    a = node.add(plain, "ctr-plain-0001")
+    # One through libcni: its result cache names the runtime. (Debian's libcni predates 1.1.0.)
+    pod = world.container()
+    runtime_conf = tmp_path / "runtime.conflist"
+    runtime_conf.write_text(json.dumps({**node.conflist, "cniVersion": "1.0.0"}))
+    libcni = LibcniClient(build_client(), assemble_plugin_dir(tmp_path / "plugins"), node.cache_dir, world.host.name)
+    added = libcni("add", runtime_conf, id="ctr-libcni-0002", netns=pod.path,
+                   args="K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-1")
+    assert added["ok"], added
+
+    rows = {r["containerID"]: r for r in node.json("ps")}
+    assert sorted(rows) == ["ctr-libcni-0002", "ctr-plain-0001"]
+    plain_row = rows["ctr-plain-0001"]
+    assert plain_row["addresses"] == sorted((ip["address"] for ip in a["ips"]), key=lambda s: ":" in s)
+    assert plain_row["containerMAC"] == link(plain, "eth0")["address"]
+    assert plain_row["hostVeth"] == a["interfaces"][1]["name"]
+    assert plain_row["bridge"] == world.bridge and plain_row["netns"] == plain.path
+    assert plain_row["runtime"] is None and plain_row["sources"] == ["lease", "kernel"]
+    pod_row = rows["ctr-libcni-0002"]
+    assert pod_row["runtime"] == "libcni (pod default/web-1)" and pod_row["netns"] == pod.path
+    assert pod_row["containerMAC"] == link(pod, "eth0")["address"]
+    assert pod_row["sources"] == ["lease", "cache", "kernel"]
+
+    table = node.cnictl("ps", "--network", world.network).stdout.splitlines()
+    assert table[0].split() == ["NETWORK", "CONTAINER", "IFNAME", "ADDRESSES", "MAC", "HOST", "VETH", "BRIDGE",
+                                "NETNS", "RUNTIME"]
+    assert "\x1b[" not in "".join(table), "no colours when stdout is not a terminal"
+    assert any("ctr-plain-00" in line and "ctr-plain-0001" not in line for line in table), "short IDs"
+
+    show = node.json("ipam", "show", "--network", world.network)
+    assert [(r["subnet"], r["leased"], r["total"], r["free"]) for r in show] == [
+        (node.v4, 2, 253, 251), (node.v6, 2, 2**64 - 2, 2**64 - 4)]
+    v4 = show[0]
+    assert v4["gateway"] == node.v4.replace(".0/24", ".1") and v4["next"] == node.v4.replace(".0/24", ".4")
+    assert node.json("ipam", "check") == []
+    assert node.cnictl("ipam", "check").stdout.strip() == "no inconsistencies found"
+
+    # A live address is refused, with its holder named.
+    refused = node.cnictl("ipam", "release", ips(a, 4)[0], "--network", world.network, expect=1)
+    assert "refusing to release" in refused.stderr and plain.path in refused.stderr
+    kept = node.cnictl("ipam", "release", ips(a, 4)[0], "--network", world.network, "--if-leaked")
+    assert kept.stdout.startswith("kept ")
+    assert ips(a, 4)[0] in node.leases()
+
+    deleted = libcni("del", runtime_conf, id="ctr-libcni-0002", netns=pod.path)
+    assert deleted["ok"], deleted
+    assert [r["containerID"] for r in node.json("ps")] == ["ctr-plain-0001"]
+
+
+def test_check_reports_each_planted_leak_and_release_and_gc_fix_them(node, tmp_path):
+    world = node.world
+    live = world.container()
+    a = node.add(live, "ctr-live")
+
+    # 1. A container whose netns was deleted without DEL: its leases and rules stay.
+    gone = world.container()
+    b = node.add(gone, "ctr-gone")
+    sh("ip", "netns", "del", gone.name)
+    # 2. An ADD killed mid-way: leases taken, veth made, no address set.
+    killed = world.container()
+    kill_mid_add(node, killed, "ctr-killed", tmp_path)
+    killed_leases = sorted(set(node.leases()) - set(ips(a)) - set(ips(b)))
+    assert len(killed_leases) == 2
+    killed_veth = [p for p in links(world.host) if p.startswith("veth") and p not in
+                   (a["interfaces"][1]["name"], b["interfaces"][1]["name"])]
+    assert len(killed_veth) == 1
+    # 3. A lease of the reference host-local for a container that never existed.
+    ref = run_in(world.host, REF_DIR / "host-local", "ADD", node.config(), containerid="ctr-reference",
+                 netns=live.path)
+    assert ref.ok, str(ref)
+    # 4. An empty lease file (the reference's O_EXCL create, then killed before its write).
+    empty = node.v4.replace(".0/24", ".200")
+    (node.lease_dir / empty).write_text("")
+
+    found = findings(node)
+    expected = sorted(
+        [("lease-without-attachment", ip) for ip in ips(b) + killed_leases + ips(ref.json)]
+        + [("veth-without-lease", killed_veth[0]), ("empty-lease", empty)])
+    assert found == expected
+    reasons = {f["subject"]: f["reason"] for f in node.json("ipam", "check", expect=1)}
+    assert "no link in a known namespace holds it" in reasons[ips(b)[0]]
+    assert f"its peer eth0 in {killed.path} holds no address" in reasons[killed_veth[0]]
+    assert "is empty" in reasons[empty]
+    table = node.cnictl("ipam", "check", expect=1).stdout.splitlines()
+    assert table[0].split() == ["NETWORK", "KIND", "SUBJECT", "CONTAINER", "IFNAME", "REASON"]
+    assert len(table) == 1 + len(expected)
+
+    # ps shows the stray veth as a row of its own, with its peer's namespace.
+    rows = node.json("ps")
+    stray = [r for r in rows if r["containerID"] == ""]
+    assert [(r["hostVeth"], r["netns"], r["ifname"]) for r in stray] == [(killed_veth[0], killed.path, "eth0")]
+
+    # Release the gone container's leases one by one, under the lock; its rules remain.
+    for address in ips(b):
+        out = node.cnictl("ipam", "release", address, "--network", world.network, "--if-leaked").stdout
+        assert out.startswith(f"released {address} (container \"ctr-gone\"")
+    assert ("rules-without-lease", "iptables-save nat") in findings(node)
+    assert any("ctr-gone" in line for line in nat_rules(world.host))
+    # The empty file too.
+    node.cnictl("ipam", "release", empty, "--network", world.network)
+
+    # GC with the one valid attachment: the plugins release the rest and drop the rules.
+    gc = node.cnictl("gc", "--network", world.network, "--valid", "ctr-live/eth0", "--cni-path", str(BIN_DIR))
+    assert gc.stdout.strip() == "gc bridge: ok (kept 1 attachment)", gc.stdout + gc.stderr
+    assert node.leases() == sorted(ips(a))
+    assert not any("ctr-gone" in line for line in nat_rules(world.host))
+    assert any("ctr-live" in line for line in nat_rules(world.host)), "the valid attachment keeps its rules"
+    assert findings(node) == [("veth-without-lease", killed_veth[0])]
+    # What is left is the killed ADD's veth; the runtime's DEL (which the spec requires) removes it.
+    cleaned = world.run("DEL", node.config(), killed, containerid="ctr-killed")
+    assert cleaned.ok, str(cleaned)
+    assert node.json("ipam", "check") == []
+    assert [r["containerID"] for r in node.json("ps")] == ["ctr-live"]
+    assert link(live, "eth0") is not None and sorted(global_addresses(live, "eth0")) == sorted(
+        ip["address"] for ip in a["ips"])
+
+
+def test_gc_from_cache_keeps_what_libcni_knows(node, tmp_path):
+    world = node.world
+    pod = world.container()
+    runtime_conf = tmp_path / "runtime.conflist"
+    runtime_conf.write_text(json.dumps({**node.conflist, "cniVersion": "1.0.0"}))
+    libcni = LibcniClient(build_client(), assemble_plugin_dir(tmp_path / "plugins"), node.cache_dir, world.host.name)
+    added = libcni("add", runtime_conf, id="ctr-cached", netns=pod.path)
+    assert added["ok"], added
+    orphan = world.container()
+    node.add(orphan, "ctr-uncached")
+    # A cache entry whose lease file was removed by hand.
+    v4 = [p for p in node.leases() if "." in p and (node.lease_dir / p).read_text().startswith("ctr-cached")]
+    (node.lease_dir / v4[0]).unlink()
+    assert ("cache-without-lease", str(node.cache_dir / f"{world.network}-ctr-cached-eth0")) in findings(node)
+    node.cnictl("gc", "--network", world.network, "--from-cache", "--cni-path", str(BIN_DIR))
+    owners = {(node.lease_dir / p).read_text().split("\r\n")[0] for p in node.leases()}
+    assert owners == {"ctr-cached"}, "GC released the uncached container's leases only"
+
+
+def test_a_stale_index_and_a_partial_lease_are_reported(node):
+    world = node.world
+    c = world.container()
+    node.add(c, "ctr-indexed")
+    index_dir = Path(world.data_dir) / ".swift-cni-index" / world.network
+    [bucket] = [p for p in index_dir.iterdir() if p.name.startswith("b")]
+    # Rewritten in place: the directory stamps still claim the index is complete.
+    with open(bucket, "r+") as f:
+        f.write("swift-cni-index 2\nctr-indexed eth0 " + node.v4.replace(".0/24", ".99") + "\n")
+        f.truncate()
+    found = findings(node)
+    assert found == [("stale-index", f".swift-cni-index/{world.network}")]
+    assert node.cnictl("ipam", "reindex", "--network", world.network).stdout.startswith("rebuilt")
+    assert node.json("ipam", "check") == []
+    partial = node.v4.replace(".0/24", ".201")
+    (node.lease_dir / partial).write_text("ctr-half\r\n")
+    assert ("partial-lease", partial) in findings(node)
+    node.cnictl("ipam", "release", partial, "--network", world.network)
+    assert not (node.lease_dir / partial).exists()
+    # The release went through the store: the index entry went with the file.
+    assert node.json("ipam", "check") == []
