@@ -40,9 +40,11 @@ class Node:
     def __init__(self, world, tmp_path, dual_stack=True):
         self.world = world
         self.conf_dir = tmp_path / "net.d"
-        self.cache_dir = tmp_path / "results"
+        # libcni's cache root (the runtime's CacheDir); its entries go to <root>/results.
+        self.cache_root = tmp_path / "cni"
+        self.cache_dir = self.cache_root / "results"
         self.conf_dir.mkdir()
-        self.cache_dir.mkdir()
+        self.cache_dir.mkdir(parents=True)
         self.v4 = free_subnet()
         self.v6 = f"fd00:{random.randint(0x1000, 0xffff):x}:{random.randint(0, 0xffff):x}::/64"
         ranges = [[{"subnet": self.v4}]] + ([[{"subnet": self.v6}]] if dual_stack else [])
@@ -53,9 +55,9 @@ class Node:
         (self.conf_dir / "10-test.conflist").write_text(json.dumps(self.conflist))
         self.lease_dir = Path(world.data_dir) / world.network
 
-    def config(self):
+    def config(self, version="1.1.0"):
         """The plugin's own config, as libcni builds it from the conflist."""
-        return {"cniVersion": "1.1.0", "name": self.world.network, **self.plugin}
+        return {"cniVersion": version, "name": self.world.network, **self.plugin}
 
     def cnictl(self, *argv, expect=0):
         proc = subprocess.run(
@@ -140,9 +142,9 @@ def test_ps_and_show_list_live_attachments_from_leases_cache_and_kernel(node, tm
     pod = world.container()
     runtime_conf = tmp_path / "runtime.conflist"
     runtime_conf.write_text(json.dumps({**node.conflist, "cniVersion": "1.0.0"}))
-    libcni = LibcniClient(build_client(), assemble_plugin_dir(tmp_path / "plugins"), node.cache_dir, world.host.name)
+    libcni = LibcniClient(build_client(), assemble_plugin_dir(tmp_path / "plugins"), node.cache_root, world.host.name)
     added = libcni("add", runtime_conf, id="ctr-libcni-0002", netns=pod.path,
-                   args="K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-1")
+                   args="IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-1")
     assert added["ok"], added
 
     rows = {r["containerID"]: r for r in node.json("ps")}
@@ -202,7 +204,7 @@ def test_check_reports_each_planted_leak_and_release_and_gc_fix_them(node, tmp_p
                    (a["interfaces"][1]["name"], b["interfaces"][1]["name"])]
     assert len(killed_veth) == 1
     # 3. A lease of the reference host-local for a container that never existed.
-    ref = run_in(world.host, REF_DIR / "host-local", "ADD", node.config(), containerid="ctr-reference",
+    ref = run_in(world.host, REF_DIR / "host-local", "ADD", node.config("1.0.0"), containerid="ctr-reference",
                  netns=live.path)
     assert ref.ok, str(ref)
     # 4. An empty lease file (the reference's O_EXCL create, then killed before its write).
@@ -224,7 +226,7 @@ def test_check_reports_each_planted_leak_and_release_and_gc_fix_them(node, tmp_p
 
     # ps shows the stray veth as a row of its own, with its peer's namespace.
     rows = node.json("ps")
-    stray = [r for r in rows if r["containerID"] == ""]
+    stray = [r for r in rows if r["sources"] == ["kernel"]]
     assert [(r["hostVeth"], r["netns"], r["ifname"]) for r in stray] == [(killed_veth[0], killed.path, "eth0")]
 
     # Release the gone container's leases one by one, under the lock; its rules remain.
@@ -257,17 +259,17 @@ def test_gc_from_cache_keeps_what_libcni_knows(node, tmp_path):
     pod = world.container()
     runtime_conf = tmp_path / "runtime.conflist"
     runtime_conf.write_text(json.dumps({**node.conflist, "cniVersion": "1.0.0"}))
-    libcni = LibcniClient(build_client(), assemble_plugin_dir(tmp_path / "plugins"), node.cache_dir, world.host.name)
+    libcni = LibcniClient(build_client(), assemble_plugin_dir(tmp_path / "plugins"), node.cache_root, world.host.name)
     added = libcni("add", runtime_conf, id="ctr-cached", netns=pod.path)
     assert added["ok"], added
     orphan = world.container()
     node.add(orphan, "ctr-uncached")
     # A cache entry whose lease file was removed by hand.
-    v4 = [p for p in node.leases() if "." in p and (node.lease_dir / p).read_text().startswith("ctr-cached")]
+    v4 = [p for p in node.leases() if "." in p and (node.lease_dir / p).read_bytes().startswith(b"ctr-cached")]
     (node.lease_dir / v4[0]).unlink()
     assert ("cache-without-lease", str(node.cache_dir / f"{world.network}-ctr-cached-eth0")) in findings(node)
     node.cnictl("gc", "--network", world.network, "--from-cache", "--cni-path", str(BIN_DIR))
-    owners = {(node.lease_dir / p).read_text().split("\r\n")[0] for p in node.leases()}
+    owners = {(node.lease_dir / p).read_bytes().decode().split("\r\n")[0] for p in node.leases()}
     assert owners == {"ctr-cached"}, "GC released the uncached container's leases only"
 
 
