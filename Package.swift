@@ -44,7 +44,7 @@ let package = Package(
         .target(name: "Masquerade", dependencies: ["JSON", "NetAddress", "Exec", "Netlink"]),
 
         // Each plugin's logic: a library, so tests can drive it; a thin composition of the above.
-        .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink", "Masquerade"]),
+        .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink", "Masquerade", "IPAM"]),
         .target(name: "LoopbackPlugin", dependencies: ["CNI", "NetAddress", "Netlink"]),
         .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
         .target(name: "StaticPlugin", dependencies: ["CNI", "IPAM"]),

@@ -154,11 +154,11 @@ def test_ps_and_show_list_live_attachments_from_leases_cache_and_kernel(node, tm
     assert plain_row["containerMAC"] == link(plain, "eth0")["address"]
     assert plain_row["hostVeth"] == a["interfaces"][1]["name"]
     assert plain_row["bridge"] == world.bridge and plain_row["netns"] == plain.path
-    assert plain_row["runtime"] is None and plain_row["sources"] == ["lease", "kernel"]
+    assert plain_row["runtime"] is None and plain_row["sources"] == ["lease", "record", "kernel"]
     pod_row = rows["ctr-libcni-0002"]
     assert pod_row["runtime"] == "libcni (pod default/web-1)" and pod_row["netns"] == pod.path
     assert pod_row["containerMAC"] == link(pod, "eth0")["address"]
-    assert pod_row["sources"] == ["lease", "cache", "kernel"]
+    assert pod_row["sources"] == ["lease", "cache", "record", "kernel"]
 
     table = node.cnictl("ps", "--network", world.network).stdout.splitlines()
     assert table[0].split() == ["NETWORK", "CONTAINER", "IFNAME", "ADDRESSES", "MAC", "HOST", "VETH", "BRIDGE",
@@ -217,7 +217,9 @@ def test_check_reports_each_planted_leak_and_release_and_gc_fix_them(node, tmp_p
         + [("veth-without-lease", killed_veth[0]), ("empty-lease", empty)])
     assert found == expected
     reasons = {f["subject"]: f["reason"] for f in node.json("ipam", "check", expect=1)}
-    assert "no link in a known namespace holds it" in reasons[ips(b)[0]]
+    # The bridge's attachment record still names the deleted namespace; the killed ADD left none.
+    assert reasons[ips(b)[0]] == f"its netns {gone.path} no longer exists"
+    assert "no cache entry or attachment record names it" in reasons[killed_leases[0]]
     assert f"its peer eth0 in {killed.path} holds no address" in reasons[killed_veth[0]]
     assert "is empty" in reasons[empty]
     table = node.cnictl("ipam", "check", expect=1).stdout.splitlines()
@@ -294,3 +296,35 @@ def test_a_stale_index_and_a_partial_lease_are_reported(node):
     assert not (node.lease_dir / partial).exists()
     # The release went through the store: the index entry went with the file.
     assert node.json("ipam", "check") == []
+
+
+def test_attachment_records_make_namespaces_outside_run_netns_known(node, tmp_path):
+    """A runtime without libcni's cache and a netns bound outside /run/netns: only the bridge's
+    attachment record tells cnictl where the container is."""
+    world = node.world
+    ns_file = tmp_path / "netns-elsewhere"
+    ns_file.touch()
+    sh("unshare", f"--net={ns_file}", "true")
+    try:
+        run = world.run("ADD", node.config(), None, containerid="ctr-elsewhere", netns=str(ns_file))
+        assert run.ok, str(run)
+        record = Path(world.data_dir) / ".swift-cni-attachments" / world.network / "ctr-elsewhere=eth0"
+        text = record.read_text()
+        assert "netns " + str(ns_file).replace("/", "%2F") in text, text
+        [row] = node.json("ps")
+        assert row["netns"] == str(ns_file) and row["sources"] == ["lease", "record", "kernel"]
+        assert row["containerMAC"] == run.json["interfaces"][2]["mac"]
+        assert node.json("ipam", "check") == []
+
+        # Without the record neither the lease nor the host veth has a known holder.
+        saved = record.read_bytes()
+        record.unlink()
+        assert {kind for kind, _ in findings(node)} == {"lease-without-attachment", "veth-without-lease"}
+        record.write_bytes(saved)
+
+        deleted = world.run("DEL", node.config(), None, containerid="ctr-elsewhere", netns=str(ns_file))
+        assert deleted.ok, str(deleted)
+        assert not record.exists(), "DEL removes the record"
+        assert node.json("ps") == [] and node.json("ipam", "check") == []
+    finally:
+        subprocess.run(["umount", str(ns_file)], capture_output=True)

@@ -14,7 +14,9 @@ public enum BridgePlugin {
     static func add(_ request: PluginRequest) throws(CNIError) -> CNIResult {
         let config = try BridgeConfig.load(request)
         try refuseBeforeSideEffects(config, request)
-        return try BridgeAdd(request: request, config: config).run()
+        let result = try BridgeAdd(request: request, config: config).run()
+        AttachmentRecording.added(request, network: config.network, result: result)
+        return result
     }
 
     /// What ADD can refuse before creating anything (issue #7: a failed ADD changes nothing on
@@ -104,6 +106,7 @@ public enum BridgePlugin {
         }
 
         let failures = [linkFailure, ipamFailure].compactMap { $0 } + ruleFailures
+        if failures.isEmpty { AttachmentRecording.deleted(request, network: config.network) }
         if var first = failures.first {
             if failures.count > 1 {
                 first.details +=
@@ -173,6 +176,7 @@ public enum BridgePlugin {
         let config = try BridgeConfig.load(request)
         let valid = try request.validAttachments()
         var failures: [CNIError] = []
+        AttachmentRecording.collected(request, network: config.network, valid: valid)
         if let ipamType = config.ipamType {
             do { try Delegate.gc(ipamType, request) } catch { failures.append(error) }
         }

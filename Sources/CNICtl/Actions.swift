@@ -91,7 +91,9 @@ public enum Actions {
         if !force && (lease.state == .complete || lease.state == .legacy)
             && inventory.leakReason(lease, in: state) == nil
         {
-            let holder = inventory.kernel.holder(of: address)
+            let holder = inventory.kernel.holder(
+                of: address, bridge: network.bridge,
+                netns: state.cache.compactMap(\.netns) + state.records.map(\.netns))
             let live =
                 "\(address) is held by \(lease.owner)"
                 + (holder.map { ", on \($0.link.link.name) in \($0.namespace.path)" }
@@ -109,6 +111,18 @@ public enum Actions {
                         "the lease of \(address) changed while cnictl looked at it; run the command again")
                 }
                 try store.release(address, of: owner)
+                // The record of an attachment whose namespace is gone goes with its last lease.
+                if try store.leases(of: owner).isEmpty {
+                    for record in state.records
+                    where record.containerID == owner.containerID
+                        && (owner.isLegacy || record.ifname == owner.ifname)
+                        && inventory.kernel.namespaces[record.netns]?.exists != true
+                    {
+                        try AttachmentRecords.remove(
+                            containerID: record.containerID, ifname: record.ifname, dataDir: hostLocal.dataDir,
+                            network: network.name)
+                    }
+                }
                 return .released(owner: owner.description)
             }
         } catch {

@@ -105,9 +105,8 @@ extension Inventory {
         let records = state.records.filter {
             $0.containerID == owner.containerID && (owner.isLegacy || $0.ifname == owner.ifname)
         }
-        let holder = kernel.holder(of: lease.address)
-        if holder != nil { return nil }
         let named = entries.compactMap(\.netns) + records.map(\.netns).filter { !$0.isEmpty }
+        if kernel.holder(of: lease.address, bridge: state.network.bridge, netns: named) != nil { return nil }
         if let gone = named.first(where: { kernel.namespaces[$0]?.exists != true }) {
             return "its netns \(gone) no longer exists"
         }

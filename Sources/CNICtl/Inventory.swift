@@ -26,6 +26,8 @@ public struct AttachmentView: Sendable, Equatable {
     public var hostVeth: String?
     public var bridge: String?
     public var netns: String?
+    /// Whether `netns` still opens as a network namespace (nil when no netns is known).
+    public var netnsExists: Bool?
     public var runtime: String?
     /// Which of `lease`, `cache`, `record`, `kernel` this row was seen in.
     public var sources: [String]
@@ -81,7 +83,8 @@ public struct Inventory: Sendable {
             rows[key]
                 ?? AttachmentView(
                     network: state.network.name, containerID: key.containerID, ifname: key.ifname, addresses: [],
-                    containerMAC: nil, hostVeth: nil, bridge: nil, netns: nil, runtime: nil, sources: [])
+                    containerMAC: nil, hostVeth: nil, bridge: nil, netns: nil, netnsExists: nil, runtime: nil,
+                    sources: [])
         }
         func add(_ address: String, to view: inout AttachmentView) {
             let bare = address.split(separator: "/").first.map(String.init) ?? address
@@ -136,7 +139,8 @@ public struct Inventory: Sendable {
         for (key, var view) in rows {
             for address in view.addresses {
                 guard let bare = IPAddress(address.split(separator: "/").first ?? ""),
-                    let (namespace, link) = kernel.holder(of: bare)
+                    let (namespace, link) = kernel.holder(
+                        of: bare, bridge: state.network.bridge, netns: view.netns.map { [$0] } ?? [])
                 else { continue }
                 if let known = view.netns, known != namespace.path, kernel.namespaces[known]?.exists == true {
                     continue
@@ -146,7 +150,7 @@ public struct Inventory: Sendable {
                 if let prefix = link.addresses.first(where: { $0.address == bare }) {
                     add(prefix.description, to: &view)
                 }
-                if let peer = kernel.hostPeer(of: link) { view.hostVeth = peer.link.name }
+                if let peer = kernel.hostPeer(of: link, in: namespace) { view.hostVeth = peer.link.name }
                 mark("kernel", &view)
             }
             if let veth = view.hostVeth, let host = kernel.hostLink(named: veth) {
@@ -155,6 +159,7 @@ public struct Inventory: Sendable {
                 }
                 seenHostVeths.insert(veth)
             }
+            view.netnsExists = view.netns.map { kernel.namespaces[$0]?.exists == true }
             rows[key] = view
         }
         var result = rows.sorted { $0.key < $1.key }.map(\.value)
@@ -168,7 +173,8 @@ public struct Inventory: Sendable {
                         addresses: peer?.link.addresses.filter { !$0.address.isLinkLocalUnicast }.map(\.description)
                             ?? [],
                         containerMAC: peer?.link.link.mac?.description, hostVeth: port.link.name, bridge: bridge,
-                        netns: peer?.namespace.path, runtime: nil, sources: ["kernel"]))
+                        netns: peer?.namespace.path, netnsExists: peer.map { _ in true }, runtime: nil,
+                        sources: ["kernel"]))
             }
         }
         for i in result.indices { result[i].addresses.sort { sortKey($0) < sortKey($1) } }

@@ -54,7 +54,9 @@ extension AttachmentView {
         .object([
             "network": .string(network), "containerID": .string(containerID), "ifname": .string(ifname),
             "addresses": .array(addresses.map(JSONValue.string)), "containerMAC": containerMAC.json,
-            "hostVeth": hostVeth.json, "bridge": bridge.json, "netns": netns.json, "runtime": runtime.json,
+            "hostVeth": hostVeth.json, "bridge": bridge.json, "netns": netns.json,
+            "netnsExists": netnsExists.map(JSONValue.bool) ?? .null,
+            "runtime": runtime.json,
             "sources": .array(sources.map(JSONValue.string)),
         ])
     }

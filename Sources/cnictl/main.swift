@@ -74,7 +74,8 @@ struct PS: ParsableCommand {
                     [
                         $0.network, $0.shortID, $0.ifname.isEmpty ? "-" : $0.ifname,
                         $0.addresses.isEmpty ? "-" : $0.addresses.joined(separator: ","), $0.containerMAC ?? "-",
-                        $0.hostVeth ?? "-", $0.bridge ?? "-", $0.netns ?? "-", $0.runtime ?? "-",
+                        $0.hostVeth ?? "-", $0.bridge ?? "-",
+                        ($0.netns ?? "-") + ($0.netnsExists == false ? " (gone)" : ""), $0.runtime ?? "-",
                     ]
                 }
             ).render())

@@ -232,3 +232,13 @@ import Testing
         #expect(findings.isEmpty)
     }
 }
+
+@Suite struct KernelMatchingTests {
+    /// Indexes repeat across namespaces: a host veth's peer is only in the namespace its id names.
+    @Test func aHostVethPeerIsOnlyInTheNamespaceItsIDNames() {
+        #expect(KernelView.sameNamespace(3, 3))
+        #expect(!KernelView.sameNamespace(3, 4))
+        #expect(!KernelView.sameNamespace(3, nil), "a namespace the host gave no id holds no peer of a veth with one")
+        #expect(KernelView.sameNamespace(nil, 7), "without an id on the veth the index pair decides")
+    }
+}
