@@ -17,7 +17,7 @@ let package = Package(
         .systemLibrary(name: "CNetlink", pkgConfig: "libnl-route-3.0"),
         .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
         .target(name: "Masquerade", dependencies: ["JSON", "NetAddress", "Exec", "Netlink"]),
-        .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink", "Masquerade"]),
+        .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink", "Masquerade", "IPAM"]),
         // The libFuzzer entry every target's main.swift calls.
         .target(name: "FuzzDriver", path: "Targets/FuzzDriver"),
         // The JSON parser, writer and decoder on their own: any bytes.

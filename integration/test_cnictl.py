@@ -23,7 +23,7 @@ import pytest
 from clients.common import assemble_plugin_dir, free_subnet
 from clients.libcni import LibcniClient, build_client
 from cnitest import BIN_DIR, REF_DIR, run_plugin, sh, unique
-from test_bridge_support import global_addresses, link, links, nat_rules, run_in, world  # noqa: F401
+from test_bridge_support import global_addresses, link, links, nat_rules, nft_comments, run_in, world  # noqa: F401
 
 CNICTL = BIN_DIR / "cnictl"
 
@@ -37,7 +37,7 @@ def built_cnictl():
 class Node:
     """A world with cnictl's view: a conf dir holding the network's conflist and a cache dir."""
 
-    def __init__(self, world, tmp_path, dual_stack=True):
+    def __init__(self, world, tmp_path, dual_stack=True, backend=None):
         self.world = world
         self.conf_dir = tmp_path / "net.d"
         # libcni's cache root (the runtime's CacheDir); its entries go to <root>/results.
@@ -51,6 +51,8 @@ class Node:
         self.ipam = {"type": "host-local", "ranges": ranges, "dataDir": world.data_dir}
         self.plugin = {"type": "bridge", "bridge": world.bridge, "isGateway": True, "ipMasq": True,
                        "ipam": self.ipam}
+        if backend:
+            self.plugin["ipMasqBackend"] = backend
         self.conflist = {"cniVersion": "1.1.0", "name": world.network, "plugins": [self.plugin]}
         (self.conf_dir / "10-test.conflist").write_text(json.dumps(self.conflist))
         self.lease_dir = Path(world.data_dir) / world.network
@@ -186,8 +188,16 @@ def test_ps_and_show_list_live_attachments_from_leases_cache_and_kernel(node, tm
     assert [r["containerID"] for r in node.json("ps")] == ["ctr-plain-0001"]
 
 
-def test_check_reports_each_planted_leak_and_release_and_gc_fix_them(node, tmp_path):
-    world = node.world
+def masquerade_owners(node, backend):
+    """The container IDs the host namespace's masquerade rules name."""
+    if backend == "nftables":
+        return " ".join(nft_comments(node.world.host, "inet", "cni_plugins_masquerade"))
+    return " ".join(nat_rules(node.world.host))
+
+
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_check_reports_each_planted_leak_and_release_and_gc_fix_them(world, tmp_path, backend):
+    node = Node(world, tmp_path, backend=backend)
     live = world.container()
     a = node.add(live, "ctr-live")
 
@@ -235,8 +245,13 @@ def test_check_reports_each_planted_leak_and_release_and_gc_fix_them(node, tmp_p
     for address in ips(b):
         out = node.cnictl("ipam", "release", address, "--network", world.network, "--if-leaked").stdout
         assert out.startswith(f"released {address} (container \"ctr-gone\"")
-    assert ("rules-without-lease", "iptables-save nat") in findings(node)
-    assert any("ctr-gone" in line for line in nat_rules(world.host))
+    rules = [subject for kind, subject in findings(node) if kind == "rules-without-lease"]
+    if backend == "nftables":
+        # One rule per address, each found by its comment.
+        assert len(rules) == 2 and all(r.startswith("nft inet cni_plugins_masquerade masq_checks handle ") for r in rules)
+    else:
+        assert rules == ["ip6tables-save nat", "iptables-save nat"]
+    assert "ctr-gone" in masquerade_owners(node, backend)
     # The empty file too.
     node.cnictl("ipam", "release", empty, "--network", world.network)
 
@@ -244,8 +259,8 @@ def test_check_reports_each_planted_leak_and_release_and_gc_fix_them(node, tmp_p
     gc = node.cnictl("gc", "--network", world.network, "--valid", "ctr-live/eth0", "--cni-path", str(BIN_DIR))
     assert gc.stdout.strip() == "gc bridge: ok (kept 1 attachment)", gc.stdout + gc.stderr
     assert node.leases() == sorted(ips(a))
-    assert not any("ctr-gone" in line for line in nat_rules(world.host))
-    assert any("ctr-live" in line for line in nat_rules(world.host)), "the valid attachment keeps its rules"
+    assert "ctr-gone" not in masquerade_owners(node, backend)
+    assert "ctr-live" in masquerade_owners(node, backend), "the valid attachment keeps its rules"
     assert findings(node) == [("veth-without-lease", killed_veth[0])]
     # What is left is the killed ADD's veth; the runtime's DEL (which the spec requires) removes it.
     cleaned = world.run("DEL", node.config(), killed, containerid="ctr-killed")
@@ -256,8 +271,8 @@ def test_check_reports_each_planted_leak_and_release_and_gc_fix_them(node, tmp_p
         ip["address"] for ip in a["ips"])
 
 
-def test_gc_from_cache_keeps_what_libcni_knows(node, tmp_path):
-    world = node.world
+def test_gc_from_cache_keeps_what_libcni_knows(world, tmp_path):
+    node = Node(world, tmp_path, dual_stack=False)  # IPv4 only
     pod = world.container()
     runtime_conf = tmp_path / "runtime.conflist"
     runtime_conf.write_text(json.dumps({**node.conflist, "cniVersion": "1.0.0"}))
@@ -265,14 +280,26 @@ def test_gc_from_cache_keeps_what_libcni_knows(node, tmp_path):
     added = libcni("add", runtime_conf, id="ctr-cached", netns=pod.path)
     assert added["ok"], added
     orphan = world.container()
-    node.add(orphan, "ctr-uncached")
-    # A cache entry whose lease file was removed by hand.
-    v4 = [p for p in node.leases() if "." in p and (node.lease_dir / p).read_bytes().startswith(b"ctr-cached")]
-    (node.lease_dir / v4[0]).unlink()
-    assert ("cache-without-lease", str(node.cache_dir / f"{world.network}-ctr-cached-eth0")) in findings(node)
+    uncached = node.add(orphan, "ctr-uncached")
+    assert len(findings(node, expect=0)) == 0
     node.cnictl("gc", "--network", world.network, "--from-cache", "--cni-path", str(BIN_DIR))
     owners = {(node.lease_dir / p).read_bytes().decode().split("\r\n")[0] for p in node.leases()}
-    assert owners == {"ctr-cached"}, "GC released the uncached container's leases only"
+    assert owners == {"ctr-cached"}, "GC released the uncached container's lease only"
+
+    # A cache entry whose lease file was removed by hand; the runtime's DEL clears it.
+    [lease] = node.leases()
+    (node.lease_dir / lease).unlink()
+    # Its rules and its veth lose their lease with it: each is reported, as is the veth of the
+    # uncached container, whose lease GC released (GC removes no links).
+    assert findings(node) == sorted([
+        ("cache-without-lease", str(node.cache_dir / f"{world.network}-ctr-cached-eth0")),
+        ("rules-without-lease", "iptables-save nat"),
+        ("veth-without-lease", added["result"]["interfaces"][1]["name"]),
+        ("veth-without-lease", uncached["interfaces"][1]["name"])])
+    deleted = libcni("del", runtime_conf, id="ctr-cached", netns=pod.path)
+    assert deleted["ok"], deleted
+    assert world.run("DEL", node.config(), orphan, containerid="ctr-uncached").ok
+    assert node.json("ipam", "check") == []
 
 
 def test_a_stale_index_and_a_partial_lease_are_reported(node):

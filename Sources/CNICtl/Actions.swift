@@ -21,12 +21,16 @@ public struct RangeUsage: Sendable {
 }
 
 extension Inventory {
-    public func usage() throws(CtlError) -> [RangeUsage] {
+    /// The rows of every host-local network; a network whose ranges do not parse is left out
+    /// and named in `skipped` (its leases can still be listed and released).
+    public func usage() throws(CtlError) -> (rows: [RangeUsage], skipped: [String]) {
         var rows: [RangeUsage] = []
+        var skipped: [String] = []
         for state in networks {
             guard let hostLocal = state.network.hostLocal else { continue }
             if let error = hostLocal.rangeError {
-                throw CtlError("network \(state.network.name) (\(state.network.file)): \(error)")
+                skipped.append("network \(state.network.name) (\(state.network.file)): \(error)")
+                continue
             }
             let leased = Set(state.leases.map(\.address))
             let index: String
@@ -60,7 +64,7 @@ extension Inventory {
                 }
             }
         }
-        return rows
+        return (rows, skipped)
     }
 }
 

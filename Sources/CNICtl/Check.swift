@@ -31,6 +31,7 @@ public struct MasqueradeRules: Sendable {
         public var containerID: String
         /// Empty where the rule does not say (iptables).
         public var ifname: String
+        /// Where the rule is: `iptables-save nat`, `ip6tables-save nat`, or the nft chain and handle.
         public var location: String
     }
     public var owners: [Owner]

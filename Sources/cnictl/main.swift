@@ -96,7 +96,8 @@ struct IPAM: ParsableCommand {
         @Flag(help: "A JSON array instead of a table.") var json = false
 
         func run() throws {
-            let rows = try locations.inventory(network).usage()
+            let (rows, skipped) = try locations.inventory(network).usage()
+            for line in skipped { warn("skipped \(line)") }
             if json {
                 print(jsonLines(rows.map(\.json)))
                 return

@@ -227,6 +227,21 @@ import Testing
         #expect(rows.first { $0.containerID == "gone" }?.addresses == ["10.9.0.3/24"])
     }
 
+    @Test func showCountsLeasesPerRangeAndTheNextAddress() throws {
+        scratch.write("n/10.9.0.2", "a\r\neth0")
+        scratch.write("n/10.9.0.3", "b\r\neth0")
+        scratch.write("n/last_reserved_ip.0", "10.9.0.3")
+        let (inventory, _) = try inventory([])
+        let (rows, skipped) = try inventory.usage()
+        #expect(skipped.isEmpty)
+        #expect(rows.count == 1)
+        #expect(rows[0].subnet == "10.9.0.0/24" && rows[0].gateway == "10.9.0.1")
+        #expect(rows[0].rangeStart == "10.9.0.1" && rows[0].rangeEnd == "10.9.0.254")
+        #expect((rows[0].leased, rows[0].free, rows[0].total) == (2, 251, 253))
+        #expect(rows[0].next == "10.9.0.4")
+        #expect(rows[0].index == "none")
+    }
+
     @Test func aCleanStoreHasNoFindings() throws {
         let (_, findings) = try inventory([])
         #expect(findings.isEmpty)
