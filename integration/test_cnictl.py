@@ -355,3 +355,42 @@ def test_attachment_records_make_namespaces_outside_run_netns_known(node, tmp_pa
         assert node.json("ps") == [] and node.json("ipam", "check") == []
     finally:
         subprocess.run(["umount", str(ns_file)], capture_output=True)
+
+
+def test_releases_under_the_lock_race_parallel_adds_safely(world, tmp_path):
+    """cnictl releases leaked leases while ADDs allocate in parallel: the shared lock and the
+    plugins' own store keep every address unique, and the index never goes stale."""
+    node = Node(world, tmp_path, dual_stack=False)
+    leaked = []
+    somewhere = world.container()
+    for i in range(6):
+        ref = run_in(world.host, REF_DIR / "host-local", "ADD", node.config("1.0.0"), containerid=f"ctr-leak-{i}",
+                     netns=somewhere.path)
+        assert ref.ok, str(ref)
+        leaked += ips(ref.json)
+    containers = [world.container() for _ in range(8)]
+    env = {"PATH": os.environ["PATH"], "CNI_COMMAND": "ADD", "CNI_IFNAME": "eth0", "CNI_PATH": str(BIN_DIR)}
+    adds = [subprocess.Popen(["ip", "netns", "exec", world.host.name, str(BIN_DIR / "bridge")],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env={**env, "CNI_CONTAINERID": f"ctr-new-{i}", "CNI_NETNS": c.path})
+            for i, c in enumerate(containers)]
+    releases = [subprocess.Popen(["ip", "netns", "exec", world.host.name, str(CNICTL), "ipam", "release", address,
+                                  "--network", world.network, "--if-leaked", "--conf-dir", str(node.conf_dir),
+                                  "--cache-dir", str(node.cache_dir)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for address in leaked]
+    for proc in adds:
+        proc.stdin.write(json.dumps(node.config()).encode())
+        proc.stdin.close()
+    results = []
+    for proc in adds:
+        out = proc.stdout.read()
+        assert proc.wait() == 0, out + proc.stderr.read()
+        results.append(json.loads(out))
+    for proc in releases:
+        out, err = proc.communicate()
+        assert proc.returncode == 0 and out.startswith(b"released "), out + err
+    new = [ips(r)[0] for r in results]
+    assert len(set(new)) == len(new), "an address was handed out twice"
+    assert node.leases() == sorted(new)
+    assert node.json("ipam", "check") == []
+    assert [r["containerID"] for r in node.json("ps")] == sorted(f"ctr-new-{i}" for i in range(8))
