@@ -131,9 +131,11 @@ def test_help_for_every_command_and_one_line_errors(node):
     assert bad.stdout == "" and len(bad.stderr.strip().splitlines()) == 1
     assert f'no network "nosuch"' in bad.stderr and node.world.network in bad.stderr
     bad = node.cnictl("ipam", "release", "not-an-ip", "--network", node.world.network, expect=64)
-    assert '"not-an-ip" is not an IP address' in bad.stderr
+    assert bad.stderr == "cnictl: \"not-an-ip\" is not an IP address (see 'cnictl ipam release --help')\n"
     bad = node.cnictl("gc", "--network", node.world.network, expect=64)
-    assert "either --valid" in bad.stderr
+    assert bad.stderr.startswith("cnictl: pass either --valid") and bad.stderr.count("\n") == 1
+    bad = node.cnictl("ipam", "show", "--bogus", expect=64)
+    assert bad.stderr == "cnictl: Unknown option '--bogus' (see 'cnictl ipam show --help')\n"
 
 
 def test_ps_and_show_list_live_attachments_from_leases_cache_and_kernel(node, tmp_path):

@@ -49,6 +49,40 @@ struct CNICtlCommand: ParsableCommand {
             namespace cnictl runs in.
             """,
         subcommands: [PS.self, IPAM.self, GC.self])
+
+    /// As ArgumentParser's, but a failure is one line on stderr (usage goes only with --help):
+    /// `cnictl: <what is wrong> (see 'cnictl <command> --help')`.
+    static func main() {
+        var command: any ParsableCommand
+        do {
+            command = try parseAsRoot()
+        } catch {
+            fail(error, hint: true)
+        }
+        do {
+            try command.run()
+        } catch {
+            fail(error, hint: false)
+        }
+    }
+
+    static func fail(_ error: any Error, hint: Bool) -> Never {
+        let code = exitCode(for: error)
+        // --help, --version and a plain exit status need no message of ours.
+        if code == .success || error is ExitCode { exit(withError: error) }
+        var parts: [String] = []
+        var see = hint ? "cnictl --help" : nil
+        for line in fullMessage(for: error).split(separator: "\n") {
+            let text = String(line.drop { $0 == " " })
+            if text.hasPrefix("See '"), let end = text.dropFirst(5).firstIndex(of: "'") {
+                see = String(text.dropFirst(5)[..<end])
+            } else if !text.hasPrefix("Help:") && !text.hasPrefix("Usage:") && !text.isEmpty {
+                parts.append(text.hasPrefix("Error: ") ? String(text.dropFirst(7)) : text)
+            }
+        }
+        warn(parts.joined(separator: "; ") + (see.map { " (see '\($0)')" } ?? ""))
+        exit(withError: code)
+    }
 }
 
 struct PS: ParsableCommand {
