@@ -23,8 +23,9 @@ public struct Finding: Sendable, Equatable {
     public var reason: String
 }
 
-/// The masquerading rules on the host, by owner: the reference's iptables chains (comment
-/// `name: "<net>" id: "<cid>"`) and its nftables rules (comment `..., net: <net>, if: <if>, id: <cid>`).
+/// The rules on the host that name a container: ipMasq's iptables chains (comment
+/// `name: "<net>" id: "<cid>"`) and nftables rules (comment `..., net: <net>, if: <if>, id: <cid>`),
+/// and portmap's iptables DNAT chains (comment `dnat name: "<net>" id: "<cid>"`).
 public struct MasqueradeRules: Sendable {
     public struct Owner: Hashable, Sendable {
         public var network: String
@@ -44,7 +45,8 @@ public struct MasqueradeRules: Sendable {
                 let output = try? Exec.run(path, ["-t", "nat"]), output.succeeded
             else { continue }
             for owner in parseIPTables(output.stdoutText) {
-                owners.insert(Owner(network: owner.0, containerID: owner.1, ifname: "", location: "\(tool) nat"))
+                let location = "\(tool) nat" + (owner.2 == "portmap" ? " (portmap)" : "")
+                owners.insert(Owner(network: owner.0, containerID: owner.1, ifname: "", location: location))
             }
         }
         if let tables = try? NFTables(),
@@ -61,18 +63,29 @@ public struct MasqueradeRules: Sendable {
         return MasqueradeRules(owners: owners.sorted { ($0.network, $0.containerID) < ($1.network, $1.containerID) })
     }
 
-    /// `(network, containerID)` of each `-A POSTROUTING ... -m comment --comment "name: ... id: ..."`
-    /// jump; Go's %q quoting undone for the plain names CNI allows.
-    static func parseIPTables(_ text: String) -> [(String, String)] {
-        var found: [(String, String)] = []
-        for line in text.split(separator: "\n") where line.hasPrefix("-A POSTROUTING") {
-            guard let range = line.firstRange(of: "--comment \"name: \\\"") else { continue }
+    /// `(network, containerID, rule kind)` of each rule the reference's comments name: the
+    /// masquerade jumps (`-A POSTROUTING ... --comment "name: \"<net>\" id: \"<cid>\""`) and the
+    /// portmap DNAT jumps (`-A CNI-HOSTPORT-DNAT ... --comment "dnat name: ..."`), Go's %q quoting
+    /// undone for the plain names CNI allows.
+    static func parseIPTables(_ text: String) -> [(String, String, String)] {
+        var found: [(String, String, String)] = []
+        for line in text.split(separator: "\n") {
+            let marker: String
+            let kind: String
+            if line.hasPrefix("-A POSTROUTING ") {
+                (marker, kind) = ("--comment \"name: \\\"", "masquerade")
+            } else if line.hasPrefix("-A CNI-HOSTPORT-DNAT ") {
+                (marker, kind) = ("--comment \"dnat name: \\\"", "portmap")
+            } else {
+                continue
+            }
+            guard let range = line.firstRange(of: marker) else { continue }
             let rest = line[range.upperBound...]
             guard let nameEnd = rest.firstRange(of: "\\\" id: \\\"") else { continue }
             let network = String(rest[..<nameEnd.lowerBound])
             let after = rest[nameEnd.upperBound...]
             guard let idEnd = after.firstRange(of: "\\\"") else { continue }
-            found.append((network, String(after[..<idEnd.lowerBound])))
+            found.append((network, String(after[..<idEnd.lowerBound]), kind))
         }
         return found
     }
@@ -195,7 +208,8 @@ extension Inventory {
             if !held {
                 finding(
                     .rulesWithoutLease, owner.location, owner.containerID, owner.ifname.isEmpty ? nil : owner.ifname,
-                    "masquerade rules for a container that holds no lease in this network")
+                    (owner.location.hasSuffix("(portmap)") ? "portmap" : "masquerade")
+                        + " rules for a container that holds no lease in this network")
             }
         }
         if case .stale(let why) = state.index {

@@ -160,11 +160,14 @@ import Testing
             -A POSTROUTING -s 10.0.0.2/32 -m comment --comment "name: \"net-a\" id: \"ctr-9\"" -j CNI-0123456789abcdef01234567
             -A POSTROUTING -s 10.0.0.3/32 -j MASQUERADE
             -A CNI-0123456789abcdef01234567 -d 10.0.0.0/24 -m comment --comment "name: \"net-a\" id: \"ctr-9\"" -j ACCEPT
+            -A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \"net-b\" id: \"ctr-pm\"" -m multiport --dports 18080 -j CNI-DN-7adb6a9566e33a23756fa
+            -A POSTROUTING -m comment --comment "CNI portfwd requiring masquerade" -j CNI-HOSTPORT-MASQ
             COMMIT
             """#
         let owners = MasqueradeRules.parseIPTables(save)
-        #expect(owners.count == 1)
-        #expect(owners.first?.0 == "net-a" && owners.first?.1 == "ctr-9")
+        #expect(owners.count == 2)
+        #expect(owners.first?.0 == "net-a" && owners.first?.1 == "ctr-9" && owners.first?.2 == "masquerade")
+        #expect(owners.last?.0 == "net-b" && owners.last?.1 == "ctr-pm" && owners.last?.2 == "portmap")
         let nft = MasqueradeRules.parseNFTComment("0123456789abcdef-0123456789abcdef, net: net-a, if: eth0, id: ctr-9")
         #expect(nft?.0 == "net-a" && nft?.1 == "eth0" && nft?.2 == "ctr-9")
         #expect(MasqueradeRules.parseNFTComment("something else") == nil)
