@@ -3,7 +3,7 @@
 # what it needs first (make deps).
 
 SHELL := /bin/bash
-PLUGINS := bridge host-local static loopback
+PLUGINS := bridge host-local static loopback portmap
 DESTDIR ?=
 CNI_BIN_DIR ?= /opt/cni/bin
 SWIFT ?= swift
@@ -21,7 +21,7 @@ DEB_PACKAGES := pkg-config libnl-3-dev libnl-route-3-dev iproute2 nftables iptab
 # time; the plugins never reach those paths (no home directories, no dlopen).
 RELEASE_FLAGS := -c release --static-swift-stdlib -Xswiftc -static-executable -Xlinker -s
 # The plugins are one multi-call executable (cni-plugins, which runs as the name it is started
-# under): bin/ holds it as hard links under the four names, `make install` as four copies.
+# under): bin/ holds it as hard links under the five names, `make install` as five copies.
 # cnictl, the operator's tool, is its own executable (it links swift-argument-parser, which the
 # plugins must not): bin/cnictl, and `make install` puts it beside the plugins in CNI_BIN_DIR
 # (as the reference ships its dhcp daemon there) with a link in SBIN_DIR.

@@ -39,21 +39,25 @@ let package = Package(
         // libnl wrappers: links, addresses, routes, bridge ports, network namespaces, sysctls,
         // nf_tables reads and batches.
         .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
-        // ipMasq (iptables and nftables) and the bridge's MAC spoof check, as one transaction each.
+        // The packet filter: rule transactions per backend (one iptables-restore, one nf_tables
+        // batch) for ipMasq, the bridge's MAC spoof check and portmap, with the reference's names.
         // nf_tables is read (and, for nftables, written) over netlink; iptables runs one restore.
-        .target(name: "Masquerade", dependencies: ["JSON", "NetAddress", "Exec", "Netlink"]),
+        .target(name: "PacketFilter", dependencies: ["JSON", "NetAddress", "Exec", "Netlink"]),
 
         // Each plugin's logic: a library, so tests can drive it; a thin composition of the above.
-        .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink", "Masquerade", "IPAM"]),
+        .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink", "PacketFilter", "IPAM"]),
         .target(name: "LoopbackPlugin", dependencies: ["CNI", "NetAddress", "Netlink"]),
         .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
         .target(name: "StaticPlugin", dependencies: ["CNI", "IPAM"]),
+        .target(name: "PortmapPlugin", dependencies: ["CNI", "NetAddress", "Netlink", "PacketFilter"]),
 
         // The multi-call executable: runs the plugin it is named as (argv[0]), and the IPAM
         // plugins the bridge delegates to in-process when CNI_PATH holds this very build.
         .executableTarget(
             name: "cni-plugins",
-            dependencies: ["CNI", "BridgePlugin", "HostLocalPlugin", "StaticPlugin", "LoopbackPlugin"]),
+            dependencies: [
+                "CNI", "BridgePlugin", "HostLocalPlugin", "StaticPlugin", "LoopbackPlugin", "PortmapPlugin",
+            ]),
 
         // cnictl's logic: network discovery as libcni does it, the on-disk and kernel state of
         // each attachment, the consistency check, release and GC (no argument parsing here).
@@ -67,7 +71,10 @@ let package = Package(
         .testTarget(name: "CNITests", dependencies: ["CNI", "JSON", "Exec"]),
         .testTarget(name: "IPAMTests", dependencies: ["IPAM", "JSON", "HostLocalPlugin", "StaticPlugin"]),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetAddress"]),
-        .testTarget(name: "MasqueradeTests", dependencies: ["Masquerade", "NetAddress", "Netlink"]),
+        .testTarget(name: "PacketFilterTests", dependencies: ["PacketFilter", "NetAddress", "Netlink"]),
+        .testTarget(
+            name: "PortmapTests",
+            dependencies: ["PortmapPlugin", "PacketFilter", "CNI", "JSON", "NetAddress", "Netlink"]),
         .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "JSON", "CNI", "NetAddress"]),
         .testTarget(name: "CNICtlTests", dependencies: ["CNICtl", "IPAM", "JSON", "NetAddress"]),
     ]

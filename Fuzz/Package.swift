@@ -16,8 +16,8 @@ let package = Package(
         .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
         .systemLibrary(name: "CNetlink", pkgConfig: "libnl-route-3.0"),
         .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
-        .target(name: "Masquerade", dependencies: ["JSON", "NetAddress", "Exec", "Netlink"]),
-        .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink", "Masquerade", "IPAM"]),
+        .target(name: "PacketFilter", dependencies: ["JSON", "NetAddress", "Exec", "Netlink"]),
+        .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink", "PacketFilter", "IPAM"]),
         // The libFuzzer entry every target's main.swift calls.
         .target(name: "FuzzDriver", path: "Targets/FuzzDriver"),
         // The JSON parser, writer and decoder on their own: any bytes.

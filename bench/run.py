@@ -29,7 +29,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PLUGINS = ("bridge", "host-local", "static", "loopback")
+PLUGINS = ("bridge", "host-local", "static", "loopback", "portmap")
+# The chain rows: bridge + portmap with two mappings (one tcp, one udp), per portmap backend.
+PORTMAP_SCENARIOS = ("portmap-iptables", "portmap-nftables")
+PORTMAP_MAPPINGS = [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"},
+                    {"hostPort": 18081, "containerPort": 81, "protocol": "udp"}]
 PLUGIN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 CNI_VERSION = "1.0.0"  # the newest version the reference (1.1.1) speaks; CHECK needs >= 0.4.0
 PREFIX = "cnibench"
@@ -414,6 +418,16 @@ def masquerade_in_use(container_id):
     return "+".join(seen) or "none"
 
 
+def portmap_in_use(container_id):
+    """Which firewall holds portmap's rules for this container right after its ADD."""
+    seen = []
+    if f'id: \\"{container_id}\\"' in sh("iptables-save", "-t", "nat", check=False):
+        seen.append("iptables")
+    if f'"{container_id}"' in sh("nft", "list", "table", "ip", "cni_hostport", check=False):
+        seen.append("nftables")
+    return "+".join(seen) or "none"
+
+
 def with_prev_result(config, add_stdout):
     merged = dict(config)
     merged["prevResult"] = json.loads(add_stdout)
@@ -484,10 +498,15 @@ class Bench:
             ("masq-nftables", "ipMasq nftables", {"ADD": ("ratio", "<=", 0.3), "DEL": ("ratio", "<=", 0.4)}),
             ("dual", "dual-stack (host-local v4+v6)", {}),
             ("static", "bridge + static", {}),
+            ("portmap-iptables", "bridge + portmap iptables, 2 mappings",
+             {"ADD": ("ratio", "<=", 0.3), "DEL": ("ratio", "<=", 0.4)}),
+            ("portmap-nftables", "bridge + portmap nftables, 2 mappings",
+             {"ADD": ("ratio", "<=", 0.3), "DEL": ("ratio", "<=", 0.4)}),
         ]
         self.scenarios = [s[0] for s in scenarios]
         for key, label, targets in scenarios:
-            for command in ("ADD", "CHECK", "DEL"):
+            # No CHECK row for portmap: the reference 1.1.1's CHECK fails on every IPv4 network.
+            for command in ("ADD", "DEL") if key in PORTMAP_SCENARIOS else ("ADD", "CHECK", "DEL"):
                 rows.append(dict(id=f"{key}-{command}", label=f"{label}: {command}", unit="ms", kind="time",
                                  target=targets.get(command)))
         rows.append(dict(id="create-bridge-ADD", label="ADD that creates the bridge", unit="ms", kind="time",
@@ -568,6 +587,8 @@ class Bench:
                 self.record(f"startup-{plugin}", impl, run, f"{plugin} VERSION")
 
     def single(self, impl, scenario):
+        if scenario in PORTMAP_SCENARIOS:
+            return self.portmap_chain(impl, scenario)
         config = impl.config(scenario)
         netns = self.ns.path(self.ns.containers[0])
         for _ in range(self.args.iterations):
@@ -584,6 +605,39 @@ class Bench:
             if ok:
                 self.record(f"{scenario}-DEL", impl, delete, f"{scenario} DEL")
             if not (ok and delete.ok):
+                self.ns.clear_container(0)
+
+    def portmap_chain(self, impl, scenario):
+        """A runtime's chain: bridge ADD then portmap ADD (timed together as the chain's ADD),
+        portmap DEL then bridge DEL (timed together). The reference 1.1.1 ignores
+        `backend` and writes iptables rules on both rows (the table says which it used)."""
+        bridge_config = impl.config("base")
+        netns = self.ns.path(self.ns.containers[0])
+        for _ in range(self.args.iterations):
+            cid = self.unique_id(scenario)
+            add = self.spawner.run([impl.binary("bridge")], impl.env("ADD", cid, netns), encode(bridge_config))
+            if not add.ok:
+                self.record(f"{scenario}-ADD", impl, add, f"{scenario} bridge ADD")
+                self.ns.clear_container(0)
+                continue
+            portmap = {"cniVersion": CNI_VERSION, "name": impl.net, "type": "portmap",
+                       "backend": scenario.split("-")[1], "runtimeConfig": {"portMappings": PORTMAP_MAPPINGS},
+                       "prevResult": json.loads(add.stdout)}
+            mapped = self.spawner.run([impl.binary("portmap")], impl.env("ADD", cid, netns), encode(portmap))
+            ok = self.record(f"{scenario}-ADD", impl, Run(mapped.status, add.elapsed_s + mapped.elapsed_s,
+                                                         add.cpu_s + mapped.cpu_s, mapped.stdout, mapped.stderr),
+                             f"{scenario} portmap ADD")
+            if ok and (impl.key, scenario) not in self.masq_seen:
+                self.masq_seen[(impl.key, scenario)] = portmap_in_use(cid)
+            unmapped = self.spawner.run([impl.binary("portmap")], impl.env("DEL", cid, netns), encode(portmap))
+            after = with_prev_result(bridge_config, add.stdout)
+            delete = self.spawner.run([impl.binary("bridge")], impl.env("DEL", cid, netns), encode(after))
+            if ok:
+                both = Run(unmapped.status or delete.status, unmapped.elapsed_s + delete.elapsed_s,
+                           unmapped.cpu_s + delete.cpu_s, unmapped.stdout + delete.stdout,
+                           unmapped.stderr + delete.stderr)
+                self.record(f"{scenario}-DEL", impl, both, f"{scenario} DEL")
+            if not (ok and unmapped.ok and delete.ok):
                 self.ns.clear_container(0)
 
     def create_bridge(self, impl):
@@ -843,7 +897,7 @@ def table(rows, floor, meta):
         lines.append(f"spawn overhead (posix_spawn + wait4 of a static no-op, included in every time above): "
                      f"{cell(spawn, 'time')} ms")
     if meta.get("masquerade_seen"):
-        lines.append("firewall holding the ipMasq rules after ADD: " +
+        lines.append("firewall holding the ipMasq / portmap rules after ADD: " +
                      ", ".join(f"{k}: {v}" for k, v in sorted(meta["masquerade_seen"].items())))
     met = [r for r in rows if r["met"] is True]
     missed = [r for r in rows if r["met"] is False]
@@ -896,9 +950,11 @@ def parse_args(argv):
     parser.add_argument("--only", default=",".join(GROUPS),
                         help=f"measurement groups to run, comma-separated (default all: {','.join(GROUPS)}); "
                              "rows of the others stay empty")
-    parser.add_argument("--scenarios", default="base,masq-iptables,masq-nftables,dual,static",
+    parser.add_argument("--scenarios",
+                        default="base,masq-iptables,masq-nftables,dual,static,portmap-iptables,portmap-nftables",
                         help="the single ADD/CHECK/DEL scenarios to run (default all: base,masq-iptables,"
-                             "masq-nftables,dual,static); rows of the others stay empty")
+                             "masq-nftables,dual,static,portmap-iptables,portmap-nftables); rows of the others "
+                             "stay empty")
     parser.add_argument("--json", type=Path,
                         help="where to write the JSON (default bench/results/latest.json; quick.json with --quick)")
     parser.add_argument("--workroot", type=Path, default=Path("/var/tmp/cnibench"),

@@ -24,10 +24,11 @@ def test_bench_runs_every_row_once(tmp_path):
     report = json.loads(output.read_text())
     rows = {row["id"]: row for row in report["rows"]}
     expected = (
-        [f"startup-{p}" for p in ("bridge", "host-local", "static", "loopback")]
-        + [f"startup-cold-{p}" for p in ("bridge", "host-local", "static", "loopback")]
+        [f"startup-{p}" for p in ("bridge", "host-local", "static", "loopback", "portmap")]
+        + [f"startup-cold-{p}" for p in ("bridge", "host-local", "static", "loopback", "portmap")]
         + [f"{s}-{c}" for s in ("base", "masq-iptables", "masq-nftables", "dual", "static")
            for c in ("ADD", "CHECK", "DEL")]
+        + [f"{s}-{c}" for s in ("portmap-iptables", "portmap-nftables") for c in ("ADD", "DEL")]
         + ["create-bridge-ADD", "rss-bridge-ADD", "rss-host-local-ADD"]
         + [f"throughput-{n}{phase}" for n in (1, 8, 16) for phase in ("", "-ADD", "-DEL")]
         + [f"leases-{n}-{c}" for n in (0, 10, 100) for c in ("ADD", "DEL")]
@@ -48,10 +49,13 @@ def test_bench_runs_every_row_once(tmp_path):
     targeted = [row for row in report["rows"] if row["target"]]
     assert targeted and all(row["met"] in (True, False) for row in targeted)
     assert "targets met:" in proc.stdout
-    # The masquerade detection saw rules for every ipMasq ADD in both columns.
+    # The firewall detection saw rules for every ipMasq and portmap ADD in both columns, and our
+    # portmap used the backend each row names (the reference 1.1.1 always writes iptables).
     seen = report["meta"]["masquerade_seen"]
-    assert set(seen) == {f"{c} {s}" for c in ("ours", "reference") for s in ("masq-iptables", "masq-nftables")}
+    scenarios = ("masq-iptables", "masq-nftables", "portmap-iptables", "portmap-nftables")
+    assert set(seen) == {f"{c} {s}" for c in ("ours", "reference") for s in scenarios}
     assert all(value != "none" for value in seen.values()), seen
+    assert seen["ours portmap-iptables"] == "iptables" and seen["ours portmap-nftables"] == "nftables", seen
     # It cleaned up: no namespace of this run is left.
     leftover = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"cnibench-{report['meta']['pid']}-" not in leftover

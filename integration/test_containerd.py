@@ -25,7 +25,8 @@ from cnitest import unique
 @pytest.fixture(scope="module")
 def containerd(request, tmp_path_factory):
     base = tmp_path_factory.mktemp("containerd")
-    engine = Containerd(base, assemble_plugin_dir(base / "plugins"))
+    # Only our plugins in CNI_PATH: the chain below is bridge + portmap, no reference plugin.
+    engine = Containerd(base, assemble_plugin_dir(base / "plugins", with_reference=False))
     try:
         engine.start()
         archive = write_oci_archive(build_rootfs(base / "rootfs"), base / "busybox-oci.tar")
@@ -46,7 +47,7 @@ def network(containerd):
         "plugins": [
             {"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": True,
              "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}]}},
-            {"type": "firewall"},
+            {"type": "portmap", "capabilities": {"portMappings": True}},
         ],
     }
     path = containerd.net_dir / "10-swift-cni.conflist"
@@ -101,6 +102,8 @@ def test_ctr_run_cni_add_then_del_with_empty_netns(containerd, network, tmp_path
     calls = containerd.calls()
     # Our bridge delegated to our host-local through CNI_PATH, for ADD and for DEL.
     assert [c[1] for c in calls if c[0] == "host-local"] == ["ADD", "DEL"], calls
+    # Our portmap ran in the chain (ctr publishes no ports: it passes prevResult through).
+    assert [c[1] for c in calls if c[0] == "portmap"] == ["ADD", "DEL"], calls
     dels = [c for c in calls if c[0] == "bridge" and c[1] == "DEL"]
     assert dels and all(c[2] == "" for c in dels), f"ctr was expected to send DEL with an empty CNI_NETNS: {dels}"
     assert leases(network["name"]) == [], "DEL with empty CNI_NETNS must release the lease"

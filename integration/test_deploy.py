@@ -20,11 +20,13 @@ from cnitest import REPO
 INSTALLER = REPO / "deploy" / "install-cni.sh"
 MANIFEST = REPO / "deploy" / "daemonset.yaml"
 OUR_PLUGINS = ("bridge", "host-local", "static", "loopback")
+# What `make install` installs: also our portmap (the installer treats portmap as optional).
+INSTALLED = OUR_PLUGINS + ("portmap",)
 
 
 def test_make_install_puts_the_plugins_under_destdir(tmp_path):
     built = REPO / "bin"
-    missing = [p for p in OUR_PLUGINS + ("cnictl",) if not (built / p).is_file()]
+    missing = [p for p in INSTALLED + ("cnictl",) if not (built / p).is_file()]
     if missing:
         pytest.fail(f"bin/ lacks {missing}: run `make build` first")
     # -o build: install what bin/ holds, without a rebuild (make test has just built it).
@@ -37,8 +39,8 @@ def test_make_install_puts_the_plugins_under_destdir(tmp_path):
         assert proc.returncode == 0, proc.stdout + proc.stderr
         target = destdir / expected
         # cnictl goes beside the plugins, with a link on the admin's PATH.
-        assert sorted(p.name for p in target.iterdir()) == sorted(OUR_PLUGINS + ("cnictl",))
-        for plugin in OUR_PLUGINS + ("cnictl",):
+        assert sorted(p.name for p in target.iterdir()) == sorted(INSTALLED + ("cnictl",))
+        for plugin in INSTALLED + ("cnictl",):
             installed = target / plugin
             assert installed.read_bytes() == (built / plugin).read_bytes()
             assert installed.stat().st_mode & 0o777 == 0o755

@@ -1,8 +1,8 @@
 import CNI
-import Masquerade
 import NetAddress
+import PacketFilter
 
-/// The bridge's firewall rules (ipMasq, mac spoof-check) through the Masquerade module, which
+/// The bridge's firewall rules (ipMasq, mac spoof-check) through the PacketFilter module, which
 /// keeps the reference's names so either implementation finds the other's rules. Every failure
 /// is CNI code 104 (`firewallFailure`).
 enum Firewall {

@@ -123,7 +123,7 @@ public enum Plugin {
         let config: NetworkConfig
         let document: JSONValue
         do {
-            document = try JSONCodec.parse(stdin)
+            document = CapabilityKeys.canonicalized(try JSONCodec.parse(stdin))
             config = try document.decode(NetworkConfig.self)
         } catch {
             // Not JSON, or not an object: code 6. JSON whose common keys have wrong types: code 7.

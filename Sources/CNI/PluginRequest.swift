@@ -45,7 +45,7 @@ public struct PluginRequest: Sendable {
     /// The same for any config bytes (a plugin's own parser, a fuzz target).
     public static func decode<T: Decodable>(_ type: T.Type, from stdin: [UInt8]) throws(CNIError) -> T {
         do {
-            return try JSONCodec.decode(type, from: stdin)
+            return try CapabilityKeys.canonicalized(JSONCodec.parse(stdin)).decode(type)
         } catch {
             throw invalidKeys(error)
         }

@@ -23,6 +23,8 @@
 #include <linux/netfilter.h>
 #include <linux/netfilter/nfnetlink.h>
 #include <linux/netfilter/nf_tables.h>
+#include <linux/netfilter/nfnetlink_conntrack.h>
+#include <linux/netfilter/nf_tables_compat.h>
 #include <sys/ioctl.h>
 #include <sys/statfs.h>
 

@@ -18,10 +18,17 @@ public final class NFTables {
     public struct Rule: Equatable, Sendable {
         public var handle: UInt64
         public var comment: String?
+        /// The chain the rule jumps or goes to (`jump X`, iptables' `-j X` to a user chain).
+        public var jumpTarget: String?
+        /// Packet mark values the rule sets or compares: iptables-nft's `-j MARK --set-xmark V/M`
+        /// (an xt MARK target) and `-m mark --mark V/M` (native `meta mark & M == V`) give V.
+        public var marks: [UInt32]
 
-        public init(handle: UInt64, comment: String?) {
+        public init(handle: UInt64, comment: String?, jumpTarget: String? = nil, marks: [UInt32] = []) {
             self.handle = handle
             self.comment = comment
+            self.jumpTarget = jumpTarget
+            self.marks = marks
         }
     }
 
@@ -74,10 +81,72 @@ extension NFTables.Rule {
         guard let handle = attributes.first(Int(NFTA_RULE_HANDLE.rawValue)), handle.payload.count == 8 else {
             return nil
         }
+        let expressions = attributes.first(Int(NFTA_RULE_EXPRESSIONS.rawValue))
         self.init(
             handle: UInt64(bigEndian: handle.payload.loadUnaligned(as: UInt64.self)),
-            comment: attributes.first(Int(NFTA_RULE_USERDATA.rawValue)).flatMap { Self.comment(inUserData: $0.payload) }
-        )
+            comment: attributes.first(Int(NFTA_RULE_USERDATA.rawValue)).flatMap {
+                Self.comment(inUserData: $0.payload)
+            },
+            jumpTarget: expressions.flatMap { Self.jumpTarget(in: $0.nested) },
+            marks: expressions.map { Self.marks(in: $0.nested) } ?? [])
+    }
+
+    /// The mark values of `marks`: an xt MARK target's info starts with the mark (host order);
+    /// a `cmp` after `meta load mark` compares with it (host order).
+    static func marks(in expressions: Attributes) -> [UInt32] {
+        func text(_ attribute: Attribute?) -> String? {
+            attribute.map { String(decoding: $0.payload.prefix { $0 != 0 }, as: UTF8.self) }
+        }
+        var marks: [UInt32] = []
+        var loadedMark = false
+        for element in expressions where element.type == UInt16(NFTA_LIST_ELEM.rawValue) {
+            let expression = element.nested
+            guard let name = text(expression.first(Int(NFTA_EXPR_NAME.rawValue))),
+                let data = expression.first(Int(NFTA_EXPR_DATA.rawValue))?.nested
+            else { continue }
+            switch name {
+            case "meta":
+                let key = data.first(Int(NFTA_META_KEY.rawValue))
+                loadedMark =
+                    key.map {
+                        $0.payload.count == 4
+                            && UInt32(bigEndian: $0.payload.loadUnaligned(as: UInt32.self)) == NFT_META_MARK.rawValue
+                    } ?? false
+            case "cmp":
+                if loadedMark,
+                    let value = data.first(Int(NFTA_CMP_DATA.rawValue))?.nested.first(Int(NFTA_DATA_VALUE.rawValue)),
+                    value.payload.count == 4
+                {
+                    marks.append(value.payload.loadUnaligned(as: UInt32.self))
+                }
+                loadedMark = false
+            case "target":
+                if text(data.first(Int(NFTA_TARGET_NAME.rawValue))) == "MARK",
+                    let info = data.first(Int(NFTA_TARGET_INFO.rawValue)), info.payload.count >= 4
+                {
+                    marks.append(info.payload.loadUnaligned(as: UInt32.self))
+                }
+            default:
+                break
+            }
+        }
+        return marks
+    }
+
+    /// The chain named by an `immediate` verdict expression of the rule (jump or goto).
+    static func jumpTarget(in expressions: Attributes) -> String? {
+        for element in expressions where element.type == UInt16(NFTA_LIST_ELEM.rawValue) {
+            let expression = element.nested
+            guard let name = expression.first(Int(NFTA_EXPR_NAME.rawValue)),
+                String(decoding: name.payload.prefix { $0 != 0 }, as: UTF8.self) == "immediate",
+                let data = expression.first(Int(NFTA_EXPR_DATA.rawValue)),
+                let immediate = data.nested.first(Int(NFTA_IMMEDIATE_DATA.rawValue)),
+                let verdict = immediate.nested.first(Int(NFTA_DATA_VERDICT.rawValue)),
+                let chain = verdict.nested.first(Int(NFTA_VERDICT_CHAIN.rawValue))
+            else { continue }
+            return String(decoding: chain.payload.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        return nil
     }
 
     /// The comment in a rule's user data: a sequence of (u8 type, u8 length, value) records, the

@@ -17,12 +17,18 @@ extension NFTables {
         /// `type nat hook postrouting priority srcnat`.
         public static let natPostrouting = Hook(
             type: "nat", number: UInt32(NF_INET_POST_ROUTING.rawValue), priority: 100)
+        /// `type nat hook prerouting priority dstnat`.
+        public static let natPrerouting = Hook(
+            type: "nat", number: UInt32(NF_INET_PRE_ROUTING.rawValue), priority: -100)
+        /// `type nat hook output priority dstnat` (-100).
+        public static let natOutput = Hook(type: "nat", number: UInt32(NF_INET_LOCAL_OUT.rawValue), priority: -100)
     }
 
     /// Where a rule goes when it matches.
     public enum Verdict: Equatable, Sendable {
         case `return`
         case goto(chain: String)
+        case jump(chain: String)
     }
 
     /// One rule expression, with nft's register use: data in register 1, verdicts in the verdict
@@ -38,6 +44,16 @@ extension NFTables {
         case compare(equal: Bool, data: [UInt8])
         case verdict(Verdict)
         case masquerade
+        /// `meta load l4proto => reg 1`: the transport protocol number, one byte.
+        case loadTransportProtocol
+        /// `payload load <length>b @ transport header + <offset> => reg 1`.
+        case loadTransportHeader(offset: UInt32, length: UInt32)
+        /// `fib daddr type => reg 1`: the routing type of the destination (RTN_*, a host-order u32).
+        case loadDestinationAddressType
+        /// `immediate reg <register> <data>`.
+        case load(register: UInt32, data: [UInt8])
+        /// `nat dnat ip|ip6 addr_min reg 1 proto_min reg 2`.
+        case dnat(IPAddress.Family)
     }
 
     /// A layer-3 address field, by its offset in the IPv4 or IPv6 header.
@@ -281,6 +297,9 @@ extension NetlinkMessage {
                         case .goto(let chain):
                             put(Int(NFTA_VERDICT_CODE.rawValue), u32: UInt32(bitPattern: NFT_GOTO.rawValue).bigEndian)
                             put(Int(NFTA_VERDICT_CHAIN.rawValue), string: chain)
+                        case .jump(let chain):
+                            put(Int(NFTA_VERDICT_CODE.rawValue), u32: UInt32(bitPattern: NFT_JUMP.rawValue).bigEndian)
+                            put(Int(NFTA_VERDICT_CHAIN.rawValue), string: chain)
                         }
                     }
                 }
@@ -289,6 +308,41 @@ extension NetlinkMessage {
             name("masq")
             // An empty data nest, as nft sends it (libnl's nest_end would drop an empty nest).
             put(Int(NFTA_EXPR_DATA.rawValue) | Int(NLA_F_NESTED), bytes: [])
+        case .loadTransportProtocol:
+            name("meta")
+            data {
+                put(Int(NFTA_META_KEY.rawValue), u32: UInt32(NFT_META_L4PROTO.rawValue).bigEndian)
+                put(Int(NFTA_META_DREG.rawValue), u32: register)
+            }
+        case .loadTransportHeader(let offset, let length):
+            name("payload")
+            data {
+                put(Int(NFTA_PAYLOAD_DREG.rawValue), u32: register)
+                put(Int(NFTA_PAYLOAD_BASE.rawValue), u32: UInt32(NFT_PAYLOAD_TRANSPORT_HEADER.rawValue).bigEndian)
+                put(Int(NFTA_PAYLOAD_OFFSET.rawValue), u32: offset.bigEndian)
+                put(Int(NFTA_PAYLOAD_LEN.rawValue), u32: length.bigEndian)
+            }
+        case .loadDestinationAddressType:
+            name("fib")
+            data {
+                put(Int(NFTA_FIB_DREG.rawValue), u32: register)
+                put(Int(NFTA_FIB_RESULT.rawValue), u32: UInt32(NFT_FIB_RESULT_ADDRTYPE.rawValue).bigEndian)
+                put(Int(NFTA_FIB_FLAGS.rawValue), u32: UInt32(NFTA_FIB_F_DADDR.rawValue).bigEndian)
+            }
+        case .load(let target, let bytes):
+            name("immediate")
+            data {
+                put(Int(NFTA_IMMEDIATE_DREG.rawValue), u32: target.bigEndian)
+                nest(Int(NFTA_IMMEDIATE_DATA.rawValue)) { put(Int(NFTA_DATA_VALUE.rawValue), bytes: bytes) }
+            }
+        case .dnat(let family):
+            name("nat")
+            data {
+                put(Int(NFTA_NAT_TYPE.rawValue), u32: UInt32(NFT_NAT_DNAT.rawValue).bigEndian)
+                put(Int(NFTA_NAT_FAMILY.rawValue), u32: UInt32(family == .v4 ? NFPROTO_IPV4 : NFPROTO_IPV6).bigEndian)
+                put(Int(NFTA_NAT_REG_ADDR_MIN.rawValue), u32: UInt32(NFT_REG_1.rawValue).bigEndian)
+                put(Int(NFTA_NAT_REG_PROTO_MIN.rawValue), u32: UInt32(NFT_REG_2.rawValue).bigEndian)
+            }
         }
     }
 }

@@ -2,6 +2,7 @@ import BridgePlugin
 import CNI
 import HostLocalPlugin
 import LoopbackPlugin
+import PortmapPlugin
 import StaticPlugin
 
 #if canImport(Glibc)
@@ -10,7 +11,7 @@ import StaticPlugin
     import Musl
 #endif
 
-// One executable for the four plugins, installed under each one's name: it runs the one it was
+// One executable for the five plugins, installed under each one's name: it runs the one it was
 // started as (the file name in argv[0], as a runtime execs it from CNI_PATH). Only that plugin's
 // handlers are touched: each start pages in as little as it can.
 let invokedAs = CommandLine.arguments.first?.split(separator: "/").last.map(String.init) ?? ""
@@ -24,10 +25,11 @@ case "bridge":
 case "host-local": Plugin.main(name: invokedAs, handlers: HostLocal.handlers)
 case "static": Plugin.main(name: invokedAs, handlers: Static.handlers)
 case "loopback": Plugin.main(name: invokedAs, handlers: LoopbackPlugin.handlers)
+case "portmap": Plugin.main(name: invokedAs, handlers: Portmap.handlers)
 default:
     let message =
         "swift-cni: unknown plugin name \"\(invokedAs)\": this executable runs as bridge, host-local, "
-        + "static or loopback (install or link it under one of those names)\n"
+        + "static, loopback or portmap (install or link it under one of those names)\n"
     _ = message.withCString { write(2, $0, strlen($0)) }
     exit(1)
 }

@@ -59,6 +59,35 @@ struct NFTablesMessageTests {
         #expect(rule == NFTables.Rule(handle: 7, comment: nil))
     }
 
+    /// iptables-nft's `-m mark --mark 0x2000/0x2000 -j CNI-X` and `-j MARK --set-xmark 0x4000/0x4000`
+    /// as the kernel lists them: native meta/bitwise/cmp, an immediate jump, an xt MARK target.
+    @Test func ruleReplyGivesJumpTargetAndMarks() throws {
+        func element(_ name: String, _ data: [UInt8]) -> [UInt8] {
+            tlv(1, tlv(1, Array(name.utf8) + [0]) + tlv(2, data, nested: true), nested: true)
+        }
+        let expressions =
+            element("meta", tlv(1, [0, 0, 0, 1]) + tlv(2, [0, 0, 0, 3]))  // dreg 1, key NFT_META_MARK
+            + element("bitwise", tlv(1, [0, 0, 0, 1]))
+            + element(
+                "cmp", tlv(1, [0, 0, 0, 1]) + tlv(2, [0, 0, 0, 0]) + tlv(3, tlv(1, [0x00, 0x20, 0, 0]), nested: true))
+            + element(
+                "immediate",
+                tlv(1, [0, 0, 0, 0])
+                    + tlv(
+                        2, tlv(2, tlv(1, [0xff, 0xff, 0xff, 0xfd]) + tlv(2, Array("CNI-X\0".utf8)), nested: true),
+                        nested: true))
+            + element(
+                "target",
+                tlv(1, Array("MARK\0".utf8)) + tlv(2, [0, 0, 0, 2]) + tlv(3, [0x00, 0x40, 0, 0, 0x00, 0x40, 0, 0]))
+        var attributes = tlv(1, Array("t\0".utf8)) + tlv(2, Array("c\0".utf8))
+        attributes += tlv(3, [0, 0, 0, 0, 0, 0, 0, 9]) + tlv(4, expressions, nested: true)
+        let bytes = cannedMessage(type: newRule, header: [2, 0, 0, 0], attributes: attributes)
+        let rule = bytes.withUnsafeBytes { NFTables.Rule(message: ReceivedMessage(raw: $0)) }
+        #expect(rule?.jumpTarget == "CNI-X")
+        #expect(rule?.marks == [0x2000, 0x4000])
+        #expect(rule?.handle == 9)
+    }
+
     @Test func otherMessagesAreNotRules() throws {
         let bytes = cannedMessage(type: 0x0a03, header: [1, 0, 0, 0], attributes: tlv(3, [0, 0, 0, 0, 0, 0, 0, 1]))
         #expect(bytes.withUnsafeBytes { NFTables.Rule(message: ReceivedMessage(raw: $0)) } == nil)

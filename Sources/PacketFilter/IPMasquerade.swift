@@ -169,28 +169,15 @@ public struct IPMasquerade {
 
     // MARK: applying
 
-    enum Unusable { case fail, skip }
+    typealias Unusable = WhenUnusable
 
-    /// Lists the nat table once, computes the script, applies it in one restore. A restore can
-    /// fail when another plugin changed the same rules between our listing and our transaction,
-    /// so it is recomputed from a fresh listing once.
+    /// One transaction of `rules`' family (FirewallTool.applyIPTables).
     private func apply(
         _ rules: IPTablesMasquerade, _ tool: FirewallTool, whenUnusable: Unusable,
         script: (SavedNATTable) -> String?
     ) throws(FirewallError) {
-        if whenUnusable == .skip && !runner.isInstalled(rules.saveCommand) { return }
-        for attempt in 1...2 {
-            let save = try tool.attempt(rules.saveCommand, IPTablesMasquerade.saveArguments)
-            guard save.succeeded else {
-                // A failing save means this iptables cannot hold our rules here; nothing to remove.
-                if whenUnusable == .skip { return }
-                throw tool.failure(rules.saveCommand, IPTablesMasquerade.saveArguments, save)
-            }
-            guard let text = script(SavedNATTable(parsing: save.stdoutText)) else { return }
-            let restore = try tool.attempt(rules.restoreCommand, IPTablesMasquerade.restoreArguments, stdin: text)
-            if restore.succeeded { return }
-            if attempt == 2 { throw tool.failure(rules.restoreCommand, IPTablesMasquerade.restoreArguments, restore) }
-        }
+        try tool.applyIPTables(
+            save: rules.saveCommand, restore: rules.restoreCommand, whenUnusable: whenUnusable, script: script)
     }
 
     /// Lists `masq_checks`, computes the transaction, applies it: over netlink when there is a

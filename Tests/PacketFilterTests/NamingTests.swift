@@ -1,7 +1,7 @@
 import NetAddress
 import Testing
 
-@testable import Masquerade
+@testable import PacketFilter
 
 @Suite struct SHA512Tests {
     // Expected digests from coreutils sha512sum / Python hashlib.

@@ -77,6 +77,11 @@ extension FirewallBackend {
         return .iptables
     }
 
+    /// Whether this backend can be used here (STATUS): the same probes as `choose`.
+    public func isUsable(runner: some CommandRunner = SystemCommandRunner()) -> Bool {
+        self == .iptables ? Self.iptablesUsable(runner) : Self.nftablesUsable(runner)
+    }
+
     /// iptables can read the nat table (fails on hosts where only nftables tables are compatible,
     /// "table `nat' is incompatible, use 'nft' tool").
     static func iptablesUsable(_ runner: some CommandRunner) -> Bool {

@@ -10,6 +10,17 @@ enum Naming {
         "CNI-" + SHA512.hexDigest(network + containerID).prefix(24)
     }
 
+    /// The reference's `MustFormatChainNameWithPrefix`: `CNI-<prefix>` followed by the hex digest
+    /// of sha512(network + containerID), cut to 28 characters (portmap's `DN-`, `SN-`).
+    /// Where the brief (shared/reference/PLUGINS-NEXT.md §0) and v1.9.x's source disagree, the
+    /// source wins: its vector `CNI-DN-67e92b96e692a494b6b85` is for network `test` and the
+    /// 128-character container ID of portmap_iptables_test.go, of which the brief quotes only the
+    /// first 16 characters (`test` + `icee6giejonei6so` gives `CNI-DN-022110f36292712c8bb50`).
+    static func hashedChain(prefix: String, network: String, containerID: String) -> String {
+        let head = "CNI-" + prefix
+        return head + SHA512.hexDigest(network + containerID).prefix(28 - head.count)
+    }
+
     /// `name: "<net>" id: "<cid>"`, quoted as Go's %q does.
     static func iptablesComment(network: String, containerID: String) -> String {
         "name: \(goQuoted(network)) id: \(goQuoted(containerID))"

@@ -1,8 +1,8 @@
 import NetAddress
 import Testing
 
-@testable import Masquerade
 @testable import Netlink
+@testable import PacketFilter
 
 #if canImport(Glibc)
     import Glibc

@@ -1,5 +1,5 @@
-@testable import Masquerade
 @testable import Netlink
+@testable import PacketFilter
 
 /// Records every command and answers from a script of canned outputs (first matching prefix, and
 /// stdin text if given, wins; unmatched commands succeed with empty output).

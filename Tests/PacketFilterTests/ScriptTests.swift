@@ -2,8 +2,8 @@ import Glibc
 import NetAddress
 import Testing
 
-@testable import Masquerade
 @testable import Netlink
+@testable import PacketFilter
 
 private let chain = "CNI-70a29d9dc18bc4d652ea5d59"  // mynet + abc123
 private let comment = #""name: \"mynet\" id: \"abc123\"""#
