@@ -398,20 +398,21 @@ def test_releases_under_the_lock_race_parallel_adds_safely(world, tmp_path):
     assert [r["containerID"] for r in node.json("ps")] == sorted(f"ctr-new-{i}" for i in range(8))
 
 
-def test_portmap_rules_of_a_container_without_a_lease_are_reported(node):
-    """The reference portmap's DNAT chain for a container this network holds no lease of."""
+@pytest.mark.parametrize("portmap", [BIN_DIR / "portmap", REF_DIR / "portmap"], ids=["ours", "reference"])
+def test_portmap_rules_of_a_container_without_a_lease_are_reported(node, portmap):
+    """portmap's DNAT chain (iptables) for a container this network holds no lease of."""
     world = node.world
     c = world.container()
     config = {"cniVersion": "1.0.0", "name": world.network, "type": "portmap", "capabilities": {"portMappings": True},
               "runtimeConfig": {"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]},
               "prevResult": {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": c.path}],
                              "ips": [{"address": node.v4.replace(".0/24", ".77/24"), "interface": 0}]}}
-    added = run_in(world.host, REF_DIR / "portmap", "ADD", config, containerid="ctr-portmapped", netns=c.path)
+    added = run_in(world.host, portmap, "ADD", config, containerid="ctr-portmapped", netns=c.path)
     assert added.ok, str(added)
     [finding] = node.json("ipam", "check", expect=1)
     assert (finding["kind"], finding["subject"], finding["containerID"]) == (
         "rules-without-lease", "iptables-save nat (portmap)", "ctr-portmapped")
     assert finding["reason"].startswith("portmap rules")
-    deleted = run_in(world.host, REF_DIR / "portmap", "DEL", config, containerid="ctr-portmapped", netns=c.path)
+    deleted = run_in(world.host, portmap, "DEL", config, containerid="ctr-portmapped", netns=c.path)
     assert deleted.ok, str(deleted)
     assert node.json("ipam", "check") == []
