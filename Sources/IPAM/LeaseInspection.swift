@@ -57,7 +57,7 @@ public enum LeaseInspection {
         defer { if lock >= 0 { close(lock) } }
         guard directoryExists(directory) else { return [] }
         var leases: [Lease] = []
-        for name in try Files.list(directory) {
+        for name in try names(in: directory) {
             guard let address = IPAddress(name), address.description == name,
                 let content = try Files.read(directory + "/" + name)
             else { continue }
@@ -107,14 +107,14 @@ public enum LeaseInspection {
         let indexDirectory = root + "/.swift-cni-index/" + network
         guard directoryExists(indexDirectory) else { return .absent }
         guard directoryExists(directory) else { return .pendingRebuild }
-        let leaseTime = try Files.modificationTime(directory)
-        let indexTime = try Files.modificationTime(indexDirectory)
+        let leaseTime = try modificationTime(directory)
+        let indexTime = try modificationTime(indexDirectory)
         guard
             leaseTime.tv_sec == indexTime.tv_sec && leaseTime.tv_nsec == indexTime.tv_nsec
                 && leaseTime.tv_nsec == LeaseStore.stampNanoseconds
         else { return .pendingRebuild }
         var indexed: [LeaseOwner: Set<IPAddress>] = [:]
-        for name in try Files.list(indexDirectory) where IndexBucket.isBucketName(name) {
+        for name in try names(in: indexDirectory) where IndexBucket.isBucketName(name) {
             guard let bytes = try Files.read(indexDirectory + "/" + name) else { continue }
             guard let parsed = IndexBucket.parse(bytes) else { return .stale("index bucket \(name) does not parse") }
             indexed.merge(parsed) { $0.union($1) }
@@ -144,6 +144,30 @@ public enum LeaseInspection {
         try LeaseStore.withLock(dataDir: dataDir, network: network) { store throws(CNIError) in
             try store.rebuildIndex()
         }
+    }
+
+    /// The names in a directory, without `.` and `..` (read-only: nothing is opened for writing).
+    static func names(in path: String) throws(CNIError) -> [String] {
+        guard let directory = opendir(path) else { throw Files.failure("opendir", path) }
+        defer { closedir(directory) }
+        var names: [String] = []
+        while true {
+            errno = 0
+            guard let entry = readdir(directory) else {
+                if errno != 0 { throw Files.failure("readdir", path) }
+                return names
+            }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(cString: raw.baseAddress!.assumingMemoryBound(to: CChar.self))
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+    }
+
+    static func modificationTime(_ path: String) throws(CNIError) -> timespec {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { throw Files.failure("stat", path) }
+        return info.st_mtim
     }
 
     static func directoryExists(_ path: String) -> Bool {
