@@ -53,7 +53,8 @@ let package = Package(
             name: "BridgePlugin",
             dependencies: ["CNI", "JSON", "NetAddress", "Netlink", "PacketFilter", "HostNetwork", "IPAM"]),
         .target(
-            name: "PTPPlugin", dependencies: ["CNI", "JSON", "NetAddress", "Netlink", "PacketFilter", "HostNetwork"]),
+            name: "PTPPlugin",
+            dependencies: ["CNI", "JSON", "NetAddress", "Netlink", "PacketFilter", "HostNetwork", "IPAM"]),
         .target(name: "LoopbackPlugin", dependencies: ["CNI", "NetAddress", "Netlink"]),
         .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
         .target(name: "StaticPlugin", dependencies: ["CNI", "IPAM"]),

@@ -416,3 +416,25 @@ def test_portmap_rules_of_a_container_without_a_lease_are_reported(node, portmap
     deleted = run_in(world.host, portmap, "DEL", config, containerid="ctr-portmapped", netns=c.path)
     assert deleted.ok, str(deleted)
     assert node.json("ipam", "check") == []
+
+
+def test_ptp_attachments_are_recorded_and_listed(world, tmp_path):
+    """ptp (no bridge) writes the same attachment record: ps shows its host veth and namespace."""
+    node = Node(world, tmp_path, dual_stack=False)
+    ptp = {"type": "ptp", "ipMasq": True, "ipam": node.ipam}
+    (node.conf_dir / "10-test.conflist").write_text(json.dumps({"cniVersion": "1.1.0", "name": world.network,
+                                                                 "plugins": [ptp]}))
+    config = {"cniVersion": "1.1.0", "name": world.network, **ptp}
+    c = world.container()
+    added = run_in(world.host, "ptp", "ADD", config, containerid="ctr-ptp", netns=c.path)
+    assert added.ok, str(added)
+    record = Path(world.data_dir) / ".swift-cni-attachments" / world.network / "ctr-ptp=eth0"
+    assert record.exists()
+    [row] = node.json("ps")
+    host_veth = [i["name"] for i in added.json["interfaces"] if not i.get("sandbox")]
+    assert row["hostVeth"] == host_veth[0] and row["bridge"] is None and row["netns"] == c.path
+    assert row["sources"] == ["lease", "record", "kernel"]
+    assert node.json("ipam", "check") == []
+    deleted = run_in(world.host, "ptp", "DEL", config, containerid="ctr-ptp", netns=c.path)
+    assert deleted.ok, str(deleted)
+    assert not record.exists() and node.json("ps") == []

@@ -1,5 +1,6 @@
 import CNI
 import HostNetwork
+import IPAM
 import NetAddress
 import Netlink
 
