@@ -44,6 +44,7 @@ let package = Package(
         .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
         .target(name: "StaticPlugin", dependencies: ["CNI", "IPAM"]),
         .target(name: "PortmapPlugin", dependencies: ["CNI", "NetAddress", "Netlink", "PacketFilter"]),
+        .target(name: "FirewallPlugin", dependencies: ["CNI", "NetAddress", "PacketFilter"]),
 
         // The multi-call executable: runs the plugin it is named as (argv[0]), and the IPAM
         // plugins the bridge delegates to in-process when CNI_PATH holds this very build.
@@ -51,6 +52,7 @@ let package = Package(
             name: "cni-plugins",
             dependencies: [
                 "CNI", "BridgePlugin", "HostLocalPlugin", "StaticPlugin", "LoopbackPlugin", "PortmapPlugin",
+                "FirewallPlugin",
             ]),
 
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
@@ -62,6 +64,8 @@ let package = Package(
         .testTarget(
             name: "PortmapTests",
             dependencies: ["PortmapPlugin", "PacketFilter", "CNI", "JSON", "NetAddress", "Netlink"]),
+        .testTarget(
+            name: "FirewallTests", dependencies: ["FirewallPlugin", "PacketFilter", "CNI", "JSON", "NetAddress"]),
         .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "JSON", "CNI", "NetAddress"]),
     ]
 )

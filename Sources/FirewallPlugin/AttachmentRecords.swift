@@ -1,0 +1,113 @@
+import CNI
+import NetAddress
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#endif
+
+/// What ADD allowed through CNI-FORWARD for each attachment, so that a DEL without prevResult
+/// and a GC can find rules that carry no container ID (the reference's per-address rules are
+/// anonymous: without prevResult its DEL leaks them). One small file per attachment,
+/// `<dir>/<network>/<containerID>+<ifname>`: the container ID, the interface name, then one
+/// address per line. Kept under /run: the rules do not survive a reboot either.
+struct AttachmentRecords {
+    struct Record: Equatable {
+        var containerID: String
+        var ifName: String
+        var addresses: [IPAddress]
+    }
+
+    static let defaultDirectory = "/run/cni/firewall"
+
+    let directory: String
+
+    init(directory: String = Self.defaultDirectory, network: String) {
+        self.directory = directory + "/" + network
+    }
+
+    func path(_ containerID: String, _ ifName: String) -> String { "\(directory)/\(containerID)+\(ifName)" }
+
+    /// Writes the record whole (a temporary file renamed over it): a crash leaves the old or the new one.
+    func save(_ record: Record) throws(CNIError) {
+        makeDirectories()
+        let target = path(record.containerID, record.ifName)
+        let temporary = target + ".tmp"
+        let text = ([record.containerID, record.ifName] + record.addresses.map(\.description)).joined(separator: "\n")
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard fd >= 0 else { throw failure("create", temporary) }
+        let bytes = Array((text + "\n").utf8)
+        var offset = 0
+        while offset < bytes.count {
+            let count = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + offset, $0.count - offset) }
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else {
+                let error = failure("write", temporary)
+                close(fd)
+                unlink(temporary)
+                throw error
+            }
+            offset += count
+        }
+        close(fd)
+        guard rename(temporary, target) == 0 else {
+            let error = failure("rename", temporary)
+            unlink(temporary)
+            throw error
+        }
+    }
+
+    /// The record of one attachment; nil when there is none or it cannot be read.
+    func load(_ containerID: String, _ ifName: String) -> Record? { parse(recordAt: path(containerID, ifName)) }
+
+    func remove(_ containerID: String, _ ifName: String) { unlink(path(containerID, ifName)) }
+
+    /// Every record of the network (unreadable ones skipped).
+    func all() -> [Record] {
+        guard let handle = opendir(directory) else { return [] }
+        defer { closedir(handle) }
+        var names: [String] = []
+        while let entry = readdir(handle) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if name.contains("+") && !name.hasSuffix(".tmp") { names.append(name) }
+        }
+        return names.sorted().compactMap { parse(recordAt: directory + "/" + $0) }
+    }
+
+    private func parse(recordAt path: String) -> Record? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = read(fd, &buffer, buffer.count)
+            if count < 0 && errno == EINTR { continue }
+            if count <= 0 { break }
+            bytes += buffer[0..<count]
+            if bytes.count > 1 << 16 { return nil }
+        }
+        let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n").map(String.init)
+        guard lines.count >= 2 else { return nil }
+        let addresses = lines.dropFirst(2).compactMap { IPAddress($0) }
+        guard addresses.count == lines.count - 2 else { return nil }
+        return Record(containerID: lines[0], ifName: lines[1], addresses: addresses)
+    }
+
+    private func makeDirectories() {
+        var partial = ""
+        for component in directory.split(separator: "/") {
+            partial += "/" + component
+            mkdir(partial, 0o700)
+        }
+    }
+
+    private func failure(_ operation: String, _ path: String) -> CNIError {
+        CNIError(
+            .ioFailure, "failed to \(operation) the firewall attachment record",
+            details: "\(path): \(String(cString: strerror(errno)))")
+    }
+}
