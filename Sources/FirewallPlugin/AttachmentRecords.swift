@@ -27,7 +27,16 @@ struct AttachmentRecords {
         self.directory = directory + "/" + network
     }
 
-    func path(_ containerID: String, _ ifName: String) -> String { "\(directory)/\(containerID)+\(ifName)" }
+    /// `<containerID>+<ifname>`; a name too long for a file (container IDs may be long) is cut
+    /// and given a hash of the whole: the file's content, not its name, says whose it is.
+    func path(_ containerID: String, _ ifName: String) -> String {
+        let name = "\(containerID)+\(ifName)"
+        guard name.utf8.count > 200 else { return "\(directory)/\(name)" }
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in name.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        let cut = String(decoding: Array(name.utf8.prefix(160)), as: UTF8.self)
+        return "\(directory)/\(cut)+\(String(hash, radix: 16))"
+    }
 
     /// Writes the record whole (a temporary file renamed over it): a crash leaves the old or the new one.
     func save(_ record: Record) throws(CNIError) {
@@ -35,7 +44,12 @@ struct AttachmentRecords {
         let target = path(record.containerID, record.ifName)
         let temporary = target + ".tmp"
         let text = ([record.containerID, record.ifName] + record.addresses.map(\.description)).joined(separator: "\n")
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        var fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        if fd < 0 && errno == ENOENT {
+            // A DEL of the network's last attachment removed the directory in between.
+            makeDirectories()
+            fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        }
         guard fd >= 0 else { throw failure("create", temporary) }
         let bytes = Array((text + "\n").utf8)
         var offset = 0
@@ -61,7 +75,11 @@ struct AttachmentRecords {
     /// The record of one attachment; nil when there is none or it cannot be read.
     func load(_ containerID: String, _ ifName: String) -> Record? { parse(recordAt: path(containerID, ifName)) }
 
-    func remove(_ containerID: String, _ ifName: String) { unlink(path(containerID, ifName)) }
+    /// Removes the record, and the network's directory once it is empty (rmdir fails otherwise).
+    func remove(_ containerID: String, _ ifName: String) {
+        unlink(path(containerID, ifName))
+        rmdir(directory)
+    }
 
     /// Every record of the network (unreadable ones skipped).
     func all() -> [Record] {

@@ -188,6 +188,19 @@ private func run(
         #expect(again.calls.isEmpty)
     }
 
+    @Test func aLongContainerIDGetsARecordTooAndDelFindsIt() {
+        let records = temporaryDirectory()
+        let longID = String(repeating: "c", count: 300)
+        #expect(run("ADD", stdin(), runner: RecordingRunner(), records: records, containerID: longID).status == 0)
+        let store = AttachmentRecords(directory: records, network: "fwtest")
+        #expect(store.load(longID, "eth0")?.containerID == longID)
+        #expect(store.load(String(repeating: "c", count: 299) + "d", "eth0") == nil, "the hash tells them apart")
+        #expect(
+            run("DEL", stdin(prev: false), runner: RecordingRunner(), records: records, containerID: longID).status == 0
+        )
+        #expect(store.all().isEmpty)
+    }
+
     @Test func gcRemovesOnlyAttachmentsNotListedAndKeepsAddressesAValidOneHolds() {
         let records = temporaryDirectory()
         let store = AttachmentRecords(directory: records, network: "fwtest")
