@@ -6,13 +6,14 @@ only ever flows between these namespaces. The kernel state is read independently
 iptables-save / ip6tables-save.
 """
 
+import json
 import os
 import shutil
 import subprocess
 
 import pytest
 
-from cnitest import REF_DIR, unique
+from cnitest import REF_DIR, REPO, unique
 from test_bridge_support import World, run_in
 
 RECORDS = "/run/cni/firewall"
@@ -254,3 +255,31 @@ def test_a_custom_admin_chain_is_jumped_to_first(net):
     first = next(r for r in rules if r.startswith("-A CNI-FORWARD"))
     assert first == f'-A CNI-FORWARD -m comment --comment "CNI firewall plugin admin overrides" -j {admin}'
     assert net.firewall("DEL", net.firewall_config(result, iptablesAdminChainName=admin), container, "ctr1").ok
+
+
+@pytest.mark.parametrize("name", ["firewall-isolated.conflist", "firewall-same-bridge.conflist"])
+def test_conf_examples_work_as_given(net, name):
+    """The example's chain, bridge name and dataDir made private, ADD in order and DEL in reverse."""
+    example = json.loads((REPO / "conf-examples" / name).read_text())
+    container = net.container()
+    result = None
+    plugins = example["plugins"]
+    for plugin in plugins:
+        if plugin["type"] == "bridge":
+            plugin["bridge"] = net.bridge
+            plugin["ipam"]["dataDir"] = net.data_dir
+    configs = [dict(plugin, cniVersion=example["cniVersion"], name=net.network) for plugin in plugins]
+    for config in configs:
+        if result is not None:
+            config["prevResult"] = result
+        run = run_in(net.host, config["type"], "ADD", config, netns=container.path, containerid="ex1")
+        assert run.ok, f"{config['type']}: {run}"
+        result = run.json
+    rules = filter_rules(net.host)
+    assert '-A FORWARD -m comment --comment "CNI firewall plugin rules" -j CNI-FORWARD' in rules
+    assert any(f"-i {net.bridge} ! -o {net.bridge}" in rule for rule in rules)
+    for config in reversed(configs):
+        config["prevResult"] = result
+        run = run_in(net.host, config["type"], "DEL", config, netns=container.path, containerid="ex1")
+        assert run.ok, f"{config['type']}: {run}"
+    assert not any(address(result, 4) in rule for rule in filter_rules(net.host))
