@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from cnitest import REF_DIR, REPO, unique
+from cnitest import BIN_DIR, REF_DIR, REPO, unique
 from test_bridge_support import World, run_in
 
 RECORDS = "/run/cni/firewall"
@@ -283,3 +283,28 @@ def test_conf_examples_work_as_given(net, name):
         run = run_in(net.host, config["type"], "DEL", config, netns=container.path, containerid="ex1")
         assert run.ok, f"{config['type']}: {run}"
     assert not any(address(result, 4) in rule for rule in filter_rules(net.host))
+
+
+def test_parallel_first_adds_on_a_fresh_host_make_the_shared_rules_once(net):
+    """Eight containers' firewall ADDs at once on a host without any CNI chain: one transaction
+    wins the chains, the others are recomputed from a fresh listing; nothing is doubled."""
+    attached = []
+    for index in range(8):
+        container = net.container()
+        attached.append((container, net.add(net.bridge_config(), container, containerid=f"p{index}"), f"p{index}"))
+    procs = []
+    for container, result, cid in attached:
+        config = json.dumps(net.firewall_config(result)).encode()
+        env = {"PATH": os.environ["PATH"], "CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_NETNS": container.path,
+               "CNI_IFNAME": "eth0", "CNI_PATH": "/nonexistent"}
+        proc = subprocess.Popen(["ip", "netns", "exec", net.host.name, str(BIN_DIR / "firewall")],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        procs.append((proc, config))
+    for proc, config in procs:
+        proc.stdin.write(config)
+        proc.stdin.close()
+    outputs = [(proc.wait(timeout=60), proc.stdout.read()) for proc, _ in procs]
+    assert all(status == 0 for status, _ in outputs), outputs
+    expected = SHARED + [rule for _, result, _ in attached for rule in per_ip(
+        {"ips": [ip for ip in result["ips"] if ":" not in ip["address"]]})]
+    assert sorted(filter_rules(net.host)) == sorted(expected)

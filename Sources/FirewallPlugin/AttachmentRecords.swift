@@ -72,6 +72,32 @@ struct AttachmentRecords {
         }
     }
 
+    /// Takes the lock all our firewall ADDs share (`<dir>/.lock`, flock: no network name starts with a dot; released when the process
+    /// ends or `unlock` is called); -1 when it cannot be had (the ADD then goes on unlocked).
+    /// iptables-nft-restore does not fail a `-N` of a chain another restore has just made (nft
+    /// chain creation is idempotent), so two first ADDs listing the same empty table would both
+    /// insert the shared jumps; serialising list-and-restore makes the second one see the first.
+    static func lock(directory: String = defaultDirectory) -> Int32 {
+        var partial = ""
+        for component in directory.split(separator: "/") {
+            partial += "/" + component
+            mkdir(partial, 0o700)
+        }
+        let fd = open(directory + "/.lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard fd >= 0 else { return -1 }
+        while flock(fd, LOCK_EX) != 0 {
+            guard errno == EINTR else {
+                close(fd)
+                return -1
+            }
+        }
+        return fd
+    }
+
+    static func unlock(_ fd: Int32) {
+        if fd >= 0 { close(fd) }
+    }
+
     /// The record of one attachment; nil when there is none or it cannot be read.
     func load(_ containerID: String, _ ifName: String) -> Record? { parse(recordAt: path(containerID, ifName)) }
 

@@ -47,6 +47,8 @@ public enum Firewall {
         let isolation = try isolatedBridge(config, previous)
         let addresses = previous.ips.map(\.address.address)
         let name = attachment(request)
+        let lock = AttachmentRecords.lock(directory: recordDirectory)
+        defer { AttachmentRecords.unlock(lock) }
         do throws(CNIError) {
             try firewall { () throws(FirewallError) in
                 try rules.setup(
