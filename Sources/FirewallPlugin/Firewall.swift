@@ -78,6 +78,12 @@ public enum Firewall {
                 addresses.append(ip.address.address)
             }
         }
+        // An address another attachment of the network holds now (reassigned after this one's
+        // lease went) keeps its rules: they are that attachment's too. Leaking is safer than
+        // cutting a live container off; GC removes them once neither is valid.
+        let others = store.all().filter { $0.containerID != request.containerID || $0.ifName != request.ifName }
+        let held = Set(others.flatMap(\.addresses))
+        addresses.removeAll { held.contains($0) }
         if !addresses.isEmpty {
             let name = attachment(request)
             try firewall { () throws(FirewallError) in try rules.teardown(addresses: addresses, attachment: name) }

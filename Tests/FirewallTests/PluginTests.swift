@@ -188,6 +188,19 @@ private func run(
         #expect(again.calls.isEmpty)
     }
 
+    @Test func delKeepsTheRulesOfAnAddressAnotherAttachmentHoldsNow() throws {
+        let records = temporaryDirectory()
+        let store = AttachmentRecords(directory: records, network: "fwtest")
+        try store.save(.init(containerID: "newer", ifName: "eth0", addresses: [IPAddress("10.204.1.2")!]))
+        let runner = RecordingRunner()
+        runner.saved["iptables-save"] = referenceListing
+        // c1's stale prevResult names 10.204.1.2 (now newer's) and fd00::2 (no one else's).
+        #expect(run("DEL", stdin(), runner: runner, records: records).status == 0)
+        #expect(runner.scripts("iptables-restore").isEmpty, "10.204.1.2's rules stay for newer")
+        #expect(runner.programs == ["ip6tables-save"], "only fd00::2 is looked for")
+        #expect(store.all().map(\.containerID) == ["newer"])
+    }
+
     @Test func aLongContainerIDGetsARecordTooAndDelFindsIt() {
         let records = temporaryDirectory()
         let longID = String(repeating: "c", count: 300)
