@@ -3,7 +3,7 @@
 # what it needs first (make deps).
 
 SHELL := /bin/bash
-PLUGINS := bridge host-local static loopback portmap firewall
+PLUGINS := bridge ptp host-local static loopback portmap firewall
 DESTDIR ?=
 CNI_BIN_DIR ?= /opt/cni/bin
 SWIFT ?= swift
@@ -13,7 +13,7 @@ PYTHON ?= /usr/bin/python3
 DEB_PACKAGES := pkg-config libnl-3-dev libnl-route-3-dev iproute2 nftables iptables containernetworking-plugins \
 	python3 python3-pytest procps util-linux \
 	podman runc conmon containerd golang-go golang-github-appc-cni-dev busybox-static python3-yaml curl iputils-ping \
-	gcc libc6-dev
+	gcc libc6-dev time
 # Release binaries are fully static executables (Swift runtime, libnl, libstdc++ and glibc
 # linked in): no dynamic loader work at each start (a third of a plugin's start-up CPU when
 # linked dynamically), and they run on a node without libnl, like the reference's Go binaries.

@@ -37,7 +37,7 @@ from cnitest import BIN_DIR, sh
 from snapshot import assert_unchanged, leftovers, snapshot
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
-PLUGINS = ("bridge", "host-local", "static", "loopback", "portmap", "firewall")
+PLUGINS = ("bridge", "ptp", "host-local", "static", "loopback", "portmap", "firewall")
 CASE_TIMEOUT = 30
 # Cases run concurrently, each in its own namespaces (SWCNI_CORPUS_JOBS to change).
 PARALLEL_CASES = int(os.environ.get("SWCNI_CORPUS_JOBS", "4"))
@@ -120,6 +120,10 @@ def generate(name, config):
         return encoded[:-1] + b', "args": ' + b"[" * depth + b"]" * depth + b"}"
     if name == "pad-10mb":
         return encoded[:-1] + b', "padding": "' + b"x" * (10 * 1024 * 1024) + b'"}'
+    if name == "pad-past-16mib":
+        # Valid JSON one byte longer than the documented limit (16 MiB).
+        head = encoded[:-1] + b', "padding": "'
+        return head + b"x" * (16 * 1024 * 1024 + 1 - len(head) - 2) + b'"}'
     raise ValueError(f"unknown generator {name}")
 
 
