@@ -59,6 +59,7 @@ let package = Package(
         .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
         .target(name: "StaticPlugin", dependencies: ["CNI", "IPAM"]),
         .target(name: "PortmapPlugin", dependencies: ["CNI", "NetAddress", "Netlink", "PacketFilter"]),
+        .target(name: "FirewallPlugin", dependencies: ["CNI", "NetAddress", "PacketFilter"]),
 
         // The multi-call executable: runs the plugin it is named as (argv[0]), and the IPAM
         // plugins the bridge delegates to in-process when CNI_PATH holds this very build.
@@ -66,7 +67,7 @@ let package = Package(
             name: "cni-plugins",
             dependencies: [
                 "CNI", "BridgePlugin", "PTPPlugin", "HostLocalPlugin", "StaticPlugin", "LoopbackPlugin",
-                "PortmapPlugin",
+                "PortmapPlugin", "FirewallPlugin",
             ]),
 
         // cnictl's logic: network discovery as libcni does it, the on-disk and kernel state of
@@ -85,6 +86,8 @@ let package = Package(
         .testTarget(
             name: "PortmapTests",
             dependencies: ["PortmapPlugin", "PacketFilter", "CNI", "JSON", "NetAddress", "Netlink"]),
+        .testTarget(
+            name: "FirewallTests", dependencies: ["FirewallPlugin", "PacketFilter", "CNI", "JSON", "NetAddress"]),
         .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "JSON", "CNI", "NetAddress", "HostNetwork"]),
         .testTarget(
             name: "PTPTests", dependencies: ["PTPPlugin", "HostNetwork", "JSON", "CNI", "NetAddress", "Netlink"]),

@@ -30,10 +30,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGINS = ("bridge", "host-local", "static", "loopback", "portmap")
-# Evicted before each round with PLUGINS (ptp has no start-up rows: the same file as ours).
-SCENARIO_PLUGINS = ("ptp",)
+# Evicted before each round with PLUGINS (ptp and firewall have no start-up rows: the same file as ours).
+SCENARIO_PLUGINS = ("ptp", "firewall")
 # The chain rows: bridge + portmap with two mappings (one tcp, one udp), per portmap backend.
 PORTMAP_SCENARIOS = ("portmap-iptables", "portmap-nftables")
+# podman's default chain (87-podman-bridge.conflist): bridge (ipMasq, hairpin) + portmap (one
+# mapping) + firewall + tuning; tuning only when both implementations have it.
+PODMAN_SCENARIO = "podman-default"
 PORTMAP_MAPPINGS = [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"},
                     {"hostPort": 18081, "containerPort": 81, "protocol": "udp"}]
 PLUGIN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -383,6 +386,9 @@ class Implementation:
         if scenario in ("masq-iptables", "masq-nftables"):
             config["ipMasq"] = True
             config["ipMasqBackend"] = scenario.split("-")[1]
+        if scenario == PODMAN_SCENARIO:
+            config["ipMasq"] = True
+            config["hairpinMode"] = True
         if scenario.startswith("ptp"):
             # Its own range (no bridge, the gateway goes on every host veth as /32).
             config = {"cniVersion": CNI_VERSION, "name": f"{self.net}-ptp", "type": "ptp",
@@ -490,6 +496,8 @@ class Bench:
         self.counter = 0
         self.floor_bridge = f"cbr{os.getpid() % 100000}f"
         self.masq_seen = {}  # (impl, scenario) -> the firewall machinery an ADD actually used
+        with_tuning = all(os.access(impl.dir / "tuning", os.X_OK) for impl in implementations.values())
+        self.podman_chain_plugins = ["portmap", "firewall"] + (["tuning"] if with_tuning else [])
         self.define_rows()
 
     # Row definitions: id, label, unit, kind ("time" | "rate" | "rss"), target.
@@ -513,11 +521,14 @@ class Bench:
              {"ADD": ("ratio", "<=", 0.3), "DEL": ("ratio", "<=", 0.4)}),
             ("portmap-nftables", "bridge + portmap nftables, 2 mappings",
              {"ADD": ("ratio", "<=", 0.3), "DEL": ("ratio", "<=", 0.4)}),
+            (PODMAN_SCENARIO, "podman default chain: bridge + " + " + ".join(self.podman_chain_plugins)
+             + ", 1 mapping", {"ADD": ("ratio", "<=", 0.3), "DEL": ("ratio", "<=", 0.4)}),
         ]
         self.scenarios = [s[0] for s in scenarios]
         for key, label, targets in scenarios:
             # No CHECK row for portmap: the reference 1.1.1's CHECK fails on every IPv4 network.
-            for command in ("ADD", "DEL") if key in PORTMAP_SCENARIOS else ("ADD", "CHECK", "DEL"):
+            chain = key in PORTMAP_SCENARIOS or key == PODMAN_SCENARIO
+            for command in ("ADD", "DEL") if chain else ("ADD", "CHECK", "DEL"):
                 rows.append(dict(id=f"{key}-{command}", label=f"{label}: {command}", unit="ms", kind="time",
                                  target=targets.get(command)))
         rows.append(dict(id="create-bridge-ADD", label="ADD that creates the bridge", unit="ms", kind="time",
@@ -600,6 +611,8 @@ class Bench:
     def single(self, impl, scenario):
         if scenario in PORTMAP_SCENARIOS:
             return self.portmap_chain(impl, scenario)
+        if scenario == PODMAN_SCENARIO:
+            return self.podman_chain(impl)
         config = impl.config(scenario)
         plugin = config["type"]
         netns = self.ns.path(self.ns.containers[0])
@@ -651,6 +664,50 @@ class Bench:
                 self.record(f"{scenario}-DEL", impl, both, f"{scenario} DEL")
             if not (ok and unmapped.ok and delete.ok):
                 self.ns.clear_container(0)
+
+    def podman_chain(self, impl):
+        """podman's default chain as libcni runs it: ADD bridge, portmap, firewall(, tuning), each
+        with the previous result (timed together); DEL in reverse order with the final result."""
+        bridge_config = impl.config(PODMAN_SCENARIO)
+        keys = {"portmap": {"capabilities": {"portMappings": True},
+                            "runtimeConfig": {"portMappings": PORTMAP_MAPPINGS[:1]}},
+                "firewall": {"backend": ""}, "tuning": {}}
+        chained = [dict({"cniVersion": CNI_VERSION, "name": impl.net, "type": plugin}, **keys[plugin])
+                   for plugin in self.podman_chain_plugins]
+        netns = self.ns.path(self.ns.containers[0])
+        for _ in range(self.args.iterations):
+            cid = self.unique_id("podman")
+            runs = [self.spawner.run([impl.binary("bridge")], impl.env("ADD", cid, netns), encode(bridge_config))]
+            for config in chained:
+                if not runs[-1].ok:
+                    break
+                config["prevResult"] = json.loads(runs[-1].stdout)
+                runs.append(self.spawner.run([impl.binary(config["type"])], impl.env("ADD", cid, netns),
+                                             encode(config)))
+            ok = self.record(f"{PODMAN_SCENARIO}-ADD", impl, self.combined(runs), f"{PODMAN_SCENARIO} ADD")
+            final = runs[-1].stdout if ok else runs[0].stdout
+            deletes = []
+            for config in reversed(chained):
+                if "prevResult" in config and runs[0].ok:
+                    config["prevResult"] = json.loads(final)
+                    deletes.append(self.spawner.run([impl.binary(config["type"])], impl.env("DEL", cid, netns),
+                                                    encode(config)))
+            if runs[0].ok:
+                after = with_prev_result(bridge_config, final)
+                deletes.append(self.spawner.run([impl.binary("bridge")], impl.env("DEL", cid, netns), encode(after)))
+            if ok:
+                self.record(f"{PODMAN_SCENARIO}-DEL", impl, self.combined(deletes), f"{PODMAN_SCENARIO} DEL")
+            if not (ok and all(run.ok for run in deletes)):
+                self.ns.clear_container(0)
+            for config in chained:
+                config.pop("prevResult", None)
+
+    @staticmethod
+    def combined(runs):
+        """Consecutive plugin runs as one: times added, the first failure's status and output."""
+        failed = next((run for run in runs if not run.ok), runs[-1])
+        return Run(failed.status, sum(run.elapsed_s for run in runs), sum(run.cpu_s for run in runs),
+                   failed.stdout, "".join(run.stderr for run in runs))
 
     def create_bridge(self, impl):
         netns = self.ns.path(self.ns.containers[0])
@@ -966,10 +1023,10 @@ def parse_args(argv):
                              "rows of the others stay empty")
     parser.add_argument("--scenarios",
                         default="base,masq-iptables,masq-nftables,dual,static,ptp,ptp-dual,"
-                                "portmap-iptables,portmap-nftables",
+                                "portmap-iptables,portmap-nftables,podman-default",
                         help="the single ADD/CHECK/DEL scenarios to run (default all: base,masq-iptables,"
-                             "masq-nftables,dual,static,ptp,ptp-dual,portmap-iptables,portmap-nftables); rows of "
-                             "the others stay empty")
+                             "masq-nftables,dual,static,ptp,ptp-dual,portmap-iptables,portmap-nftables,"
+                             "podman-default); rows of the others stay empty")
     parser.add_argument("--json", type=Path,
                         help="where to write the JSON (default bench/results/latest.json; quick.json with --quick)")
     parser.add_argument("--workroot", type=Path, default=Path("/var/tmp/cnibench"),

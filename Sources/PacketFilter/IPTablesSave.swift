@@ -1,4 +1,4 @@
-/// One `-A` line of `iptables-save -t nat`.
+/// One `-A` line of `iptables-save -t <table>`.
 struct SavedRule: Equatable {
     var chain: String
     /// The arguments after `-A <chain>`, unquoted.
@@ -17,7 +17,8 @@ struct SavedRule: Equatable {
     var comment: String? { value(of: "--comment") }
 }
 
-/// The nat table as `iptables-save -t nat` prints it.
+/// One table as `iptables-save -t <table>` prints it: nat for ipMasq and portmap, filter for the
+/// firewall plugin.
 struct SavedNATTable: Equatable {
     var chains: [String] = []
     var rules: [SavedRule] = []
@@ -27,12 +28,13 @@ struct SavedNATTable: Equatable {
         self.rules = rules
     }
 
-    init(parsing text: String) {
+    init(parsing text: String, table: String = "nat") {
+        let header = "*" + table
         var inNAT = false
         for rawLine in text.split(whereSeparator: \.isNewline) {
             let line = rawLine.trimmingSpaces
             if line.hasPrefix("*") {
-                inNAT = line == "*nat"
+                inNAT = line == header
                 continue
             }
             guard inNAT else { continue }

@@ -12,11 +12,12 @@ extension FirewallTool {
     /// transaction, so it is recomputed from a fresh listing once. Used by every client of this
     /// module that writes iptables rules (ipMasq, portmap).
     func applyIPTables(
-        save: String, restore: String, whenUnusable: WhenUnusable, script: (SavedNATTable) -> String?
+        save: String, restore: String, table: String = "nat", whenUnusable: WhenUnusable,
+        script: (SavedNATTable) -> String?
     ) throws(FirewallError) {
         if whenUnusable == .skip && !runner.isInstalled(save) { return }
         for attempt in 1...2 {
-            guard let current = try listIPTables(save: save, whenUnusable: whenUnusable) else { return }
+            guard let current = try listIPTables(save: save, table: table, whenUnusable: whenUnusable) else { return }
             guard let text = script(current) else { return }
             let output = try self.attempt(restore, Self.iptablesRestoreArguments, stdin: text)
             if output.succeeded { return }
@@ -24,14 +25,17 @@ extension FirewallTool {
         }
     }
 
-    /// The nat table as `save` lists it; nil when it cannot be listed and `whenUnusable` is
-    /// `.skip` (a failing save means this iptables cannot hold rules here).
-    func listIPTables(save: String, whenUnusable: WhenUnusable) throws(FirewallError) -> SavedNATTable? {
-        let output = try attempt(save, Self.iptablesSaveArguments)
+    /// The table (nat unless told) as `save` lists it; nil when it cannot be listed and
+    /// `whenUnusable` is `.skip` (a failing save means this iptables cannot hold rules here).
+    func listIPTables(save: String, table: String = "nat", whenUnusable: WhenUnusable) throws(FirewallError)
+        -> SavedNATTable?
+    {
+        let arguments = ["-t", table]
+        let output = try attempt(save, arguments)
         guard output.succeeded else {
             if whenUnusable == .skip { return nil }
-            throw failure(save, Self.iptablesSaveArguments, output)
+            throw failure(save, arguments, output)
         }
-        return SavedNATTable(parsing: output.stdoutText)
+        return SavedNATTable(parsing: output.stdoutText, table: table)
     }
 }

@@ -1,5 +1,6 @@
 import BridgePlugin
 import CNI
+import FirewallPlugin
 import HostLocalPlugin
 import LoopbackPlugin
 import PTPPlugin
@@ -31,10 +32,11 @@ case "host-local": Plugin.main(name: invokedAs, handlers: HostLocal.handlers)
 case "static": Plugin.main(name: invokedAs, handlers: Static.handlers)
 case "loopback": Plugin.main(name: invokedAs, handlers: LoopbackPlugin.handlers)
 case "portmap": Plugin.main(name: invokedAs, handlers: Portmap.handlers)
+case "firewall": Plugin.main(name: invokedAs, handlers: Firewall.handlers)
 default:
     let message =
         "swift-cni: unknown plugin name \"\(invokedAs)\": this executable runs as bridge, ptp, "
-        + "host-local, static, loopback or portmap (install or link it under one of those names)\n"
+        + "host-local, static, loopback, portmap or firewall (install or link it under one of those names)\n"
     _ = message.withCString { write(2, $0, strlen($0)) }
     exit(1)
 }

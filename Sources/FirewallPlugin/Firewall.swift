@@ -1,0 +1,248 @@
+import CNI
+import NetAddress
+import PacketFilter
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#endif
+
+/// The `firewall` plugin (chained after an interface plugin, in podman's default chain after
+/// bridge and portmap): lets the container's addresses out through `CNI-FORWARD`, and their
+/// replies in, with the reference v1.9.x's exact rules (see `IPTablesFirewall` in the
+/// packet-filter module), so either implementation removes what the other wrote; with
+/// `ingressPolicy` `same-bridge` or `isolated`, isolates the bridge as the reference does.
+/// Each ADD, DEL and CHECK is one `iptables-save` and at most one `iptables-restore` per family
+/// (the reference: 14 execs for an IPv4 ADD, 26 dual-stack).
+///
+/// Where we go past the reference: everything is checked before the host is touched; a failed
+/// ADD removes what it wrote; DEL without prevResult still removes the container's rules (ADD
+/// records the addresses it allowed under /run/cni/firewall, see `AttachmentRecords`); GC
+/// removes the rules of attachments not in `cni.dev/valid-attachments`; STATUS says whether
+/// iptables is usable. The firewalld backend is not implemented: it is detected and refused
+/// with a clear error rather than silently replaced by rules firewalld would wipe.
+public enum Firewall {
+    public static let handlers = PluginHandlers(
+        add: { request throws(CNIError) in try add(request) },
+        del: { request throws(CNIError) in try del(request) },
+        check: { request throws(CNIError) in try check(request) },
+        status: { request throws(CNIError) in try status(request) },
+        gc: { request throws(CNIError) in try gc(request) })
+
+    nonisolated(unsafe) static var rules = ContainerFirewall()
+    nonisolated(unsafe) static var recordDirectory = AttachmentRecords.defaultDirectory
+    /// Whether firewalld runs here; replaced in tests.
+    nonisolated(unsafe) static var firewalldRunning: () -> Bool = detectFirewalld
+
+    static func add(_ request: PluginRequest) throws(CNIError) -> CNIResult {
+        try checkVersion(request)
+        let config = try FirewallConfig(request)
+        guard let previous = try request.prevResult() else {
+            throw CNIError(
+                .invalidNetworkConfig, "missing prevResult from earlier plugin",
+                details: "firewall is a chained plugin: put it after the interface plugin (bridge, ptp) in a conflist")
+        }
+        try requireIPTables(config)
+        let isolation = try isolatedBridge(config, previous)
+        let addresses = previous.ips.map(\.address.address)
+        let name = attachment(request)
+        let lock = AttachmentRecords.lock(directory: recordDirectory)
+        defer { AttachmentRecords.unlock(lock) }
+        do throws(CNIError) {
+            try firewall { () throws(FirewallError) in
+                try rules.setup(
+                    adminChain: config.adminChain, addresses: addresses, isolation: isolation, attachment: name)
+            }
+            if !addresses.isEmpty {
+                try records(request).save(
+                    .init(containerID: request.containerID, ifName: request.ifName, addresses: addresses))
+            }
+        } catch {
+            // A failed ADD leaves none of this container's rules (the runtime may never call DEL).
+            try? firewall { () throws(FirewallError) in try rules.teardown(addresses: addresses, attachment: name) }
+            throw error
+        }
+        return previous
+    }
+
+    /// Removes the rules of the container's addresses: those of prevResult and those ADD
+    /// recorded (so a DEL without prevResult, or with a config ADD would refuse, still cleans).
+    /// The isolation rules stay, as in the reference: the bridge may hold other containers.
+    static func del(_ request: PluginRequest) throws(CNIError) {
+        try checkVersion(request)
+        let store = records(request)
+        var addresses = store.load(request.containerID, request.ifName)?.addresses ?? []
+        if let previous = try? request.prevResult() {
+            for ip in previous.ips where !addresses.contains(ip.address.address) {
+                addresses.append(ip.address.address)
+            }
+        }
+        // An address another attachment of the network holds now (reassigned after this one's
+        // lease went) keeps its rules: they are that attachment's too. Leaking is safer than
+        // cutting a live container off; GC removes them once neither is valid.
+        let others = store.all().filter { $0.containerID != request.containerID || $0.ifName != request.ifName }
+        let held = Set(others.flatMap(\.addresses))
+        addresses.removeAll { held.contains($0) }
+        if !addresses.isEmpty {
+            let name = attachment(request)
+            try firewall { () throws(FirewallError) in try rules.teardown(addresses: addresses, attachment: name) }
+        }
+        store.remove(request.containerID, request.ifName)
+    }
+
+    static func check(_ request: PluginRequest) throws(CNIError) {
+        try checkVersion(request)
+        let config = try FirewallConfig(request)
+        guard let previous = try request.prevResult() else {
+            throw CNIError(
+                .invalidNetworkConfig, "missing prevResult from earlier plugin", details: "CHECK needs the prevResult")
+        }
+        try requireIPTables(config)
+        let addresses = previous.ips.map(\.address.address)
+        let name = attachment(request)
+        let problem = try firewall { () throws(FirewallError) in
+            try rules.check(adminChain: config.adminChain, addresses: addresses, attachment: name)
+        }
+        if let problem { throw CNIError(.checkFailed, problem, details: "run ADD again to restore the rules") }
+    }
+
+    /// Spec 1.1 GC (the reference has none): the rules of this network's recorded attachments
+    /// that are not in `cni.dev/valid-attachments` go, except addresses a valid attachment holds now.
+    static func gc(_ request: PluginRequest) throws(CNIError) {
+        let valid = try request.validAttachments()
+        let store = AttachmentRecords(directory: recordDirectory, network: request.config.name)
+        let all = store.all()
+        let isValid = { (record: AttachmentRecords.Record) in
+            valid.contains { $0.containerID == record.containerID && $0.ifname == record.ifName }
+        }
+        let kept = Set(all.filter(isValid).flatMap(\.addresses))
+        var errors: [CNIError] = []
+        for record in all where !isValid(record) {
+            let stale = record.addresses.filter { !kept.contains($0) }
+            do throws(CNIError) {
+                try firewall { () throws(FirewallError) in
+                    try rules.teardown(
+                        addresses: stale, attachment: "\"\(request.config.name)\" container \"\(record.containerID)\"")
+                }
+                store.remove(record.containerID, record.ifName)
+            } catch {
+                errors.append(error)
+            }
+        }
+        if var first = errors.first {
+            if errors.count > 1 {
+                first.details +=
+                    "; and \(errors.count - 1) more: " + errors.dropFirst().map(\.message).joined(separator: "; ")
+            }
+            throw first
+        }
+    }
+
+    static func status(_ request: PluginRequest) throws(CNIError) {
+        _ = try FirewallConfig(request)
+        guard FirewallBackend.iptables.isUsable(runner: rules.runner) else {
+            throw CNIError(
+                .notAvailable, "no usable firewall backend", details: "iptables cannot list its tables here")
+        }
+    }
+
+    // MARK: steps
+
+    /// The reference accepts only configs of 0.4.0 and later (`VersionsStartingFrom("0.4.0")`).
+    static func checkVersion(_ request: PluginRequest) throws(CNIError) {
+        guard request.version < .v0_4_0 else { return }
+        let supported = CNIVersion.supported.filter { $0 >= .v0_4_0 }.map { "\"\($0)\"" }.joined(separator: " ")
+        throw CNIError(
+            .incompatibleVersion, "incompatible CNI versions",
+            details: "config is \"\(request.config.cniVersion)\", plugin supports [\(supported)]")
+    }
+
+    /// The reference uses firewalld when configured or when it runs here. We have no D-Bus
+    /// client: say which, rather than writing iptables rules firewalld would not know of.
+    static func requireIPTables(_ config: FirewallConfig) throws(CNIError) {
+        switch config.backend {
+        case .iptables: return
+        case .firewalld:
+            guard firewalldRunning() else {
+                throw CNIError(
+                    .notAvailable, "firewalld backend requested but firewalld is not running",
+                    details: "no owner of org.fedoraproject.FirewallD1 on the D-Bus system bus; set \"backend\": "
+                        + "\"iptables\" or start firewalld")
+            }
+            throw firewalldUnsupported
+        case nil:
+            if firewalldRunning() { throw firewalldUnsupported }
+        }
+    }
+
+    static let firewalldUnsupported = CNIError(
+        .notAvailable, "the firewalld backend is not supported by this build",
+        details: "firewalld runs here, so the reference would add the container's addresses to its zone over D-Bus; "
+            + "set \"backend\": \"iptables\" (rules in CNI-FORWARD) or use the reference firewall plugin")
+
+    /// The bridge to isolate: the first interface of prevResult (the bridge plugin's bridge).
+    static func isolatedBridge(_ config: FirewallConfig, _ previous: CNIResult) throws(CNIError)
+        -> (bridge: String, BridgeIsolation)?
+    {
+        guard let policy = config.isolation else { return nil }
+        guard let first = previous.interfaces.first else {
+            throw CNIError(
+                .invalidNetworkConfig,
+                "interface needs to be set for ingress policy \"\(policy.rawValue)\", make sure to chain "
+                    + "\"firewall\" plugin with \"bridge\"",
+                details: "prevResult has no interfaces; the first one must be the bridge")
+        }
+        guard !first.name.isEmpty else {
+            throw CNIError(
+                .invalidNetworkConfig, "got empty bridge name", details: "prevResult.interfaces[0].name is empty")
+        }
+        let valid =
+            first.name.utf8.count <= 15
+            && first.name.unicodeScalars.allSatisfy {
+                $0.value > 0x20 && $0.value < 0x7f && !"/\"'\\:".unicodeScalars.contains($0)
+            }
+        guard valid else {
+            throw CNIError(
+                .invalidNetworkConfig, "invalid bridge name \(FirewallConfig.shown(first.name)) in prevResult",
+                details: "prevResult.interfaces[0].name must be a Linux interface name (1-15 printable characters, "
+                    + "no space, '/', ':' or quote)")
+        }
+        return (first.name, policy)
+    }
+
+    static func records(_ request: PluginRequest) -> AttachmentRecords {
+        AttachmentRecords(directory: recordDirectory, network: request.config.name)
+    }
+
+    static func attachment(_ request: PluginRequest) -> String {
+        "\"\(request.config.name)\" container \"\(request.containerID)\" \(request.ifName)"
+    }
+
+    /// firewalld is taken as running when the system bus exists and firewalld's pid file names a
+    /// live process: no D-Bus round trip (or exec) on the hosts without it.
+    static func detectFirewalld() -> Bool {
+        guard access("/run/dbus/system_bus_socket", F_OK) == 0 || access("/var/run/dbus/system_bus_socket", F_OK) == 0
+        else { return false }
+        for path in ["/run/firewalld.pid", "/var/run/firewalld.pid"] {
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { continue }
+            var buffer = [UInt8](repeating: 0, count: 32)
+            let count = read(fd, &buffer, buffer.count)
+            close(fd)
+            guard count > 0 else { continue }
+            let text = String(decoding: buffer[0..<count], as: UTF8.self).split(whereSeparator: \.isWhitespace).first
+            if let text, let pid = Int32(text), pid > 0, kill(pid, 0) == 0 || errno == EPERM { return true }
+        }
+        return false
+    }
+
+    private static func firewall<T>(_ body: () throws(FirewallError) -> T) throws(CNIError) -> T {
+        do {
+            return try body()
+        } catch {
+            throw CNIError(
+                .firewallFailure, "\(error.backend.rawValue): failed to \(error.operation)", details: error.description)
+        }
+    }
+}

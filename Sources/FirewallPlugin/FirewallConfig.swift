@@ -1,0 +1,86 @@
+import CNI
+import PacketFilter
+
+/// firewall's keys, parsed and checked before anything touches the host. The reference's
+/// messages are kept; `details` names the key, the value and what is allowed. The admin chain's
+/// name reaches an iptables-restore script, so it must be a plain iptables chain name.
+struct FirewallConfig {
+    enum Backend: String { case iptables, firewalld }
+
+    /// nil: firewalld when it runs here, else iptables (the reference's choice).
+    var backend: Backend?
+    var adminChain: String
+    var firewalldZone: String
+    /// nil: `open` (or unset), which adds nothing.
+    var isolation: BridgeIsolation?
+
+    struct Keys: Decodable {
+        var backend: String?
+        var iptablesAdminChainName: String?
+        var firewalldZone: String?
+        var ingressPolicy: String?
+    }
+
+    init(_ request: PluginRequest) throws(CNIError) {
+        try self.init(request.decode(Keys.self))
+    }
+
+    init(_ keys: Keys) throws(CNIError) {
+        // The reference treats "" as unset for every key.
+        switch keys.backend ?? "" {
+        case "": backend = nil
+        case let value:
+            guard let parsed = Backend(rawValue: value) else {
+                throw CNIError(
+                    .invalidNetworkConfig, "unknown firewall backend \(Self.shown(value))",
+                    details: "key backend: use \"iptables\" or \"firewalld\", or leave it out to choose firewalld "
+                        + "when it runs and iptables otherwise")
+            }
+            backend = parsed
+        }
+        let admin = keys.iptablesAdminChainName ?? ""
+        adminChain = admin.isEmpty ? "CNI-ADMIN" : admin
+        try Self.checkChainName(adminChain)
+        let zone = keys.firewalldZone ?? ""
+        firewalldZone = zone.isEmpty ? "trusted" : zone
+        switch keys.ingressPolicy ?? "" {
+        case "", "open": isolation = nil
+        case let value:
+            guard let policy = BridgeIsolation(rawValue: value) else {
+                throw CNIError(
+                    .invalidNetworkConfig, "unknown ingress policy: \(Self.shown(value))",
+                    details: "key ingressPolicy: use \"open\" (the default), \"same-bridge\" or \"isolated\"")
+            }
+            isolation = policy
+        }
+    }
+
+    /// iptables takes chain names of at most 28 bytes; ours go into a restore script unquoted.
+    static func checkChainName(_ chain: String) throws(CNIError) {
+        let plain = chain.unicodeScalars.allSatisfy {
+            $0.value > 0x20 && $0.value != 0x7f && !"\"'\\;#`$".unicodeScalars.contains($0)
+        }
+        let reserved = ["ACCEPT", "DROP", "RETURN", "REJECT", "QUEUE", "FORWARD", "INPUT", "OUTPUT", "CNI-FORWARD"]
+        guard plain, chain.utf8.count <= 28, chain.first != "-", chain.first != "!", !reserved.contains(chain) else {
+            throw CNIError(
+                .invalidNetworkConfig, "invalid iptablesAdminChainName \(shown(chain))",
+                details: "key iptablesAdminChainName must be an iptables chain name of 1-28 characters, without "
+                    + "space, quote, backslash or control character, not starting with '-' or '!', and not a "
+                    + "built-in chain, a target or CNI-FORWARD")
+        }
+    }
+
+    /// `text` in quotes as Go's %q shows it (quotes, backslashes and control characters escaped).
+    static func shown(_ text: String) -> String {
+        var result = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"", "\\": result += "\\" + String(scalar)
+            case _ where scalar.value < 0x20 || scalar.value == 0x7f:
+                result += "\\u{" + String(scalar.value, radix: 16) + "}"
+            default: result.unicodeScalars.append(scalar)
+            }
+        }
+        return result + "\""
+    }
+}
