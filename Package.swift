@@ -37,9 +37,17 @@ let package = Package(
         // batch) for ipMasq, the bridge's MAC spoof check and portmap, with the reference's names.
         // nf_tables is read (and, for nftables, written) over netlink; iptables runs one restore.
         .target(name: "PacketFilter", dependencies: ["JSON", "NetAddress", "Exec", "Netlink"]),
+        // The kernel seam of the main plugins: the host operations they perform as a protocol,
+        // with the libnl implementation and a recording fake that fails on request (unit tests
+        // of rollback, degraded DEL and CHECK without root); ADD's rollback and DEL's failures.
+        .target(name: "HostNetwork", dependencies: ["CNI", "NetAddress", "Netlink", "PacketFilter"]),
 
         // Each plugin's logic: a library, so tests can drive it; a thin composition of the above.
-        .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink", "PacketFilter"]),
+        .target(
+            name: "BridgePlugin",
+            dependencies: ["CNI", "JSON", "NetAddress", "Netlink", "PacketFilter", "HostNetwork"]),
+        .target(
+            name: "PTPPlugin", dependencies: ["CNI", "JSON", "NetAddress", "Netlink", "PacketFilter", "HostNetwork"]),
         .target(name: "LoopbackPlugin", dependencies: ["CNI", "NetAddress", "Netlink"]),
         .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
         .target(name: "StaticPlugin", dependencies: ["CNI", "IPAM"]),
@@ -50,7 +58,8 @@ let package = Package(
         .executableTarget(
             name: "cni-plugins",
             dependencies: [
-                "CNI", "BridgePlugin", "HostLocalPlugin", "StaticPlugin", "LoopbackPlugin", "PortmapPlugin",
+                "CNI", "BridgePlugin", "PTPPlugin", "HostLocalPlugin", "StaticPlugin", "LoopbackPlugin",
+                "PortmapPlugin",
             ]),
 
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
@@ -62,6 +71,8 @@ let package = Package(
         .testTarget(
             name: "PortmapTests",
             dependencies: ["PortmapPlugin", "PacketFilter", "CNI", "JSON", "NetAddress", "Netlink"]),
-        .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "JSON", "CNI", "NetAddress"]),
+        .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "JSON", "CNI", "NetAddress", "HostNetwork"]),
+        .testTarget(
+            name: "PTPTests", dependencies: ["PTPPlugin", "HostNetwork", "JSON", "CNI", "NetAddress", "Netlink"]),
     ]
 )

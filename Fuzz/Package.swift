@@ -17,7 +17,8 @@ let package = Package(
         .systemLibrary(name: "CNetlink", pkgConfig: "libnl-route-3.0"),
         .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
         .target(name: "PacketFilter", dependencies: ["JSON", "NetAddress", "Exec", "Netlink"]),
-        .target(name: "BridgePlugin", dependencies: ["CNI", "NetAddress", "Netlink", "PacketFilter"]),
+        .target(name: "HostNetwork", dependencies: ["CNI", "NetAddress", "Netlink", "PacketFilter"]),
+        .target(name: "BridgePlugin", dependencies: ["CNI", "JSON", "NetAddress", "Netlink", "PacketFilter", "HostNetwork"]),
         // The libFuzzer entry every target's main.swift calls.
         .target(name: "FuzzDriver", path: "Targets/FuzzDriver"),
         // The JSON parser, writer and decoder on their own: any bytes.

@@ -5,7 +5,7 @@ Every plugin execution happens inside a dedicated "host" network namespace that 
 creates (the script itself enters it, with a private mount namespace whose /sys belongs to it,
 as `ip netns exec` would arrange, so no per-run `ip` process is added to the timings). Bridges,
 addresses and firewall rules therefore never touch the real host; they vanish with the namespace.
-Container namespaces, bridge names and the ranges (10.201-10.212.x.x, fd00:bc::/32) are private.
+Container namespaces, bridge names and the ranges (10.201-10.214.x.x, fd00:bc::/32) are private.
 
 Rounds alternate A B B A (ours, reference, reference, ours, ...) so that drift on a shared
 machine hits both columns alike; before each round the plugin binaries (and any shared library
@@ -30,6 +30,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGINS = ("bridge", "host-local", "static", "loopback", "portmap")
+# Evicted before each round with PLUGINS (ptp has no start-up rows: the same file as ours).
+SCENARIO_PLUGINS = ("ptp",)
 # The chain rows: bridge + portmap with two mappings (one tcp, one udp), per portmap backend.
 PORTMAP_SCENARIOS = ("portmap-iptables", "portmap-nftables")
 PORTMAP_MAPPINGS = [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"},
@@ -381,6 +383,13 @@ class Implementation:
         if scenario in ("masq-iptables", "masq-nftables"):
             config["ipMasq"] = True
             config["ipMasqBackend"] = scenario.split("-")[1]
+        if scenario.startswith("ptp"):
+            # Its own range (no bridge, the gateway goes on every host veth as /32).
+            config = {"cniVersion": CNI_VERSION, "name": f"{self.net}-ptp", "type": "ptp",
+                      "ipam": dict(self.host_local(dual=scenario == "ptp-dual"), dataDir=str(self.data_dir))}
+            config["ipam"]["ranges"] = [[{"subnet": f"10.21{self.index + 2}.0.0/16"}]]
+            if scenario == "ptp-dual":
+                config["ipam"]["ranges"].append([{"subnet": f"fd00:bc:{self.index + 2}::/64"}])
         return config
 
     def lease_config(self, leases):
@@ -502,6 +511,8 @@ class Bench:
              {"ADD": ("ratio", "<=", 0.3), "DEL": ("ratio", "<=", 0.4)}),
             ("portmap-nftables", "bridge + portmap nftables, 2 mappings",
              {"ADD": ("ratio", "<=", 0.3), "DEL": ("ratio", "<=", 0.4)}),
+            ("ptp", "ptp + host-local v4", {"ADD": ("ratio", "<=", 0.4), "DEL": ("ratio", "<=", 0.9)}),
+            ("ptp-dual", "ptp dual-stack", {}),
         ]
         self.scenarios = [s[0] for s in scenarios]
         for key, label, targets in scenarios:
@@ -590,18 +601,19 @@ class Bench:
         if scenario in PORTMAP_SCENARIOS:
             return self.portmap_chain(impl, scenario)
         config = impl.config(scenario)
+        plugin = config["type"]
         netns = self.ns.path(self.ns.containers[0])
         for _ in range(self.args.iterations):
             cid = self.unique_id(scenario)
-            add = self.spawner.run([impl.binary("bridge")], impl.env("ADD", cid, netns), encode(config))
+            add = self.spawner.run([impl.binary(plugin)], impl.env("ADD", cid, netns), encode(config))
             ok = self.record(f"{scenario}-ADD", impl, add, f"{scenario} ADD")
             after = with_prev_result(config, add.stdout) if ok else config
             if ok and scenario.startswith("masq") and (impl.key, scenario) not in self.masq_seen:
                 self.masq_seen[(impl.key, scenario)] = masquerade_in_use(cid)
             if ok:
-                check = self.spawner.run([impl.binary("bridge")], impl.env("CHECK", cid, netns), encode(after))
+                check = self.spawner.run([impl.binary(plugin)], impl.env("CHECK", cid, netns), encode(after))
                 self.record(f"{scenario}-CHECK", impl, check, f"{scenario} CHECK")
-            delete = self.spawner.run([impl.binary("bridge")], impl.env("DEL", cid, netns), encode(after))
+            delete = self.spawner.run([impl.binary(plugin)], impl.env("DEL", cid, netns), encode(after))
             if ok:
                 self.record(f"{scenario}-DEL", impl, delete, f"{scenario} DEL")
             if not (ok and delete.ok):
@@ -781,8 +793,10 @@ class Bench:
             self.spawner.run([impl.binary("bridge")], impl.env("DEL", cid, netns), encode(config))
         self.evictable = []
         for impl in self.impls.values():
-            for plugin in PLUGINS:
+            for plugin in PLUGINS + SCENARIO_PLUGINS:
                 binary = Path(impl.binary(plugin))
+                if plugin in SCENARIO_PLUGINS and not binary.exists():
+                    continue  # an older build without it (its rows then fail, the rest is measured)
                 self.evictable.append(binary)
                 self.evictable.extend(shared_libraries(binary))
         self.evictable.append(Path(self.floor))
@@ -951,10 +965,11 @@ def parse_args(argv):
                         help=f"measurement groups to run, comma-separated (default all: {','.join(GROUPS)}); "
                              "rows of the others stay empty")
     parser.add_argument("--scenarios",
-                        default="base,masq-iptables,masq-nftables,dual,static,portmap-iptables,portmap-nftables",
+                        default="base,masq-iptables,masq-nftables,dual,static,ptp,ptp-dual,portmap-iptables,"
+                                "portmap-nftables",
                         help="the single ADD/CHECK/DEL scenarios to run (default all: base,masq-iptables,"
-                             "masq-nftables,dual,static,portmap-iptables,portmap-nftables); rows of the others "
-                             "stay empty")
+                             "masq-nftables,dual,static,ptp,ptp-dual,portmap-iptables,portmap-nftables); rows of "
+                             "the others stay empty")
     parser.add_argument("--json", type=Path,
                         help="where to write the JSON (default bench/results/latest.json; quick.json with --quick)")
     parser.add_argument("--workroot", type=Path, default=Path("/var/tmp/cnibench"),

@@ -112,3 +112,78 @@ def test_ctr_run_cni_add_then_del_with_empty_netns(containerd, network, tmp_path
     if left:
         reference_gap("bridge keeps ipMasq rules when DEL has no netns (plugins#810)")
     assert left == [], "DEL with empty CNI_NETNS left firewall rules:\n" + "\n".join(left)
+
+
+@pytest.fixture
+def ptp_network(containerd):
+    """A ptp conflist as the only file ctr sees."""
+    name, subnet = unique("swctp-", 16), free_subnet()
+    conflist = {
+        "cniVersion": "1.0.0", "name": name,
+        "plugins": [
+            {"type": "ptp", "ipMasq": True,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+        ],
+    }
+    path = containerd.net_dir / "10-swift-cni.conflist"
+    path.write_text(json.dumps(conflist))
+    try:
+        yield {"name": name, "subnet": subnet}
+    finally:
+        path.unlink(missing_ok=True)
+        remove_lease_dir(name)
+        purge_firewall(f'"{name}"')
+        purge_firewall(subnet.rsplit(".", 1)[0] + ".")
+
+
+def test_ctr_run_cni_with_a_ptp_conflist(containerd, ptp_network, tmp_path):
+    """ADD gives the container a ptp link (gateway on-link, host route to it); the DEL ctr sends
+    with an empty CNI_NETNS releases the lease and removes the masquerade rules (the reference
+    ptp leaks them there)."""
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    container = unique("swctp-", 16)
+    runtime_id = f"default-{container}"
+    gateway = str(next(ipaddress.ip_network(ptp_network["subnet"]).hosts()))
+    script = (f"ip -o -4 addr show eth0 > /sync/addr; ip -4 route > /sync/routes; "
+              f"ping -c 1 -W 2 {gateway} > /sync/ping 2>&1; touch /sync/ready; "
+              "while [ ! -e /sync/go ]; do sleep 0.1; done")
+    ctr = containerd.ctr_popen("run", "--rm", "--cni", "--snapshotter", "native",
+                               "--mount", f"type=bind,src={sync},dst=/sync,options=rbind:rw",
+                               IMAGE_NAME, container, "sh", "-c", script,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not (sync / "ready").exists() and ctr.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not (sync / "ready").exists():
+            ctr.kill()
+            out, err = ctr.communicate()
+            pytest.fail(f"ctr run --cni did not start the container: rc={ctr.returncode} {err.decode()}\n"
+                        f"plugin calls: {containerd.calls()}\n{containerd.log_tail()}")
+        fields = (sync / "addr").read_text().split()
+        address = fields[fields.index("inet") + 1].split("/")[0]
+        routes = (sync / "routes").read_text()
+        assert f"default via {gateway}" in routes and f"{gateway} dev eth0" in routes, routes
+        assert " 0% packet loss" in (sync / "ping").read_text(), (sync / "ping").read_text()
+        assert leases(ptp_network["name"]) == [address]
+        host_route = subprocess.run(["ip", "-4", "route", "show", address], capture_output=True, text=True).stdout
+        assert "dev veth" in host_route and "scope host" in host_route, host_route
+        assert firewall_mentions(runtime_id), "ptp's ipMasq rules for the container are missing"
+    finally:
+        (sync / "go").touch()
+        out, err = ctr.communicate(timeout=60)
+    assert ctr.returncode == 0, f"ctr run failed: {err.decode()}"
+    dels = [c for c in containerd.calls() if c[0] == "ptp" and c[1] == "DEL"]
+    assert dels and all(c[2] == "" for c in dels), f"ctr was expected to send DEL with an empty CNI_NETNS: {dels}"
+    assert leases(ptp_network["name"]) == [], "DEL with empty CNI_NETNS must release the lease"
+    left = firewall_mentions(runtime_id, f"{address}/32")
+    if left:
+        reference_gap("ptp keeps ipMasq rules when DEL has no netns")
+    assert left == [], "DEL with empty CNI_NETNS left firewall rules:\n" + "\n".join(left)
+    deadline = time.monotonic() + 10  # the host veth goes with the container's netns (async)
+    while "dev veth" in subprocess.run(["ip", "-4", "route", "show", address], capture_output=True,
+                                       text=True).stdout and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "dev veth" not in subprocess.run(["ip", "-4", "route", "show", address], capture_output=True,
+                                            text=True).stdout

@@ -10,6 +10,7 @@ node must end up exactly as if the container had never been there.
   namespace is identical to its state before (links, addresses, routes, nftables, iptables),
   the container namespace has no interface left, no lease of the container remains, the lock
   is free, and DEL never fails.
+- ptp (host-local, ipMasq on both backends in turn): the same.
 - host-local alone: after every killed ADD, no lease file is empty or partial, ever, and
   `last_reserved_ip.*` always holds a whole address; DEL then frees the lease.
 
@@ -51,6 +52,12 @@ def bridge_config(host, backend="iptables"):
             "ipMasq": True, "ipMasqBackend": backend, "macspoofchk": True,
             "ipam": {"type": "host-local", "dataDir": str(host.data_dir),
                      "ranges": [[{"subnet": "10.77.0.0/16"}], [{"subnet": "fd00:77::/64"}]]}}
+
+
+def ptp_config(host, backend="iptables"):
+    return {"cniVersion": "1.0.0", "name": NETWORK, "type": "ptp", "ipMasq": True, "ipMasqBackend": backend,
+            "ipam": {"type": "host-local", "dataDir": str(host.data_dir),
+                     "ranges": [[{"subnet": "10.76.0.0/16"}], [{"subnet": "fd00:76::/64"}]]}}
 
 
 def host_local_config(host):
@@ -141,20 +148,30 @@ def report(name, stats):
 
 @pytest.mark.parametrize("bin_dir", BIN_DIRS)
 def test_sigkill_during_bridge_add_then_del_leaves_nothing(bin_dir):
+    sigkill_add_then_del(bin_dir, "bridge", bridge_config, SECONDS)
+
+
+@pytest.mark.parametrize("bin_dir", BIN_DIRS)
+def test_sigkill_during_ptp_add_then_del_leaves_nothing(bin_dir):
+    # Shorter than the bridge's: the same machinery (IPAM, veth, rules), fewer steps.
+    sigkill_add_then_del(bin_dir, "ptp", ptp_config, SECONDS * 0.6)
+
+
+def sigkill_add_then_del(bin_dir, plugin, config_for, seconds):
     host = IsolatedHost("swcni-fault")
     stats = {"runs": 0, "killed": 0, "completed": 0, "killed_with_children_running": 0, "orphans_stuck": [],
              "del_failures": [], "leaks": []}
     try:
         # Runs alternate between the two masquerade backends; both are warmed up first (each
         # leaves its empty base table behind, as the reference does).
-        stdins = [json.dumps(bridge_config(host, backend)).encode() for backend in ("iptables", "nftables")]
-        executable = Path(bin_dir) / "bridge"
+        stdins = [json.dumps(config_for(host, backend)).encode() for backend in ("iptables", "nftables")]
+        executable = Path(bin_dir) / plugin
         warm = host.container()
-        window = measure(host, executable, bridge_config(host, "nftables"), warm)
-        window = max(window, measure(host, executable, bridge_config(host, "iptables"), warm)) * 1.2
+        window = measure(host, executable, config_for(host, "nftables"), warm)
+        window = max(window, measure(host, executable, config_for(host, "iptables"), warm)) * 1.2
         host.remove_container(warm)
         baseline = snapshot(namespaces=[host.name])
-        deadline = time.monotonic() + SECONDS
+        deadline = time.monotonic() + seconds
         while (RUNS is None or stats["runs"] < RUNS) and time.monotonic() < deadline:
             run = stats["runs"]
             stdin = stdins[run % 2]
@@ -181,8 +198,8 @@ def test_sigkill_during_bridge_add_then_del_leaves_nothing(bin_dir):
                 baseline = snapshot(namespaces=[host.name])  # count each leak once
             host.remove_container(container)
             stats["runs"] += 1
-        report(f"bridge SIGKILL ({Path(bin_dir).name}, window {window * 1000:.0f} ms)", stats)
-        assert stats["runs"] >= 10, f"only {stats['runs']} runs in {SECONDS}s"
+        report(f"{plugin} SIGKILL ({Path(bin_dir).name}, window {window * 1000:.0f} ms)", stats)
+        assert stats["runs"] >= 10, f"only {stats['runs']} runs in {seconds}s"
         assert not stats["del_failures"], f"DEL failed after a killed ADD: {stats['del_failures'][:5]}"
         assert not stats["leaks"], f"{len(stats['leaks'])} leaks: {stats['leaks'][:5]}"
         assert not stats["orphans_stuck"], f"orphans did not finish: {stats['orphans_stuck'][:5]}"

@@ -22,6 +22,7 @@ from clients.common import (announce, assemble_plugin_dir, firewall_mentions, fr
                             veths_on_bridge)
 from clients.images import build_rootfs
 from clients.podman import Podman, find_podman_or_fail
+from cnitest import sh, unique
 
 
 @pytest.fixture(scope="module")
@@ -256,3 +257,38 @@ def test_podman_sees_the_mac_from_ip_and_an_excluded_address_is_skipped(podman):
     assert seen[name]["MacAddress"] == mac, seen
     podman("rm", "-f", "-t", "0", container)
     assert leases(name) == []
+
+
+def test_podman_with_a_hand_written_ptp_network(podman):
+    """ptp under podman's chain (ptp, portmap, firewall, tuning): two containers on /32 links
+    reach each other through the host, and `podman rm` leaves no lease, veth, route or rule."""
+    subnet = free_subnet()
+    name = unique("swpp-", 16)
+    podman.add_conflist({
+        "cniVersion": "0.4.0", "name": name,
+        "plugins": [
+            {"type": "ptp", "ipMasq": True,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+            {"type": "firewall", "backend": ""},
+            {"type": "tuning"},
+        ],
+    }, None, subnet)
+    first = podman.run(name, "sleep", "600")
+    second = podman.run(name, "sleep", "600")
+    first_ip, second_ip = podman.addresses(first), podman.addresses(second)
+    assert len(first_ip) == 1 and len(second_ip) == 1
+    assert sorted(leases(name)) == sorted(first_ip + second_ip)
+    gateway = str(next(ipaddress.ip_network(subnet).hosts()))
+    routes = podman.exec(first, "ip", "-4", "route")
+    assert f"default via {gateway}" in routes and f"{gateway} dev eth0" in routes, routes
+    out = podman.exec(first, "ping", "-c", "2", "-W", "3", second_ip[0])
+    assert "2 packets received" in out, out
+    host_routes = sh("ip", "-4", "route", "show", "scope", "host")
+    assert all(ip in host_routes for ip in first_ip + second_ip), host_routes
+    podman("rm", "-f", "-t", "0", first, second)
+    assert leases(name) == [], f"leases left in /var/lib/cni/networks/{name}"
+    host_routes = sh("ip", "-4", "route", "show", "scope", "host")
+    assert not any(f"{ip} dev veth" in host_routes for ip in first_ip + second_ip), host_routes
+    left = firewall_mentions(*(f"{ip}/32" for ip in first_ip + second_ip))
+    assert left == [], "firewall rules left:\n" + "\n".join(left)

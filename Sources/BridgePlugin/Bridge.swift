@@ -1,20 +1,27 @@
 import CNI
+import HostNetwork
 import NetAddress
 import Netlink
 
 /// The `bridge` plugin: a container attached through a veth pair to a Linux bridge on the host.
 public enum BridgePlugin {
-    public static let handlers = PluginHandlers(
-        add: { request throws(CNIError) in try add(request) },
-        del: { request throws(CNIError) in try del(request) },
-        check: { request throws(CNIError) in try check(request) },
-        status: { request throws(CNIError) in try status(request) },
-        gc: { request throws(CNIError) in try gc(request) })
+    /// The plugin on this host (libnl, the Masquerade module).
+    public static let handlers = handlers(host: { KernelHostNetwork() })
 
-    static func add(_ request: PluginRequest) throws(CNIError) -> CNIResult {
+    /// The plugin on any host: the seam is made once per command, when it runs.
+    public static func handlers(host: @escaping @Sendable () -> any HostNetwork) -> PluginHandlers {
+        PluginHandlers(
+            add: { request throws(CNIError) in try add(request, host: host()) },
+            del: { request throws(CNIError) in try del(request, host: host()) },
+            check: { request throws(CNIError) in try check(request, host: host()) },
+            status: { request throws(CNIError) in try status(request) },
+            gc: { request throws(CNIError) in try gc(request, host: host()) })
+    }
+
+    static func add(_ request: PluginRequest, host: any HostNetwork) throws(CNIError) -> CNIResult {
         let config = try BridgeConfig.load(request)
         try refuseBeforeSideEffects(config, request)
-        return try BridgeAdd(request: request, config: config).run()
+        return try BridgeAdd(request: request, config: config, host: host).run()
     }
 
     /// What ADD can refuse before creating anything (issue #7: a failed ADD changes nothing on
@@ -36,20 +43,21 @@ public enum BridgePlugin {
     }
 
     /// DEL: idempotent, and complete in every degraded state (empty CNI_NETNS, namespace gone,
-    /// link already removed). Order as the reference since v1.2.0: the link first (so its
+    /// link already removed), and for any config whose keys DEL needs parse, even one ADD refuses
+    /// (`BridgeConfig.Teardown`). Order as the reference since v1.2.0: the link first (so its
     /// addresses cannot be handed out while still in use), then IPAM; the rules go meanwhile.
-    /// Every step runs even if an earlier one failed; the first failure is reported, in that
-    /// order (link, IPAM, spoof check, masquerade).
+    /// Every step runs even if an earlier one failed; the first failure is reported with the
+    /// others, in that order (link, IPAM, spoof check, masquerade).
     ///
     /// Most of a DEL is the kernel's veth teardown (RCU grace periods under RTNL), waited out
     /// while the IPAM plugin starts up (it gets its config, and so releases the addresses, only
     /// once the link is gone) and, when there are rules to remove, on a thread of its own while
     /// this one runs the firewall tools.
-    static func del(_ request: PluginRequest) throws(CNIError) {
-        let config = try BridgeConfig.load(request)
+    static func del(_ request: PluginRequest, host: any HostNetwork) throws(CNIError) {
+        let config = BridgeConfig.Teardown(request)
         var linkFailure: CNIError? = nil
         var ipamFailure: CNIError? = nil
-        var ruleFailures: [CNIError] = []
+        var ruleFailures = Failures()
 
         var ipam: Delegate.Pending? = nil
         if let ipamType = config.ipamType {
@@ -62,38 +70,32 @@ public enum BridgePlugin {
 
         var linkAddresses: [IPPrefix]? = nil
         var linkDeletion: BackgroundWork<CNIError?>? = nil
-        switch try openNamespaceForDelete(request.netns) {
-        case .gone:
-            break
-        case .open(let namespace):
-            do {
+        do {
+            if let namespace = try host.openNamespaceForDelete(request.netns) {
                 let link = try startContainerLinkDeletion(
                     in: namespace, request: request, readAddresses: config.ipMasq,
-                    onThread: config.ipMasq || config.macSpoofCheck)
+                    onThread: host.allowsBackgroundWork && (config.ipMasq || config.macSpoofCheck))
                 linkAddresses = link.addresses
                 linkDeletion = link.deletion
-            } catch {
-                linkFailure = error
             }
+        } catch {
+            linkFailure = error
         }
 
         if config.macSpoofCheck {
-            do {
-                try Firewall.teardownSpoofCheck(containerID: request.containerID, ifName: request.ifName)
-            } catch {
-                ruleFailures.append(error)
+            ruleFailures.run { () throws(CNIError) in
+                try firewall(host.teardownSpoofCheck(containerID: request.containerID, ifName: request.ifName))
             }
         }
         if config.isLayer3 && config.ipMasq {
             // The link's addresses when it was still there, else what ADD reported; the
             // teardown also works without either (rules are found by name and comment).
             let addresses = linkAddresses ?? prevResultAddresses(request)
-            do {
-                try Firewall.teardownMasquerade(
-                    network: config.network, containerID: request.containerID,
-                    ifName: request.ifName, addresses: addresses)
-            } catch {
-                ruleFailures.append(error)
+            ruleFailures.run { () throws(CNIError) in
+                try firewall(
+                    host.teardownMasquerade(
+                        network: config.network, containerID: request.containerID, ifName: request.ifName,
+                        addresses: addresses))
             }
         }
 
@@ -103,28 +105,21 @@ public enum BridgePlugin {
             do { _ = try ipam.output() } catch { ipamFailure = error }
         }
 
-        let failures = [linkFailure, ipamFailure].compactMap { $0 } + ruleFailures
-        if var first = failures.first {
-            if failures.count > 1 {
-                first.details +=
-                    (first.details.isEmpty ? "" : "; ") + "also: "
-                    + failures.dropFirst().map(\.description).joined(separator: "; ")
-            }
-            throw first
-        }
+        var failures = Failures()
+        for failure in [linkFailure, ipamFailure].compactMap({ $0 }) + ruleFailures.errors { failures.add(failure) }
+        try failures.throwIfAny()
     }
 
     /// Deletes CNI_IFNAME in the namespace as `BackgroundWork` (whose outcome is nil or the
     /// failure; a link already gone is no failure), on a thread if asked; returns its global
     /// unicast addresses when asked (then it is looked up first; nil when it is already gone).
     private static func startContainerLinkDeletion(
-        in namespace: Namespace, request: PluginRequest, readAddresses: Bool, onThread: Bool
+        in container: any NetworkNamespace, request: PluginRequest, readAddresses: Bool, onThread: Bool
     ) throws(CNIError) -> (addresses: [IPPrefix]?, deletion: BackgroundWork<CNIError?>?) {
-        let container = try socket(in: namespace)
         let ifName = request.ifName
-        func deletion(_ delete: @escaping () throws(NetlinkError) -> Void) -> BackgroundWork<CNIError?> {
+        func deletion(_ delete: @escaping () throws(HostNetworkError) -> Void) -> BackgroundWork<CNIError?> {
             BackgroundWork<CNIError?>(onThread: onThread) {
-                do throws(NetlinkError) {
+                do throws(HostNetworkError) {
                     try delete()
                 } catch {
                     guard error.isNotFound else {
@@ -136,19 +131,15 @@ public enum BridgePlugin {
         }
         // Without addresses to read, one request: delete by name.
         guard readAddresses else {
-            return (nil, deletion { () throws(NetlinkError) in try container.deleteLink(named: ifName) })
+            return (nil, deletion { () throws(HostNetworkError) in try container.deleteLink(named: ifName) })
         }
-        guard
-            let link = try netlink(
-                "failed to look up \(ifName)",
-                { () throws(NetlinkError) in
-                    try container.link(named: ifName)
-                })
-        else { return (nil, nil) }
-        let addresses = try netlink("failed to list the addresses of \(ifName)") { () throws(NetlinkError) in
-            try container.addresses(index: link.index)
-        }.map(\.prefix).filter { $0.address.isGlobalUnicast }
-        return (addresses, deletion { () throws(NetlinkError) in try container.deleteLink(index: link.index) })
+        guard let link = try kernel("failed to look up \(ifName)", container.link(named: ifName)) else {
+            return (nil, nil)
+        }
+        let addresses = try kernel(
+            "failed to list the addresses of \(ifName)", container.addresses(index: link.index, family: nil)
+        ).map(\.prefix).filter { $0.address.isGlobalUnicast }
+        return (addresses, deletion { () throws(HostNetworkError) in try container.deleteLink(index: link.index) })
     }
 
     /// The container addresses ADD reported, if the runtime passed its result.
@@ -168,28 +159,22 @@ public enum BridgePlugin {
 
     /// GC: forwarded to IPAM (the spec's MUST, which the reference misses), then the rules of
     /// attachments not in `cni.dev/valid-attachments` are removed. Every step runs; the first
-    /// failure is reported.
-    static func gc(_ request: PluginRequest) throws(CNIError) {
-        let config = try BridgeConfig.load(request)
+    /// failure is reported with the others. Like DEL, it takes any config whose keys it needs parse.
+    static func gc(_ request: PluginRequest, host: any HostNetwork) throws(CNIError) {
+        let config = BridgeConfig.Teardown(request)
         let valid = try request.validAttachments()
-        var failures: [CNIError] = []
+        var failures = Failures()
         if let ipamType = config.ipamType {
-            do { try Delegate.gc(ipamType, request) } catch { failures.append(error) }
+            failures.run { () throws(CNIError) in try Delegate.gc(ipamType, request) }
         }
         if config.isLayer3 && config.ipMasq {
-            do {
-                try Firewall.garbageCollectMasquerade(network: config.network, valid: valid)
-            } catch {
-                failures.append(error)
+            failures.run { () throws(CNIError) in
+                try firewall(host.garbageCollectMasquerade(network: config.network, valid: valid))
             }
         }
         if config.macSpoofCheck {
-            do {
-                try Firewall.garbageCollectSpoofCheck(valid: valid)
-            } catch {
-                failures.append(error)
-            }
+            failures.run { () throws(CNIError) in try firewall(host.garbageCollectSpoofCheck(valid: valid)) }
         }
-        if let first = failures.first { throw first }
+        try failures.throwIfAny()
     }
 }

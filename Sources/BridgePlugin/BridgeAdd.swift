@@ -1,6 +1,8 @@
 import CNI
+import HostNetwork
 import NetAddress
 import Netlink
+import PacketFilter
 
 /// ADD, in the reference's order (CNI-REFERENCE §2.1 steps 1–13), with these differences:
 /// the container namespace, CNI_IFNAME and the IPAM plugin are checked before anything is
@@ -17,6 +19,7 @@ import Netlink
 struct BridgeAdd {
     let request: PluginRequest
     let config: BridgeConfig
+    let host: any HostNetwork
     let rollback = Rollback()
 
     func run() throws(CNIError) -> CNIResult {
@@ -32,14 +35,9 @@ struct BridgeAdd {
 
     private func add() throws(CNIError) -> CNIResult {
         let ifName = request.ifName
-        let containerNamespace = try openContainerNamespace(request.netns)
-        let container = try socket(in: containerNamespace)
-        let host = try hostSocket()
-        if try netlink(
-            "failed to look up \(ifName) in netns \"\(request.netns)\"",
-            { () throws(NetlinkError) in
-                try container.link(named: ifName)
-            }) != nil
+        let container = try host.openContainerNamespace(request.netns)
+        let hostSide = try kernel("failed to open a netlink socket", host.pluginNamespace())
+        if try kernel("failed to look up \(ifName) in netns \"\(request.netns)\"", container.link(named: ifName)) != nil
         {
             throw CNIError(
                 .invalidEnvironment,
@@ -50,9 +48,9 @@ struct BridgeAdd {
         }
 
         let ipam = try startIPAM()
-        var bridge = try ensureBridge(host)
-        let (hostVeth, containerLink) = try createVeth(host: host, container: container, in: containerNamespace)
-        try attach(hostVeth, to: bridge, host: host)
+        var bridge = try ensureBridge(hostSide)
+        let (hostVeth, containerLink) = try createVeth(host: hostSide, container: container)
+        try attach(hostVeth, to: bridge, host: hostSide)
 
         var result = CNIResult(interfaces: [
             .init(name: bridge.name, mac: bridge.mac?.description),
@@ -85,39 +83,45 @@ struct BridgeAdd {
             // period of cleanup that closing the nf_tables socket at exit would wait for, and
             // that passes meanwhile behind the container's addresses, routes and gateways.
             if config.ipMasq {
-                try Firewall.setupMasquerade(
-                    network: config.network, backend: config.ipMasqBackend, containerID: request.containerID,
-                    ifName: ifName, addresses: ipam.ips.map(\.address))
-                rollback.add("remove the masquerade rules") { () throws(CNIError) in
-                    try Firewall.teardownMasquerade(
-                        network: config.network, containerID: request.containerID,
-                        ifName: ifName, addresses: ipam.ips.map(\.address))
-                }
+                try setupMasquerade(addresses: ipam.ips.map(\.address))
             }
             let gateways = calculateGateways(
                 &result, isGateway: config.isGateway, isDefaultGateway: config.isDefaultGateway)
-            try configureContainer(container, namespace: containerNamespace, link: containerLink, result: result)
+            try configureContainer(container, link: containerLink, result: result)
             if config.isGateway {
-                if let interface = try configureGateways(gateways, bridge: bridge, host: host) {
+                if let interface = try configureGateways(gateways, bridge: bridge, host: hostSide) {
                     result.interfaces.append(interface)
                 }
             }
         } else if !config.disableContainerInterface {
-            try netlink("failed to set \(ifName) up") { () throws(NetlinkError) in
-                try container.setUp(index: containerLink.index)
-            }
+            try kernel("failed to set \(ifName) up", container.setUp(index: containerLink.index))
         }
 
         var finalHostVeth = hostVeth
         if !config.disableContainerInterface {
-            finalHostVeth = try waitForOperUp(hostVeth, host: host)
+            finalHostVeth = try waitForOperUp(hostVeth, host: hostSide)
         }
         // The host end's MAC can change after creation (#805); the bridge's follows its ports.
         result.interfaces[1].mac = finalHostVeth.mac?.description
-        bridge = try fetchBridge(host)
+        bridge = try fetchBridge(hostSide)
         result.interfaces[0].mac = bridge.mac?.description
         if let dns = config.dns { result.dns = dns }
         return result
+    }
+
+    /// The masquerade rules (the configured backend, else the reference's choice), undone on failure.
+    private func setupMasquerade(addresses: [IPPrefix]) throws(CNIError) {
+        let backend = config.ipMasqBackend.flatMap(FirewallBackend.init(rawValue:)) ?? host.defaultFirewallBackend()
+        try firewall(
+            host.setupMasquerade(
+                backend: backend, network: config.network, containerID: request.containerID,
+                ifName: request.ifName, addresses: addresses))
+        rollback.add("remove the masquerade rules") { [host, config, request] () throws(CNIError) in
+            try firewall(
+                host.teardownMasquerade(
+                    network: config.network, containerID: request.containerID, ifName: request.ifName,
+                    addresses: addresses))
+        }
     }
 
     // MARK: MAC
@@ -128,24 +132,25 @@ struct BridgeAdd {
         guard let mac else {
             throw CNIError(.netlinkFailure, "container interface \(ifName) has no MAC address for macspoofchk")
         }
-        try Firewall.setupSpoofCheck(
-            hostVeth: hostVeth.name, containerMAC: mac, containerID: request.containerID, ifName: ifName)
-        rollback.add("remove the mac spoof-check rules") { () throws(CNIError) in
-            try Firewall.teardownSpoofCheck(containerID: request.containerID, ifName: ifName)
+        try firewall(
+            host.setupSpoofCheck(
+                hostVeth: hostVeth.name, containerMAC: mac, containerID: request.containerID, ifName: ifName))
+        rollback.add("remove the mac spoof-check rules") { [host] () throws(CNIError) in
+            try firewall(host.teardownSpoofCheck(containerID: request.containerID, ifName: ifName))
         }
     }
 
     /// `macFromIP`: gives the container end the MAC of its addresses while it is still down
     /// (so its IPv6 link-local address and first ARP use it). Nothing to undo: the veth goes.
-    private func setMACFromIP(_ container: NetlinkSocket, link: Link, addresses: [IPPrefix]) throws(CNIError)
-        -> MACAddress
-    {
+    private func setMACFromIP(
+        _ container: any NetworkNamespace, link: Link, addresses: [IPPrefix]
+    ) throws(CNIError) -> MACAddress {
         guard let mac = BridgeConfig.mac(fromAddresses: addresses) else {
             throw CNIError(.delegationFailure, "macFromIP: IPAM returned no address to derive a MAC from")
         }
-        try netlink("failed to set the MAC of \(request.ifName) to \(mac) (macFromIP)") { () throws(NetlinkError) in
-            try container.setMAC(index: link.index, mac)
-        }
+        try kernel(
+            "failed to set the MAC of \(request.ifName) to \(mac) (macFromIP)", container.setMAC(index: link.index, mac)
+        )
         return mac
     }
 
@@ -173,12 +178,12 @@ struct BridgeAdd {
 
     /// Creates the bridge or takes the existing one, reconciling what the config says about it
     /// (MTU, VLAN filtering, promiscuous mode), and brings it up.
-    private func ensureBridge(_ host: NetlinkSocket) throws(CNIError) -> Link {
+    private func ensureBridge(_ host: any NetworkNamespace) throws(CNIError) -> Link {
         let name = config.bridge
         // The kernel removes a bridge it could not give VLAN filtering: nothing to undo then.
-        let created = try vlanNetlink("failed to create bridge \"\(name)\"") { () throws(NetlinkError) in
-            try host.createBridge(name: name, mtu: config.mtu, vlanFiltering: config.needsVLANFiltering)
-        }
+        let created = try vlanNetlink(
+            "failed to create bridge \"\(name)\"",
+            host.createBridge(name: name, mtu: config.mtu, vlanFiltering: config.needsVLANFiltering))
         if created {
             rollback.add("delete bridge \(name), created by this ADD") { () throws(CNIError) in
                 try deleteBridgeIfUnused(name, host: host)
@@ -187,27 +192,23 @@ struct BridgeAdd {
         var bridge = try fetchBridge(host)
         if !created {
             if let mtu = config.mtu, bridge.mtu != mtu {
-                try netlink("failed to set the MTU of existing bridge \"\(name)\" to \(mtu)") {
-                    () throws(NetlinkError) in try host.setMTU(index: bridge.index, mtu)
-                }
+                try kernel(
+                    "failed to set the MTU of existing bridge \"\(name)\" to \(mtu)",
+                    host.setMTU(index: bridge.index, mtu))
             }
             if config.needsVLANFiltering && bridge.vlanFiltering != true {
-                try vlanNetlink("failed to enable VLAN filtering on existing bridge \"\(name)\"") {
-                    () throws(NetlinkError) in try host.setBridgeVLANFiltering(index: bridge.index, true)
-                }
+                try vlanNetlink(
+                    "failed to enable VLAN filtering on existing bridge \"\(name)\"",
+                    host.setBridgeVLANFiltering(index: bridge.index, true))
             }
         }
         if config.promiscMode && !bridge.isPromiscuous {
-            try netlink("could not set promiscuous mode on \"\(name)\"") { () throws(NetlinkError) in
-                try host.setPromiscuous(index: bridge.index, true)
-            }
+            try kernel("could not set promiscuous mode on \"\(name)\"", host.setPromiscuous(index: bridge.index, true))
         }
         // We own the routes on this interface (the reference does the same, ignoring errors).
-        setSysctlIgnoringErrors("net/ipv6/conf/\(name)/accept_ra", "0")
+        try? host.applySysctls([SysctlSetting("net/ipv6/conf/\(name)/accept_ra", "0", .bestEffort)])
         if !bridge.isUp {
-            try netlink("failed to set bridge \"\(name)\" up") { () throws(NetlinkError) in
-                try host.setUp(index: bridge.index)
-            }
+            try kernel("failed to set bridge \"\(name)\" up", host.setUp(index: bridge.index))
             bridge.isUp = true
         }
         return bridge
@@ -216,23 +217,17 @@ struct BridgeAdd {
     /// The undo of creating the bridge: deletes it unless some link is its port by now (another
     /// ADD sharing the bridge attached a container meanwhile). Our own veth is gone already
     /// (undo runs newest first), unless deleting it failed, which also keeps the bridge.
-    private func deleteBridgeIfUnused(_ name: String, host: NetlinkSocket) throws(CNIError) {
-        guard
-            let bridge = try netlink(
-                "failed to look up bridge \"\(name)\"",
-                { () throws(NetlinkError) in
-                    try host.link(named: name)
-                }), bridge.isBridge
+    private func deleteBridgeIfUnused(_ name: String, host: any NetworkNamespace) throws(CNIError) {
+        guard let bridge = try kernel("failed to look up bridge \"\(name)\"", host.link(named: name)), bridge.isBridge
         else { return }
-        let ports = try netlink("failed to list links") { () throws(NetlinkError) in try host.links() }
-            .filter { $0.masterIndex == bridge.index }
+        let ports = try kernel("failed to list links", host.links()).filter { $0.masterIndex == bridge.index }
         guard ports.isEmpty else {
             let names = ports.map(\.name).joined(separator: ", ")
             Rollback.writeToStandardError(
                 "rollback: keeping bridge \(name), created by this ADD: it has ports \(names)")
             return
         }
-        do throws(NetlinkError) {
+        do throws(HostNetworkError) {
             try host.deleteLink(index: bridge.index)
         } catch {
             guard error.isNotFound else {
@@ -244,11 +239,14 @@ struct BridgeAdd {
     /// `netlink(_:_:)` for requests that need bridge VLAN filtering: a kernel without it answers
     /// EOPNOTSUPP, reported naming the config keys that asked for it (the bare netlink error
     /// says only "operation not supported" about creating a bridge).
-    private func vlanNetlink<T>(_ what: String, _ body: () throws(NetlinkError) -> T) throws(CNIError) -> T {
+    @discardableResult
+    private func vlanNetlink<T>(
+        _ what: String, _ body: @autoclosure () throws(HostNetworkError) -> T
+    ) throws(CNIError) -> T {
         do {
             return try body()
         } catch {
-            guard error.isNotSupported, config.needsVLANFiltering else {
+            guard error.kind == .notSupported, config.needsVLANFiltering else {
                 throw CNIError(.netlinkFailure, what, details: error.description)
             }
             let keys =
@@ -263,15 +261,9 @@ struct BridgeAdd {
         }
     }
 
-    private func fetchBridge(_ host: NetlinkSocket) throws(CNIError) -> Link {
+    private func fetchBridge(_ host: any NetworkNamespace) throws(CNIError) -> Link {
         let name = config.bridge
-        guard
-            let link = try netlink(
-                "could not lookup \"\(name)\"",
-                { () throws(NetlinkError) in
-                    try host.link(named: name)
-                })
-        else {
+        guard let link = try kernel("could not lookup \"\(name)\"", host.link(named: name)) else {
             throw CNIError(.netlinkFailure, "could not lookup \"\(name)\": link not found")
         }
         guard link.isBridge else {
@@ -287,7 +279,7 @@ struct BridgeAdd {
     /// Creates the pair in one request: a random `vethXXXXXXXX` here, CNI_IFNAME directly in the
     /// container namespace. Registers the undo (deleting the host end removes both).
     private func createVeth(
-        host: NetlinkSocket, container: NetlinkSocket, in namespace: Namespace
+        host: any NetworkNamespace, container: any NetworkNamespace
     ) throws(CNIError) -> (host: Link, container: Link) {
         let ifName = request.ifName
         var attempt = 0
@@ -295,10 +287,10 @@ struct BridgeAdd {
         while hostLink == nil {
             attempt += 1
             let hostName = randomHostVethName()
-            do throws(NetlinkError) {
+            do throws(HostNetworkError) {
                 hostLink = try host.createVethPair(
                     name: hostName, mtu: config.mtu, peerName: ifName, peerMAC: config.containerMAC,
-                    peerNamespace: namespace)
+                    peerNamespace: container)
             } catch {
                 guard error.isExists else {
                     // The request may have failed after the kernel made the pair (e.g. reading it
@@ -307,7 +299,7 @@ struct BridgeAdd {
                     throw CNIError(
                         .netlinkFailure, "failed to create veth \(hostName)/\(ifName)", details: error.description)
                 }
-                guard error.existingLinkName == hostName else {
+                guard error.existingName == hostName else {
                     throw CNIError(
                         .invalidEnvironment,
                         "container veth name (\"\(ifName)\") peer provided (\"\(hostName)\") already exists",
@@ -322,7 +314,7 @@ struct BridgeAdd {
         }
         guard let hostLink else { throw CNIError(.netlinkFailure, "veth creation returned nothing") }
         rollback.add("delete veth \(hostLink.name)") { () throws(CNIError) in
-            do throws(NetlinkError) {
+            do throws(HostNetworkError) {
                 try host.deleteLink(index: hostLink.index)
             } catch {
                 guard error.isNotFound else {
@@ -331,9 +323,8 @@ struct BridgeAdd {
             }
         }
         guard
-            let containerLink = try netlink(
-                "failed to look up \(ifName) in netns \"\(request.netns)\"",
-                { () throws(NetlinkError) in try container.link(named: ifName) })
+            let containerLink = try kernel(
+                "failed to look up \(ifName) in netns \"\(request.netns)\"", container.link(named: ifName))
         else {
             throw CNIError(.netlinkFailure, "veth peer \(ifName) vanished from netns \"\(request.netns)\"")
         }
@@ -341,86 +332,96 @@ struct BridgeAdd {
     }
 
     /// The host end: bridge port, hairpin, isolation, VLANs, up.
-    private func attach(_ hostVeth: Link, to bridge: Link, host: NetlinkSocket) throws(CNIError) {
+    private func attach(_ hostVeth: Link, to bridge: Link, host: any NetworkNamespace) throws(CNIError) {
         let name = hostVeth.name
-        try netlink("failed to connect \"\(name)\" to bridge \(bridge.name)") { () throws(NetlinkError) in
-            try host.setMaster(index: hostVeth.index, masterIndex: bridge.index)
-        }
+        try kernel(
+            "failed to connect \"\(name)\" to bridge \(bridge.name)",
+            host.setMaster(index: hostVeth.index, masterIndex: bridge.index))
         // Both default to off on a new port: only a request to turn one on costs a message.
         if config.hairpinMode || config.portIsolation {
-            try netlink("failed to set hairpin mode / isolation on \(name)") { () throws(NetlinkError) in
-                try host.setBridgePort(
+            try kernel(
+                "failed to set hairpin mode / isolation on \(name)",
+                host.setBridgePort(
                     index: hostVeth.index, hairpin: config.hairpinMode ? true : nil,
-                    isolated: config.portIsolation ? true : nil)
-            }
+                    isolated: config.portIsolation ? true : nil))
         }
         try configureVLANs(port: hostVeth, host: host, access: config.vlan, trunk: config.trunkVLANs)
-        setSysctlIgnoringErrors("net/ipv6/conf/\(name)/accept_ra", "0")
-        try netlink("failed to set \(name) up") { () throws(NetlinkError) in try host.setUp(index: hostVeth.index) }
+        try? host.applySysctls([SysctlSetting("net/ipv6/conf/\(name)/accept_ra", "0", .bestEffort)])
+        try kernel("failed to set \(name) up", host.setUp(index: hostVeth.index))
     }
 
     /// Access VLAN (PVID, untagged) and trunk VLANs (tagged) on a port. Unless
     /// `preserveDefaultVlan`, the port's pre-existing VLANs (the bridge's default VID 1) go first.
     /// A trunk without an access VLAN keeps VID 1 as its native VLAN.
-    private func configureVLANs(port: Link, host: NetlinkSocket, access: Int, trunk: [Int]?) throws(CNIError) {
+    private func configureVLANs(
+        port: Link, host: any NetworkNamespace, access: Int, trunk: [Int]?
+    ) throws(CNIError) {
         guard access != 0 || trunk != nil else { return }
         let name = port.name
         if !config.preserveDefaultVlan {
-            let existing = try vlanNetlink("failed to list VLANs of \(name)") { () throws(NetlinkError) in
-                try host.bridgeVLANs(index: port.index)
-            }
+            let existing = try vlanNetlink("failed to list VLANs of \(name)", host.bridgeVLANs(index: port.index))
             for vlan in existing {
-                try vlanNetlink("failed to remove default vlan on interface \"\(name)\"") { () throws(NetlinkError) in
-                    try host.deleteBridgeVLAN(index: port.index, vid: vlan.vid)
-                }
+                try vlanNetlink(
+                    "failed to remove default vlan on interface \"\(name)\"",
+                    host.deleteBridgeVLAN(index: port.index, vid: vlan.vid))
             }
         }
         let native = access != 0 ? access : (config.preserveDefaultVlan ? nil : 1)
         for range in vlanRanges((trunk ?? []).filter { $0 != native }) {
-            try vlanNetlink("failed to setup vlan tag on interface \"\(name)\"") { () throws(NetlinkError) in
-                try host.addBridgeVLANs(index: port.index, vids: range)
-            }
+            try vlanNetlink(
+                "failed to setup vlan tag on interface \"\(name)\"", host.addBridgeVLANs(index: port.index, vids: range)
+            )
         }
         if let native, access != 0 || trunk != nil {
-            try vlanNetlink("failed to setup vlan tag on interface \"\(name)\"") { () throws(NetlinkError) in
-                try host.addBridgeVLAN(index: port.index, vid: native, pvid: true, untagged: true)
-            }
+            try vlanNetlink(
+                "failed to setup vlan tag on interface \"\(name)\"",
+                host.addBridgeVLAN(index: port.index, vid: native, pvid: true, untagged: true))
         }
     }
 
     // MARK: Container side
 
     /// Sysctls (one namespace switch), addresses, link up, DAD wait, routes.
-    private func configureContainer(
-        _ container: NetlinkSocket, namespace: Namespace, link: Link, result: CNIResult
-    ) throws(CNIError) {
+    private func configureContainer(_ container: any NetworkNamespace, link: Link, result: CNIResult) throws(CNIError) {
         let ifName = request.ifName
         let hasIPv6 = result.ips.contains { $0.address.family == .v6 }
         let enableDAD = config.enableDAD
-        try inside(namespace) { () throws(CNIError) in
-            if enableDAD {
-                setSysctlIgnoringErrors("net/ipv6/conf/\(ifName)/enhanced_dad", "1")
-                setSysctlIgnoringErrors("net/ipv6/conf/\(ifName)/accept_dad", "1")
-            } else {
-                setSysctlIgnoringErrors("net/ipv6/conf/\(ifName)/accept_dad", "0")
+        // One switch into the namespace for all of them.
+        var settings: [SysctlSetting] =
+            enableDAD
+            ? [
+                SysctlSetting("net/ipv6/conf/\(ifName)/enhanced_dad", "1", .bestEffort),
+                SysctlSetting("net/ipv6/conf/\(ifName)/accept_dad", "1", .bestEffort),
+            ]
+            : [SysctlSetting("net/ipv6/conf/\(ifName)/accept_dad", "0", .bestEffort)]
+        // Gratuitous ARP when the link comes up, so neighbours learn the new MAC at once.
+        settings.append(SysctlSetting("net/ipv4/conf/\(ifName)/arp_notify", "1", .bestEffort))
+        if hasIPv6 {
+            // Missing (IPv6 off in the kernel) or already 0: nothing to do.
+            for interface in ["lo", ifName] {
+                settings.append(SysctlSetting("net/ipv6/conf/\(interface)/disable_ipv6", "0", .requiredIfPresent))
             }
-            // Gratuitous ARP when the link comes up, so neighbours learn the new MAC at once.
-            setSysctlIgnoringErrors("net/ipv4/conf/\(ifName)/arp_notify", "1")
-            if hasIPv6 {
-                for interface in ["lo", ifName] {
-                    let key = "net/ipv6/conf/\(interface)/disable_ipv6"
-                    // Missing (IPv6 off in the kernel) or already 0: nothing to do.
-                    guard let value = try? Sysctl.read(key), value != "0" else { continue }
-                    try setSysctl(key, "0", "failed to enable IPv6 for interface \"\(interface)\"")
-                }
-                setSysctlIgnoringErrors("net/ipv6/conf/\(ifName)/keep_addr_on_down", "1")
+            settings.append(SysctlSetting("net/ipv6/conf/\(ifName)/keep_addr_on_down", "1", .bestEffort))
+        }
+        do {
+            try container.applySysctls(settings)
+        } catch {
+            guard error.layer == .sysctl else {
+                throw CNIError(
+                    .netlinkFailure, "failed to enter network namespace \"\(container.path)\"",
+                    details: error.description)
             }
+            // Only disable_ipv6 is required: name its interface, as before the seam. (hasPrefix:
+            // a substring search would link the regex engine, 1.3 MB, into every plugin.)
+            let interface = error.operation.hasPrefix("write net/ipv6/conf/lo/") ? "lo" : ifName
+            throw CNIError(
+                .sysctlFailure, "failed to enable IPv6 for interface \"\(interface)\"", details: error.description)
         }
         for ip in result.ips {
             // Without enabledad, no DAD at all (the reference: accept_dad=0; nodad says so per address).
             let flags: AddressFlags = ip.address.family == .v6 && !enableDAD ? [.noDAD] : []
-            do {
-                try container.addAddress(index: link.index, ip.address, broadcast: true, flags: flags)
+            do throws(HostNetworkError) {
+                try container.addAddress(index: link.index, ip.address, flags: flags)
             } catch {
                 guard error.isExists else {
                     throw CNIError(
@@ -429,17 +430,12 @@ struct BridgeAdd {
                 }
             }
         }
-        try netlink("failed to set \(ifName) up") { () throws(NetlinkError) in try container.setUp(index: link.index) }
+        try kernel("failed to set \(ifName) up", container.setUp(index: link.index))
 
         let v4Gateway = result.ips.first { $0.address.family == .v4 && $0.gateway != nil }?.gateway
         let v6Gateway = result.ips.first { $0.address.family == .v6 && $0.gateway != nil }?.gateway
         if enableDAD && v6Gateway != nil {
-            do {
-                try container.waitForDAD(index: link.index)
-            } catch {
-                throw CNIError(
-                    .netlinkFailure, "failed while waiting for addresses to settle", details: error.description)
-            }
+            try kernel("failed while waiting for addresses to settle", container.waitForDAD(index: link.index))
         }
         for route in result.routes {
             let gateway = route.gw ?? (route.dst.family == .v4 ? v4Gateway : v6Gateway)
@@ -447,9 +443,9 @@ struct BridgeAdd {
                 destination: route.dst.network, gateway: gateway, outputIndex: link.index,
                 scope: route.scope.map { Scope(rawValue: UInt8(truncatingIfNeeded: $0)) } ?? .universe,
                 table: route.table ?? Route.mainTable, priority: route.priority)
-            try netlink("failed to add route '\(route.dst) via \(gateway.map(\.description) ?? "-") dev \(ifName)'") {
-                () throws(NetlinkError) in _ = try container.addRoute(kernelRoute)
-            }
+            try kernel(
+                "failed to add route '\(route.dst) via \(gateway.map(\.description) ?? "-") dev \(ifName)'",
+                container.addRoute(kernelRoute))
         }
     }
 
@@ -459,7 +455,7 @@ struct BridgeAdd {
     /// bridge's MAC and enables forwarding per family. Returns the VLAN gateway interface when
     /// one is used, for the result.
     private func configureGateways(
-        _ gateways: GatewayPlan, bridge: Link, host: NetlinkSocket
+        _ gateways: GatewayPlan, bridge: Link, host: any NetworkNamespace
     ) throws(CNIError) -> CNIResult.Interface? {
         guard !gateways.all.isEmpty else { return nil }
         var target = bridge
@@ -474,25 +470,26 @@ struct BridgeAdd {
         if vlanInterface == nil, let mac = bridge.mac {
             // Otherwise the kernel gives the bridge the lowest MAC of its ports, which changes
             // as containers come and go (cni#285).
-            try netlink("could not set bridge's mac") { () throws(NetlinkError) in
-                try host.setMAC(index: bridge.index, mac)
-            }
+            try kernel("could not set bridge's mac", host.setMAC(index: bridge.index, mac))
         }
         if !gateways.v4.isEmpty {
-            try setSysctl("net/ipv4/ip_forward", "1", "failed to enable forwarding")
+            try kernel(
+                "failed to enable forwarding", host.applySysctls([SysctlSetting("net/ipv4/ip_forward", "1", .required)])
+            )
         }
         if !gateways.v6.isEmpty {
-            try setSysctl("net/ipv6/conf/all/forwarding", "1", "failed to enable forwarding")
+            try kernel(
+                "failed to enable forwarding",
+                host.applySysctls([SysctlSetting("net/ipv6/conf/all/forwarding", "1", .required)]))
         }
         return vlanInterface
     }
 
     /// The reference's `ensureAddr`: an identical address is fine; another IPv4 address, or an
     /// overlapping IPv6 one, is an error unless forceAddress (then it is replaced).
-    private func ensureAddress(_ gateway: IPPrefix, on link: Link, host: NetlinkSocket) throws(CNIError) {
-        let existing = try netlink("could not get list of IP addresses") { () throws(NetlinkError) in
-            try host.addresses(index: link.index, family: gateway.family)
-        }
+    private func ensureAddress(_ gateway: IPPrefix, on link: Link, host: any NetworkNamespace) throws(CNIError) {
+        let existing = try kernel(
+            "could not get list of IP addresses", host.addresses(index: link.index, family: gateway.family))
         for address in existing.map(\.prefix) {
             if address == gateway { return }
             let conflicts =
@@ -503,12 +500,11 @@ struct BridgeAdd {
                     .invalidNetworkConfig, "\"\(link.name)\" already has an IP address different from \(gateway)",
                     details: "it has \(address); set forceAddress to replace it, or use another bridge")
             }
-            try netlink("could not remove IP address from \"\(link.name)\"") { () throws(NetlinkError) in
-                try host.deleteAddress(index: link.index, address)
-            }
+            try kernel(
+                "could not remove IP address from \"\(link.name)\"", host.deleteAddress(index: link.index, address))
         }
-        do {
-            try host.addAddress(index: link.index, gateway, broadcast: true)
+        do throws(HostNetworkError) {
+            try host.addAddress(index: link.index, gateway, flags: [])
         } catch {
             guard error.isExists else {
                 throw CNIError(
@@ -520,53 +516,37 @@ struct BridgeAdd {
 
     /// The reference's VLAN gateway: a veth pair in the host namespace, `<bridge>.<vlan>` carrying
     /// the gateway addresses, its peer a bridge port with the access VLAN. Kept across ADDs.
-    private func ensureVLANGatewayInterface(_ name: String, bridge: Link, host: NetlinkSocket) throws(CNIError) -> Link
-    {
-        if let existing = try netlink(
-            "failed to find interface \"\(name)\"",
-            { () throws(NetlinkError) in
-                try host.link(named: name)
-            })
-        {
+    private func ensureVLANGatewayInterface(
+        _ name: String, bridge: Link, host: any NetworkNamespace
+    ) throws(CNIError) -> Link {
+        if let existing = try kernel("failed to find interface \"\(name)\"", host.link(named: name)) {
             return existing
-        }
-        let hostNamespace: Namespace
-        do {
-            hostNamespace = try Namespace.current()
-        } catch {
-            throw CNIError(.netlinkFailure, "failed to find host namespace", details: error.description)
         }
         var attempt = 0
         var created: Link? = nil
         while created == nil {
             attempt += 1
             let portName = randomHostVethName()
-            do throws(NetlinkError) {
+            do throws(HostNetworkError) {
                 created = try host.createVethPair(
-                    name: portName, mtu: bridge.mtu, peerName: name, peerNamespace: hostNamespace)
+                    name: portName, mtu: bridge.mtu, peerName: name, peerMAC: nil, peerNamespace: host)
             } catch {
-                guard error.isExists, error.existingLinkName == portName, attempt < 10 else {
+                guard error.isExists, error.existingName == portName, attempt < 10 else {
                     throw CNIError(
                         .netlinkFailure, "faild to create vlan gateway \"\(name)\"", details: error.description)
                 }
             }
         }
         guard let port = created else { throw CNIError(.netlinkFailure, "veth creation returned nothing") }
-        try netlink("failed to connect \"\(port.name)\" to bridge \(bridge.name)") { () throws(NetlinkError) in
-            try host.setMaster(index: port.index, masterIndex: bridge.index)
-        }
+        try kernel(
+            "failed to connect \"\(port.name)\" to bridge \(bridge.name)",
+            host.setMaster(index: port.index, masterIndex: bridge.index))
         try configureVLANs(port: port, host: host, access: config.vlan, trunk: nil)
-        try netlink("failed to up \"\(port.name)\"") { () throws(NetlinkError) in try host.setUp(index: port.index) }
-        guard
-            let gateway = try netlink(
-                "failed to lookup \"\(name)\"",
-                { () throws(NetlinkError) in
-                    try host.link(named: name)
-                })
-        else {
+        try kernel("failed to up \"\(port.name)\"", host.setUp(index: port.index))
+        guard let gateway = try kernel("failed to lookup \"\(name)\"", host.link(named: name)) else {
             throw CNIError(.netlinkFailure, "failed to lookup \"\(name)\": link not found")
         }
-        try netlink("failed to up \"\(name)\"") { () throws(NetlinkError) in try host.setUp(index: gateway.index) }
+        try kernel("failed to up \"\(name)\"", host.setUp(index: gateway.index))
         return gateway
     }
 
@@ -575,18 +555,12 @@ struct BridgeAdd {
     /// The host end must reach oper state UP (both ends up, carrier on). The reference sleeps
     /// 0, 50, 500, 1000, 1000 ms between checks; we check at once and then every 5 ms within the
     /// same total time, since on a veth the state usually follows within a millisecond.
-    private func waitForOperUp(_ hostVeth: Link, host: NetlinkSocket) throws(CNIError) -> Link {
+    private func waitForOperUp(_ hostVeth: Link, host: any NetworkNamespace) throws(CNIError) -> Link {
         let pollMilliseconds = 5
         let budgetMilliseconds = 2550
         var waited = 0
         while true {
-            guard
-                let link = try netlink(
-                    "failed to look up \(hostVeth.name)",
-                    { () throws(NetlinkError) in
-                        try host.link(index: hostVeth.index)
-                    })
-            else {
+            guard let link = try kernel("failed to look up \(hostVeth.name)", host.link(index: hostVeth.index)) else {
                 throw CNIError(.netlinkFailure, "host veth \(hostVeth.name) vanished during ADD")
             }
             if link.operState == .up { return link }

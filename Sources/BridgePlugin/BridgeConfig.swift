@@ -1,4 +1,5 @@
 import CNI
+import JSON
 import NetAddress
 
 /// The bridge plugin's view of its network config: every key of the reference (v1.9.1), decoded
@@ -193,6 +194,36 @@ public struct BridgeConfig: Sendable, Equatable {
             }
         if let problem {
             throw CNIError(.invalidNetworkConfig, "invalid bridge name \"\(name)\"", details: "key \(key): \(problem)")
+        }
+    }
+
+    /// What DEL and GC need: the config's own values when it is valid; otherwise (a wrong-typed
+    /// `mtu`, `hairpinMode` with `promiscMode`, … ADD refuses it, but a runtime calling DEL after
+    /// a refused ADD, or after the admin edited the config, must not be left with an attachment
+    /// it cannot delete) the shared keys, and `macspoofchk` read on its own, taken as set unless
+    /// it is `false` (removing spoof-check rules that are not there is harmless).
+    struct Teardown {
+        var network: String
+        var ipamType: String?
+        var ipMasq: Bool
+        var macSpoofCheck: Bool
+        var isLayer3: Bool { ipamType != nil }
+
+        init(_ request: PluginRequest) {
+            if let config = try? BridgeConfig.load(request) {
+                network = config.network
+                ipamType = config.ipamType
+                ipMasq = config.ipMasq
+                macSpoofCheck = config.macSpoofCheck
+                return
+            }
+            network = request.config.name
+            let type = request.config.ipam?.type ?? ""
+            ipamType = type.isEmpty ? nil : type
+            ipMasq = request.config.ipMasq ?? false
+            struct SpoofCheckKey: Decodable { var macspoofchk: JSONValue? }
+            let value = (try? request.decode(SpoofCheckKey.self))?.macspoofchk
+            macSpoofCheck = value != .bool(false) && value != nil && value != .null
         }
     }
 

@@ -13,6 +13,19 @@ public struct AddressInfo: Hashable, Sendable {
     public var label: String?
     /// IPv4 only: the broadcast address, if set.
     public var broadcast: IPAddress?
+
+    /// For a second implementation of the host's addresses (HostNetwork's recording fake).
+    public init(
+        index: Int, prefix: IPPrefix, flags: AddressFlags = [], scope: Scope = .universe, label: String? = nil,
+        broadcast: IPAddress? = nil
+    ) {
+        self.index = index
+        self.prefix = prefix
+        self.flags = flags
+        self.scope = scope
+        self.label = label
+        self.broadcast = broadcast
+    }
 }
 
 /// IFA_F_* address flags.

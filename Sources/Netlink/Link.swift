@@ -29,6 +29,27 @@ public struct Link: Hashable, Sendable {
 
     public var isVeth: Bool { kind == "veth" }
     public var isBridge: Bool { kind == "bridge" }
+
+    /// For a second implementation of the host's links (HostNetwork's recording fake).
+    public init(
+        index: Int, name: String, kind: String? = nil, mac: MACAddress? = nil, mtu: Int = 1500, isUp: Bool = false,
+        isPromiscuous: Bool = false, operState: OperState = .down, masterIndex: Int? = nil, linkIndex: Int? = nil,
+        linkNamespaceID: Int? = nil, bridgePort: BridgePortState? = nil, vlanFiltering: Bool? = nil
+    ) {
+        self.index = index
+        self.name = name
+        self.kind = kind
+        self.mac = mac
+        self.mtu = mtu
+        self.isUp = isUp
+        self.isPromiscuous = isPromiscuous
+        self.operState = operState
+        self.masterIndex = masterIndex
+        self.linkIndex = linkIndex
+        self.linkNamespaceID = linkNamespaceID
+        self.bridgePort = bridgePort
+        self.vlanFiltering = vlanFiltering
+    }
 }
 
 /// RFC 2863 operational state (`IFLA_OPERSTATE`).
@@ -59,6 +80,11 @@ public enum OperState: UInt8, Sendable, CustomStringConvertible {
 public struct BridgePortState: Hashable, Sendable {
     public var hairpin: Bool
     public var isolated: Bool
+
+    public init(hairpin: Bool, isolated: Bool) {
+        self.hairpin = hairpin
+        self.isolated = isolated
+    }
 }
 
 extension NetlinkSocket {

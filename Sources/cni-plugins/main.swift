@@ -2,6 +2,7 @@ import BridgePlugin
 import CNI
 import HostLocalPlugin
 import LoopbackPlugin
+import PTPPlugin
 import PortmapPlugin
 import StaticPlugin
 
@@ -22,14 +23,18 @@ case "bridge":
     Delegate.runInProcess("host-local", HostLocal.handlers)
     Delegate.runInProcess("static", Static.handlers)
     Plugin.main(name: invokedAs, handlers: BridgePlugin.handlers)
+case "ptp":
+    Delegate.runInProcess("host-local", HostLocal.handlers)
+    Delegate.runInProcess("static", Static.handlers)
+    Plugin.main(name: invokedAs, handlers: PTPPlugin.handlers)
 case "host-local": Plugin.main(name: invokedAs, handlers: HostLocal.handlers)
 case "static": Plugin.main(name: invokedAs, handlers: Static.handlers)
 case "loopback": Plugin.main(name: invokedAs, handlers: LoopbackPlugin.handlers)
 case "portmap": Plugin.main(name: invokedAs, handlers: Portmap.handlers)
 default:
     let message =
-        "swift-cni: unknown plugin name \"\(invokedAs)\": this executable runs as bridge, host-local, "
-        + "static, loopback or portmap (install or link it under one of those names)\n"
+        "swift-cni: unknown plugin name \"\(invokedAs)\": this executable runs as bridge, ptp, "
+        + "host-local, static, loopback or portmap (install or link it under one of those names)\n"
     _ = message.withCString { write(2, $0, strlen($0)) }
     exit(1)
 }

@@ -1,4 +1,5 @@
 import CNI
+import HostNetwork
 import Testing
 
 @testable import BridgePlugin

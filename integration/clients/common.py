@@ -19,7 +19,7 @@ import pytest
 
 from cnitest import BIN_DIR, REF_DIR, sh
 
-OUR_PLUGINS = ("bridge", "host-local", "static", "loopback", "portmap")
+OUR_PLUGINS = ("bridge", "ptp", "host-local", "static", "loopback", "portmap")
 CHAINED_REFERENCE_PLUGINS = ("firewall", "tuning")
 LEASE_ROOT = Path("/var/lib/cni/networks")
 

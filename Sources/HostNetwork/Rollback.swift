@@ -6,32 +6,32 @@ import CNI
     import Musl
 #endif
 
-/// What ADD has done so far, as undo steps: when a later step fails, everything is undone in
+/// What an ADD (bridge, ptp) has done so far, as undo steps: when a later step fails, everything is undone in
 /// reverse order, so a failed ADD leaves no veth, no lease and no rule behind.
 ///
 /// Undo steps are best effort: a failing undo is reported on stderr (stdout is the runtime's) and
 /// the remaining steps still run; the ADD's own error is what the runtime sees.
-final class Rollback {
+public final class Rollback {
     private var steps: [(what: String, undo: () throws(CNIError) -> Void)] = []
     private var committed = false
     private let report: (String) -> Void
 
-    init(report: @escaping (String) -> Void = Rollback.writeToStandardError) {
+    public init(report: @escaping (String) -> Void = Rollback.writeToStandardError) {
         self.report = report
     }
 
     /// Records how to undo something that was just done.
-    func add(_ what: String, _ undo: @escaping () throws(CNIError) -> Void) {
+    public func add(_ what: String, _ undo: @escaping () throws(CNIError) -> Void) {
         steps.append((what, undo))
     }
 
     /// Marks the ADD as successful: nothing will be undone.
-    func commit() { committed = true }
+    public func commit() { committed = true }
 
     /// Undoes every recorded step, newest first, unless committed. Returns the descriptions of
     /// the steps that failed.
     @discardableResult
-    func unwind() -> [String] {
+    public func unwind() -> [String] {
         guard !committed else { return [] }
         var failures: [String] = []
         for step in steps.reversed() {
@@ -48,9 +48,9 @@ final class Rollback {
     }
 
     /// The descriptions of the recorded steps, oldest first.
-    var pending: [String] { steps.map(\.what) }
+    public var pending: [String] { steps.map(\.what) }
 
-    static func writeToStandardError(_ text: String) {
+    public static func writeToStandardError(_ text: String) {
         let line = Array((text + "\n").utf8)
         _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
     }
