@@ -286,6 +286,14 @@ public final class FakeNamespace: NetworkNamespace {
         try change(index, "set \(name(index)) promisc \(on ? "on" : "off")") { $0.isPromiscuous = on }
     }
 
+    public func setAllMulticast(index: Int, _ on: Bool) throws(HostNetworkError) {
+        try change(index, "set \(name(index)) allmulticast \(on ? "on" : "off")") { $0.isAllMulticast = on }
+    }
+
+    public func setTxQueueLength(index: Int, _ length: Int) throws(HostNetworkError) {
+        try change(index, "set \(name(index)) txqueuelen \(length)") { $0.txQueueLength = length }
+    }
+
     public func createBridge(name: String, mtu: Int?, vlanFiltering: Bool) throws(HostNetworkError) -> Bool {
         try record("create bridge \(name)")
         guard !linkTable.contains(where: { $0.name == name }), let owner else { return false }
@@ -442,6 +450,38 @@ public final class FakeNamespace: NetworkNamespace {
                 try record(operation)
                 sysctls[setting.key] = setting.value
             }
+        }
+    }
+
+    /// Keys reached through a symbolic link (for the confinement tests).
+    public var symlinkedSysctls: Set<String> = []
+
+    public func readConfinedSysctl(_ key: String) throws(HostNetworkError) -> String {
+        try record("read sysctl \(key)")
+        try confine(key, "read \(key)")
+        guard let value = sysctls[key] else {
+            throw HostNetworkError(.sysctl, .notFound, "read \(key)", "no such file or directory")
+        }
+        return value
+    }
+
+    public func writeConfinedSysctl(_ key: String, _ value: String) throws(HostNetworkError) {
+        let operation = "write \(key)=\(value)"
+        try record("sysctl \(key)=\(value)")
+        try confine(key, operation)
+        guard sysctls[key] != nil, !missingSysctls.contains(key) else {
+            throw HostNetworkError(.sysctl, .notFound, operation, "no such file or directory")
+        }
+        sysctls[key] = value
+    }
+
+    private func confine(_ key: String, _ operation: String) throws(HostNetworkError) {
+        let components = key.split(separator: "/")
+        if key.hasPrefix("/") || components.contains("..") || components.contains(".") {
+            throw HostNetworkError(.sysctl, .failed, operation, "invalid argument")
+        }
+        if symlinkedSysctls.contains(where: { key == $0 || key.hasPrefix($0 + "/") }) {
+            throw HostNetworkError(.sysctl, .failed, operation, "too many levels of symbolic links")
         }
     }
 }
