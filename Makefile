@@ -3,7 +3,7 @@
 # what it needs first (make deps).
 
 SHELL := /bin/bash
-PLUGINS := bridge ptp host-local static loopback portmap
+PLUGINS := bridge ptp host-local static loopback portmap tuning
 DESTDIR ?=
 CNI_BIN_DIR ?= /opt/cni/bin
 SWIFT ?= swift

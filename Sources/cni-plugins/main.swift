@@ -5,6 +5,7 @@ import LoopbackPlugin
 import PTPPlugin
 import PortmapPlugin
 import StaticPlugin
+import TuningPlugin
 
 #if canImport(Glibc)
     import Glibc
@@ -31,10 +32,11 @@ case "host-local": Plugin.main(name: invokedAs, handlers: HostLocal.handlers)
 case "static": Plugin.main(name: invokedAs, handlers: Static.handlers)
 case "loopback": Plugin.main(name: invokedAs, handlers: LoopbackPlugin.handlers)
 case "portmap": Plugin.main(name: invokedAs, handlers: Portmap.handlers)
+case "tuning": Plugin.main(name: invokedAs, handlers: Tuning.handlers)
 default:
     let message =
         "swift-cni: unknown plugin name \"\(invokedAs)\": this executable runs as bridge, ptp, "
-        + "host-local, static, loopback or portmap (install or link it under one of those names)\n"
+        + "host-local, static, loopback, portmap or tuning (install or link it under one of those names)\n"
     _ = message.withCString { write(2, $0, strlen($0)) }
     exit(1)
 }
