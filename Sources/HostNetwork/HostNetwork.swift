@@ -92,6 +92,17 @@ public protocol NetworkNamespace: AnyObject {
 
     /// Applies sysctls inside this namespace (one switch into it for the lot).
     func applySysctls(_ settings: [SysctlSetting]) throws(HostNetworkError)
+    // Traffic control (for bandwidth).
+    /// An ifb link, up, with txqueuelen 0.
+    func createIFB(name: String, mtu: Int) throws(HostNetworkError) -> Link
+    /// A tbf root qdisc (handle 1:) on the link.
+    func addTokenBucket(index: Int, _ bucket: TokenBucket) throws(HostNetworkError)
+    /// The ingress qdisc on the link and a match-all u32 filter redirecting to `target` (mirred).
+    func addIngressRedirect(index: Int, to target: Int) throws(HostNetworkError)
+    func qdiscs(index: Int) throws(HostNetworkError) -> [Qdisc]
+    /// Removes the link's root and ingress qdiscs; none there is fine.
+    func deleteQdiscs(index: Int) throws(HostNetworkError)
+
     /// A sysctl of this namespace named by configuration (tuning): `key` is relative to
     /// /proc/sys, and no component of its path may be `.`, `..` or a symbolic link.
     func readConfinedSysctl(_ key: String) throws(HostNetworkError) -> String

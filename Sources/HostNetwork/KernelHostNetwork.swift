@@ -284,6 +284,22 @@ final class KernelNamespace: NetworkNamespace {
         }
     }
 
+    func createIFB(name: String, mtu: Int) throws(HostNetworkError) -> Link {
+        try request { () throws(NetlinkError) in try socket.createIFB(name: name, mtu: mtu) }
+    }
+    func addTokenBucket(index: Int, _ bucket: TokenBucket) throws(HostNetworkError) {
+        try request { () throws(NetlinkError) in try socket.addTokenBucket(index: index, bucket) }
+    }
+    func addIngressRedirect(index: Int, to target: Int) throws(HostNetworkError) {
+        try request { () throws(NetlinkError) in try socket.addIngressRedirect(index: index, to: target) }
+    }
+    func qdiscs(index: Int) throws(HostNetworkError) -> [Qdisc] {
+        try request { () throws(NetlinkError) in try socket.qdiscs(index: index) }
+    }
+    func deleteQdiscs(index: Int) throws(HostNetworkError) {
+        try request { () throws(NetlinkError) in try socket.deleteQdiscs(index: index) }
+    }
+
     func readConfinedSysctl(_ key: String) throws(HostNetworkError) -> String {
         try inside { () throws(HostNetworkError) in
             do throws(SysctlError) {
