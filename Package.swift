@@ -48,6 +48,8 @@ let package = Package(
             dependencies: ["CNI", "JSON", "NetAddress", "Netlink", "PacketFilter", "HostNetwork"]),
         .target(
             name: "PTPPlugin", dependencies: ["CNI", "JSON", "NetAddress", "Netlink", "PacketFilter", "HostNetwork"]),
+        .target(
+            name: "BandwidthPlugin", dependencies: ["CNI", "NetAddress", "Netlink", "PacketFilter", "HostNetwork"]),
         .target(name: "TuningPlugin", dependencies: ["CNI", "JSON", "NetAddress", "Netlink", "HostNetwork"]),
         .target(name: "LoopbackPlugin", dependencies: ["CNI", "NetAddress", "Netlink"]),
         .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
@@ -60,7 +62,7 @@ let package = Package(
             name: "cni-plugins",
             dependencies: [
                 "CNI", "BridgePlugin", "PTPPlugin", "HostLocalPlugin", "StaticPlugin", "LoopbackPlugin",
-                "PortmapPlugin", "TuningPlugin",
+                "PortmapPlugin", "TuningPlugin", "BandwidthPlugin",
             ]),
 
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
@@ -73,6 +75,9 @@ let package = Package(
             name: "PortmapTests",
             dependencies: ["PortmapPlugin", "PacketFilter", "CNI", "JSON", "NetAddress", "Netlink"]),
         .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "JSON", "CNI", "NetAddress", "HostNetwork"]),
+        .testTarget(
+            name: "BandwidthTests",
+            dependencies: ["BandwidthPlugin", "HostNetwork", "JSON", "CNI", "NetAddress", "Netlink"]),
         .testTarget(
             name: "TuningTests", dependencies: ["TuningPlugin", "HostNetwork", "JSON", "CNI", "NetAddress", "Netlink"]),
         .testTarget(

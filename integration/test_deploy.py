@@ -21,8 +21,8 @@ INSTALLER = REPO / "deploy" / "install-cni.sh"
 MANIFEST = REPO / "deploy" / "daemonset.yaml"
 OUR_PLUGINS = ("bridge", "host-local", "static", "loopback")
 # What `make install` installs: also our portmap (the installer treats portmap as optional) and
-# ptp and tuning (the installer image does not carry them yet).
-INSTALLED = OUR_PLUGINS + ("portmap", "ptp", "tuning")
+# ptp, tuning and bandwidth (the installer image does not carry them yet).
+INSTALLED = OUR_PLUGINS + ("portmap", "ptp", "tuning", "bandwidth")
 
 
 def test_make_install_puts_the_plugins_under_destdir(tmp_path):

@@ -19,8 +19,8 @@ import pytest
 
 from cnitest import BIN_DIR, REF_DIR, sh
 
-OUR_PLUGINS = ("bridge", "ptp", "host-local", "static", "loopback", "portmap")
-CHAINED_REFERENCE_PLUGINS = ("firewall", "tuning")
+OUR_PLUGINS = ("bridge", "ptp", "host-local", "static", "loopback", "portmap", "tuning", "bandwidth")
+CHAINED_REFERENCE_PLUGINS = ("firewall",)
 LEASE_ROOT = Path("/var/lib/cni/networks")
 
 
