@@ -44,8 +44,7 @@ let package = Package(
 
         // Each plugin's logic: a library, so tests can drive it; a thin composition of the above.
         .target(
-            name: "BridgePlugin",
-            dependencies: ["CNI", "JSON", "NetAddress", "Netlink", "PacketFilter", "HostNetwork"]),
+            name: "BridgePlugin", dependencies: ["CNI", "JSON", "NetAddress", "Netlink", "PacketFilter", "HostNetwork"]),
         .target(
             name: "PTPPlugin", dependencies: ["CNI", "JSON", "NetAddress", "Netlink", "PacketFilter", "HostNetwork"]),
         .target(

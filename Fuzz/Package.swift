@@ -19,6 +19,7 @@ let package = Package(
         .target(name: "PacketFilter", dependencies: ["JSON", "NetAddress", "Exec", "Netlink"]),
         .target(name: "HostNetwork", dependencies: ["CNI", "NetAddress", "Netlink", "PacketFilter"]),
         .target(name: "BridgePlugin", dependencies: ["CNI", "JSON", "NetAddress", "Netlink", "PacketFilter", "HostNetwork"]),
+        .target(name: "PTPPlugin", dependencies: ["CNI", "JSON", "NetAddress", "Netlink", "PacketFilter", "HostNetwork"]),
         // The libFuzzer entry every target's main.swift calls.
         .target(name: "FuzzDriver", path: "Targets/FuzzDriver"),
         // The JSON parser, writer and decoder on their own: any bytes.
@@ -41,5 +42,8 @@ let package = Package(
         .executableTarget(
             name: "FuzzBridgeConfig", dependencies: ["FuzzDriver", "BridgePlugin", "CNI", "NetAddress"],
             path: "Targets/FuzzBridgeConfig"),
+        // The ptp plugin's config parser (pure).
+        .executableTarget(
+            name: "FuzzPTPConfig", dependencies: ["FuzzDriver", "PTPPlugin", "CNI"], path: "Targets/FuzzPTPConfig"),
     ]
 )

@@ -6,7 +6,7 @@ target: FuzzPlugin = selector byte + stdin (selector % 6 = command ADD/DEL/CHECK
 selector / 6 % 4 = environment variant, 1 = CNI_ARGS on the first line); FuzzResult = version byte
 (index into the supported versions) + result JSON; FuzzCNIArgs = the CNI_ARGS text; FuzzRange =
 the ipam section JSON (after an optional `IP=` line); FuzzBridgeConfig = an optional CNI_ARGS line
-and the bridge config; FuzzJSON = any JSON text.
+and the bridge config; FuzzPTPConfig = the ptp config; FuzzJSON = any JSON text.
 """
 import hashlib
 import json
@@ -110,6 +110,10 @@ def main():
     for config in bridges:
         write("FuzzBridgeConfig", compact(config))
     write("FuzzBridgeConfig", b"MAC=0a:58:0a:01:02:05;IgnoreUnknown=1\n" + compact(bridges[2]))
+    ptp = {"cniVersion": "1.0.0", "name": "ptpnet", "type": "ptp", "ipMasq": True, "ipam": BRIDGE["ipam"]}
+    for config in [ptp, dict(ptp, ipMasqBackend="nftables", mtu=1400, dns={"nameservers": ["10.1.2.1"]}),
+                   dict(ptp, mtu=0, dns={}, ipam={"type": ""}), {"cniVersion": "0.3.1", "name": "n", "type": "ptp"}]:
+        write("FuzzPTPConfig", compact(config))
     for config in [BRIDGE, HOST_LOCAL, RESULT_1]:
         write("FuzzJSON", json.dumps(config, indent=2).encode())
     for text in [b'[9007199254740993,18446744073709551615,-0,1e-7,0.1,1.5e3]', b'"\\"\\\\\\/\\b\\f\\n\\r\\t\\u0000"',

@@ -507,12 +507,12 @@ class Bench:
             ("masq-nftables", "ipMasq nftables", {"ADD": ("ratio", "<=", 0.3), "DEL": ("ratio", "<=", 0.4)}),
             ("dual", "dual-stack (host-local v4+v6)", {}),
             ("static", "bridge + static", {}),
+            ("ptp", "ptp + host-local v4", {"ADD": ("ratio", "<=", 0.4), "DEL": ("ratio", "<=", 0.9)}),
+            ("ptp-dual", "ptp dual-stack", {}),
             ("portmap-iptables", "bridge + portmap iptables, 2 mappings",
              {"ADD": ("ratio", "<=", 0.3), "DEL": ("ratio", "<=", 0.4)}),
             ("portmap-nftables", "bridge + portmap nftables, 2 mappings",
              {"ADD": ("ratio", "<=", 0.3), "DEL": ("ratio", "<=", 0.4)}),
-            ("ptp", "ptp + host-local v4", {"ADD": ("ratio", "<=", 0.4), "DEL": ("ratio", "<=", 0.9)}),
-            ("ptp-dual", "ptp dual-stack", {}),
         ]
         self.scenarios = [s[0] for s in scenarios]
         for key, label, targets in scenarios:
@@ -965,8 +965,8 @@ def parse_args(argv):
                         help=f"measurement groups to run, comma-separated (default all: {','.join(GROUPS)}); "
                              "rows of the others stay empty")
     parser.add_argument("--scenarios",
-                        default="base,masq-iptables,masq-nftables,dual,static,ptp,ptp-dual,portmap-iptables,"
-                                "portmap-nftables",
+                        default="base,masq-iptables,masq-nftables,dual,static,ptp,ptp-dual,"
+                                "portmap-iptables,portmap-nftables",
                         help="the single ADD/CHECK/DEL scenarios to run (default all: base,masq-iptables,"
                              "masq-nftables,dual,static,ptp,ptp-dual,portmap-iptables,portmap-nftables); rows of "
                              "the others stay empty")

@@ -18,8 +18,10 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session", autouse=True)
 def built_plugins():
-    missing = [p for p in ("bridge", "ptp", "host-local", "static", "loopback", "portmap", "tuning", "bandwidth")
-               if not (BIN_DIR / p).exists()]
+    missing = [
+        p for p in ("bridge", "ptp", "host-local", "static", "loopback", "portmap", "tuning", "bandwidth")
+        if not (BIN_DIR / p).exists()
+    ]
     if missing and os.geteuid() == 0:
         pytest.fail(f"plugins not built in {BIN_DIR}: {missing} (run `make build`)")
 

@@ -120,6 +120,10 @@ def generate(name, config):
         return encoded[:-1] + b', "args": ' + b"[" * depth + b"]" * depth + b"}"
     if name == "pad-10mb":
         return encoded[:-1] + b', "padding": "' + b"x" * (10 * 1024 * 1024) + b'"}'
+    if name == "pad-past-16mib":
+        # Valid JSON one byte longer than the documented limit (16 MiB).
+        head = encoded[:-1] + b', "padding": "'
+        return head + b"x" * (16 * 1024 * 1024 + 1 - len(head) - 2) + b'"}'
     raise ValueError(f"unknown generator {name}")
 
 

@@ -20,8 +20,8 @@ from cnitest import REPO
 INSTALLER = REPO / "deploy" / "install-cni.sh"
 MANIFEST = REPO / "deploy" / "daemonset.yaml"
 OUR_PLUGINS = ("bridge", "host-local", "static", "loopback")
-# What `make install` installs: also our portmap (the installer treats portmap as optional) and
-# ptp, tuning and bandwidth (the installer image does not carry them yet).
+# What `make install` puts on a node: also our portmap, ptp, tuning and bandwidth (the installer
+# image treats portmap as optional and does not carry the others yet).
 INSTALLED = OUR_PLUGINS + ("portmap", "ptp", "tuning", "bandwidth")
 
 

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../Fuzz"
 SECONDS_PER_TARGET=${FUZZ_SECONDS:-60}
 JOBS=${FUZZ_JOBS:-1}
 SWIFT=${SWIFT:-swift}
-ALL_TARGETS=(FuzzJSON FuzzPlugin FuzzCNIArgs FuzzResult FuzzRange FuzzBridgeConfig)
+ALL_TARGETS=(FuzzJSON FuzzPlugin FuzzCNIArgs FuzzResult FuzzRange FuzzBridgeConfig FuzzPTPConfig)
 TARGETS=("$@")
 [ ${#TARGETS[@]} -eq 0 ] && TARGETS=("${ALL_TARGETS[@]}")
 

@@ -5,7 +5,7 @@ import Netlink
 
 /// The `bridge` plugin: a container attached through a veth pair to a Linux bridge on the host.
 public enum BridgePlugin {
-    /// The plugin on this host (libnl, the Masquerade module).
+    /// The plugin on this host (libnl, the PacketFilter module).
     public static let handlers = handlers(host: { KernelHostNetwork() })
 
     /// The plugin on any host: the seam is made once per command, when it runs.

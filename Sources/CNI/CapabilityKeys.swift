@@ -34,6 +34,13 @@ enum CapabilityKeys {
         case list(Shape)
     }
 
+    /// The same for a document whose values are built on demand: only `runtimeConfig` is built
+    /// (and replaced), the rest stays unbuilt.
+    static func canonicalized(_ document: JSONDocument) -> JSONDocument {
+        guard case .object(let runtime)? = document.member("runtimeConfig") else { return document }
+        return document.replacing("runtimeConfig", with: .object(canonicalObject(runtime, fields: capabilities)))
+    }
+
     /// The config with `runtimeConfig`'s capability keys (and their fields) in canonical spelling.
     static func canonicalized(_ document: JSONValue) -> JSONValue {
         guard case .object(var config) = document, case .object(let runtime)? = config["runtimeConfig"] else {

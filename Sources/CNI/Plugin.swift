@@ -119,11 +119,17 @@ public enum Plugin {
     }
 
     /// The common keys, with the spec's checks on `name`, and stdin parsed (for the plugin's keys).
-    static func decodeConfig(_ stdin: [UInt8]) throws(CNIError) -> (NetworkConfig, JSONValue) {
+    static func decodeConfig(_ stdin: [UInt8]) throws(CNIError) -> (NetworkConfig, JSONDocument) {
+        guard stdin.count <= JSONDocument.maximumSize else {
+            throw CNIError(
+                .decodingFailure, "error decoding network config",
+                details: "stdin is longer than \(JSONDocument.maximumSize) bytes (16 MiB), the most a config may be")
+        }
         let config: NetworkConfig
-        let document: JSONValue
+        let document: JSONDocument
         do {
-            document = CapabilityKeys.canonicalized(try JSONCodec.parse(stdin))
+            // Checked whole; only the keys decoded are built, so ignored keys cost no memory.
+            document = CapabilityKeys.canonicalized(try JSONCodec.document(stdin))
             config = try document.decode(NetworkConfig.self)
         } catch {
             // Not JSON, or not an object: code 6. JSON whose common keys have wrong types: code 7.
@@ -175,6 +181,8 @@ public enum Plugin {
         }
     }
 
+    /// stdin up to end of file, or the first byte past `JSONDocument.maximumSize` (the config
+    /// is refused then; the rest is not read).
     private static func readAll(_ fd: Int32) throws(CNIError) -> [UInt8] {
         var bytes: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 65536)
@@ -182,6 +190,7 @@ public enum Plugin {
             let count = read(fd, &buffer, buffer.count)
             if count > 0 {
                 bytes += buffer[0..<count]
+                if bytes.count > JSONDocument.maximumSize { return bytes }
             } else if count == 0 {
                 return bytes
             } else if errno != EINTR {

@@ -17,14 +17,16 @@ public struct PluginRequest: Sendable {
     public var cniPath: [String] { environment.cniPath }
 
     /// stdin parsed, when the entry point already did it (the plugin's keys then decode from it).
-    let document: JSONValue?
+    let document: JSONDocument?
 
     public init(environment: CNIEnvironment, stdin: [UInt8], config: NetworkConfig, version: CNIVersion) {
         self.init(environment: environment, stdin: stdin, document: nil, config: config, version: version)
     }
 
-    init(environment: CNIEnvironment, stdin: [UInt8], document: JSONValue?, config: NetworkConfig, version: CNIVersion)
-    {
+    init(
+        environment: CNIEnvironment, stdin: [UInt8], document: JSONDocument?, config: NetworkConfig,
+        version: CNIVersion
+    ) {
         self.environment = environment
         self.stdin = stdin
         self.document = document
@@ -45,7 +47,7 @@ public struct PluginRequest: Sendable {
     /// The same for any config bytes (a plugin's own parser, a fuzz target).
     public static func decode<T: Decodable>(_ type: T.Type, from stdin: [UInt8]) throws(CNIError) -> T {
         do {
-            return try CapabilityKeys.canonicalized(JSONCodec.parse(stdin)).decode(type)
+            return try CapabilityKeys.canonicalized(JSONCodec.document(stdin)).decode(type)
         } catch {
             throw invalidKeys(error)
         }

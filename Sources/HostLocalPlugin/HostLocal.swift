@@ -58,9 +58,16 @@ public enum HostLocal {
         let owner = LeaseOwner(containerID: request.containerID, ifname: request.ifName)
         try LeaseStore.withLock(dataDir: config.dataDir, network: config.network) { store throws(CNIError) in
             // Legacy id-only leases count only when the interface holds none of its own (the reference's rule).
-            let exact = try store.leases(of: owner)
+            var exact = try store.leases(of: owner)
+            var legacy = exact.isEmpty ? try store.leases(of: owner.legacy) : []
+            if exact.isEmpty && legacy.isEmpty {
+                // The index is derived state: before "nothing to release", the lease files say.
+                let found = try store.unindexedLeases(of: [owner, owner.legacy])
+                exact = found[owner] ?? []
+                legacy = exact.isEmpty ? found[owner.legacy] ?? [] : []
+            }
             let holder = exact.isEmpty ? owner.legacy : owner
-            let addresses = exact.isEmpty ? try store.leases(of: holder) : exact
+            let addresses = exact.isEmpty ? legacy : exact
             var failures: [String] = []
             for address in addresses {
                 do throws(CNIError) {
@@ -90,7 +97,11 @@ public enum HostLocal {
                 store throws(CNIError) in
                 // Legacy id-only leases count only when the interface holds none of its own, as in DEL.
                 let own = try store.leases(of: owner)
-                return own.isEmpty ? try store.leases(of: owner.legacy) : own
+                let found = own.isEmpty ? try store.leases(of: owner.legacy) : own
+                guard found.isEmpty else { return found }
+                // As in DEL: the lease files, not the index, say there is none.
+                let scanned = try store.unindexedLeases(of: [owner, owner.legacy])
+                return scanned[owner] ?? scanned[owner.legacy] ?? []
             }
         }
         guard !held.isEmpty else {
@@ -164,6 +175,8 @@ public enum HostLocal {
                     throw CNIError(
                         .storeFailure, "\(store.directory) is not writable: \(String(cString: strerror(errno)))")
                 }
+                // A full or read-only filesystem: say so before an ADD fails on it.
+                if let shortage = store.shortage() { throw CNIError(.storeFailure, shortage) }
             }
         } catch {
             throw CNIError(

@@ -39,7 +39,30 @@ import NetAddress
 /// foreign writer (the reference plugin, an administrator) changes the lease directory's time and
 /// a crash between our changes and the stamp leaves the two apart. Either way the next operation
 /// rebuilds the index from one scan. Temp files live in the index directory (same filesystem,
-/// where the reference never looks), under fixed names only ever used under the lock.
+/// where the reference never looks), under names of our process ID, only used under the lock.
+///
+/// Faults (a full disk, a full inode table, EIO, a read-only remount, a quota): every change an
+/// ADD makes is prepared first (lease content, `last_reserved_ip` and index buckets written to
+/// temp files), then made visible by links and renames, the index bucket that lists the new
+/// leases last; a failure at any point undoes what was made visible (the previous
+/// `last_reserved_ip` files are kept as hard links until the end for that) and unlinks the leases
+/// the operation took, so a failed ADD leaves nothing of its own. Releasing needs no room: a DEL
+/// unlinks the lease first; an index it then cannot write stays stale and unstamped (so the next
+/// operation rebuilds it), never the other way round. A rebuild that cannot be written is used
+/// from memory and left unstamped.
+///
+/// The lock: `flock` on a file someone can remove or replace while we wait for it or hold it
+/// locks nothing that others will lock. After taking it, the inode of the locked descriptor is
+/// compared with the inode at the path, and the lock is taken again until they agree; before
+/// the stamps (which declare the index complete) and before a rebuild removes stale index files
+/// it is compared again, and if the file is no longer ours nothing is stamped or removed. GC
+/// and a DEL that finds no index entry scan the lease files themselves, so no sequence of events
+/// lets the index hide a lease.
+///
+/// Confinement: every directory of the store is opened once without following a link and must
+/// be a real directory owned by us (`StateDirectory`); every file in it is reached relative to
+/// that descriptor, never through a link, created with `O_EXCL`, and only plain files of the
+/// names we write are ever removed.
 public final class LeaseStore {
     public static let defaultDataDir = "/var/lib/cni/networks"
 
@@ -51,31 +74,71 @@ public final class LeaseStore {
     /// The nanosecond field of our stamps. Kernel timestamps are multiples of the clock tick.
     static let stampNanoseconds = 271_828_182
 
+    /// How often the lock is taken again when its file was replaced while we waited.
+    static let lockAttempts = 100
+
+    /// What one ADD may need of the filesystem at most (lease, last_reserved_ip and index temp
+    /// files of two range sets, with a margin), for STATUS.
+    static let addBlocks: UInt = 16
+    static let addInodes: UInt = 16
+
     /// `<dataDir>/<network>`: the lease files.
     public let directory: String
+    private let leases: StateDirectory
     /// `<dataDir>/.swift-cni-index/<network>`: the derived index and temp files.
-    let indexDirectory: String
-    private var lockDescriptor: Int32
+    private let index: StateDirectory
+    /// Where `last_reserved_ip` temp files go: the index directory, or the lease directory when
+    /// that is a filesystem of its own (a rename cannot cross).
+    private let lastTemps: StateDirectory
+    /// Temp files this operation made (removed when it ends; a killed process's are removed by
+    /// the rebuild its unstamped directories cause).
+    private var temps: [(StateDirectory, String)] = []
+    private var lockDescriptor: Int32 = -1
+    private var lockIdentity: (dev_t, ino_t)?
 
-    /// Index buckets read so far (bucket name → owner → addresses, possibly unverified).
+    /// Index buckets read so far (bucket name → owner → addresses, possibly unverified), and
+    /// what each was on disk when read (only changed buckets are written back).
     private var buckets: [String: [LeaseOwner: Set<IPAddress>]] = [:]
-    private var dirtyBuckets: Set<String> = []
+    private var storedBuckets: [String: [LeaseOwner: Set<IPAddress>]] = [:]
+    /// Buckets that gained an address this operation (written last: they make new leases findable).
+    private var grownBuckets: Set<String> = []
+    /// False once the index on disk may lack something the lease files hold (a rebuild or a
+    /// bucket that could not be written): then nothing is stamped, and the next operation
+    /// rebuilds.
+    private var indexWritten = true
     /// True once either directory was changed since the stamps last matched.
     private var changed = false
+    /// Leases this operation created, unlinked again if it fails.
+    private var taken: [(IPAddress, LeaseOwner)] = []
+    /// `last_reserved_ip.<N>` values to record when the operation succeeds.
+    private var pendingLastReserved: [Int: IPAddress] = [:]
     /// The owner whose lease content sits in the lease temp file.
     private var preparedOwner: LeaseOwner?
     /// Unnamed files holding `unnamedLeaseOwner`'s lease content, synced, one per lease to take.
     private var unnamedLeases: [Int32] = []
     private var unnamedLeaseOwner: LeaseOwner?
 
-    private var leaseTemp: String { indexDirectory + "/~lease" }
-    private var lastTemp: String { indexDirectory + "/~last" }
-    private var bucketTemp: String { indexDirectory + "/~bucket" }
+    /// Temp names carry our process ID: two processes can both believe they hold the lock (one
+    /// whose lock file was removed under it) and must not share a name. A rebuild removes only
+    /// the temp files of processes that are gone (or named without a process, as before).
+    private static let suffix = ".\(getpid())"
+    private static let leaseTemp = "~lease" + suffix
+    private static func lastTemp(_ index: Int) -> String { "~last.\(index)" + suffix }
+    private static func lastBackup(_ index: Int) -> String { "~last.\(index).old" + suffix }
+    private static func bucketTemp(_ name: String) -> String { "~bucket." + name + suffix }
+
+    /// Whether a temp name is a leftover: its process (the last dot-separated field) is gone.
+    static func isLeftover(_ name: String) -> Bool {
+        guard let field = name.split(separator: ".").last, let pid = Int32(field), pid > 0 else { return true }
+        return kill(pid, 0) != 0 && errno == ESRCH
+    }
+    private static func lastReservedName(_ index: Int) -> String { "last_reserved_ip.\(index)" }
 
     /// Opens the store of `network` under `dataDir`, creating its directories, holds the lock for
-    /// the duration of `body`, writes the index changes `body` made and releases the lock. An ADD
-    /// names the owner and how many leases it may take (`preparingLeases`): their content is
-    /// written and synced before the lock is taken.
+    /// the duration of `body`, makes the changes `body` made visible and releases the lock. If
+    /// `body` or making its changes visible fails, the leases it took are released again and no
+    /// `last_reserved_ip` changes. An ADD names the owner and how many leases it may take
+    /// (`preparingLeases`): their content is written and synced before the lock is taken.
     @discardableResult
     public static func withLock<Result>(
         dataDir: String, network: String, preparingLeases: (owner: LeaseOwner, count: Int)? = nil,
@@ -87,12 +150,10 @@ public final class LeaseStore {
         do {
             result = try body(store)
         } catch {
-            // Record what the body did before it failed (a rollback, say). Should this fail too,
-            // the stamps stay apart and the next operation rebuilds the index.
-            try? store.flush()
+            store.abandon()
             throw error
         }
-        try store.flush()
+        try store.commit()
         return result
     }
 
@@ -105,29 +166,18 @@ public final class LeaseStore {
         throws(CNIError)
     {
         directory = Self.directory(dataDir: dataDir, network: network)
-        let root = String(directory.dropLast(network.utf8.count + 1))
-        indexDirectory = root + "/.swift-cni-index/" + network
-        lockDescriptor = -1
-        try Files.makeDirectories(directory, mode: 0o755)
-        try Files.makeDirectories(indexDirectory, mode: 0o700)
+        let root = try StateDirectory.root(String(directory.dropLast(network.utf8.count + 1)))
+        leases = try root.subdirectory(network, mode: 0o755)
+        index = try root.subdirectory(".swift-cni-index", mode: 0o700).subdirectory(network, mode: 0o700)
+        lastTemps = leases.device == index.device ? index : leases
         if let (owner, count) = preparingLeases {
             unnamedLeaseOwner = owner
             for _ in 0..<count {
-                guard let fd = try Files.createUnnamed(in: directory, owner.fileContent, mode: 0o600) else { break }
+                guard let fd = try leases.createUnnamed(owner.fileContent, mode: 0o600) else { break }
                 unnamedLeases.append(fd)
             }
         }
-        // The reference (go-filemutex) opens the lock O_CREAT|O_RDONLY with mode 0750.
-        let lockPath = directory + "/lock"
-        lockDescriptor = open(lockPath, O_CREAT | O_RDONLY | O_CLOEXEC, 0o750)
-        guard lockDescriptor >= 0 else { throw Files.failure("open", lockPath) }
-        while flock(lockDescriptor, LOCK_EX) != 0 {
-            guard errno == EINTR else {
-                let failure = Files.failure("flock", lockPath)
-                unlock()
-                throw failure
-            }
-        }
+        try lock()
         do {
             try synchronizeIndex()
         } catch {
@@ -142,6 +192,39 @@ public final class LeaseStore {
         for fd in unnamedLeases { Glibc.close(fd) }
     }
 
+    /// Takes the lock on the file that is at `lock` once we hold it. The reference
+    /// (go-filemutex) opens it O_CREAT|O_RDONLY with mode 0750.
+    private func lock() throws(CNIError) {
+        for _ in 0..<Self.lockAttempts {
+            lockDescriptor = try leases.openLockFile("lock", mode: 0o750)
+            while flock(lockDescriptor, LOCK_EX) != 0 {
+                guard errno == EINTR else {
+                    let failure = Files.failure("flock", leases.pathOf("lock"))
+                    unlock()
+                    throw failure
+                }
+            }
+            var info = stat()
+            fstat(lockDescriptor, &info)
+            let locked = (info.st_dev, info.st_ino)
+            // Removed or replaced while we waited: the lock we hold excludes no one.
+            if let current = try leases.identity("lock"), current == locked {
+                lockIdentity = locked
+                return
+            }
+            unlock()
+        }
+        throw CNIError(
+            .storeFailure, "IPAM store: \(leases.pathOf("lock")) keeps being removed or replaced",
+            details: "taken \(Self.lockAttempts) times, and each time it was no longer the file at that path")
+    }
+
+    /// Whether the file at `lock` is still the one we locked.
+    private func lockIsOurs() -> Bool {
+        guard let lockIdentity, let current = try? leases.identity("lock") else { return false }
+        return current == lockIdentity
+    }
+
     private func unlock() {
         // Closing the descriptor releases the flock (and the kernel does so if we are killed).
         if lockDescriptor >= 0 {
@@ -152,11 +235,12 @@ public final class LeaseStore {
 
     // MARK: - Leases
 
-    public func leasePath(_ address: IPAddress) -> String { directory + "/" + address.description }
+    public func leasePath(_ address: IPAddress) -> String { leases.pathOf(address.description) }
 
-    /// Who holds `address`, or nil when it is free.
+    /// Who holds `address`, or nil when it is free (or its name holds no plain file: a link is
+    /// never followed).
     public func owner(of address: IPAddress) throws(CNIError) -> LeaseOwner? {
-        try Files.read(leasePath(address)).map(LeaseOwner.init(fileContent:))
+        try leases.read(address.description).map(LeaseOwner.init(fileContent:))
     }
 
     /// The addresses `owner` holds, each verified against its lease file. For a legacy owner
@@ -174,50 +258,95 @@ public final class LeaseStore {
         return verified.sorted()
     }
 
-    /// Takes `address` for `owner` if it is free, then records it as range set `rangeSetIndex`'s
-    /// last reserved address. False when someone holds it.
+    /// The leases of each of `owners` that the index does not list at all, found in the lease
+    /// directory: what a DEL or CHECK that found nothing in the index does before it says there
+    /// is nothing. Every name in the lease directory that no index entry lists is read (so the
+    /// cost is a listing and the index, plus one read per lease it misses); if any is found, the
+    /// index is rebuilt from a full scan. (A lease the index lists under another owner than its
+    /// file now names is not looked for here: only a rewrite in place makes one, and GC, which
+    /// scans every file, still releases it.)
+    public func unindexedLeases(of owners: [LeaseOwner]) throws(CNIError) -> [LeaseOwner: [IPAddress]] {
+        // The addresses as the bucket files write them (their canonical text, as lease names
+        // are), without parsing each: at 60,000 leases this is most of the cost.
+        var listed: Set<String> = []
+        for name in Set(try index.list()).union(buckets.keys) where IndexBucket.isBucketName(name) {
+            if let cached = buckets[name] {
+                for addresses in cached.values {
+                    for address in addresses { listed.insert(address.description) }
+                }
+            } else if let bytes = try index.read(name) {
+                guard let texts = IndexBucket.addressTexts(bytes) else {
+                    // Damaged: no shortcut; the index rebuilt from every lease file answers.
+                    try rebuildIndex()
+                    var found: [LeaseOwner: [IPAddress]] = [:]
+                    for owner in owners {
+                        let addresses = try self.addresses(of: owner)
+                        if !addresses.isEmpty { found[owner] = addresses.sorted() }
+                    }
+                    return found
+                }
+                listed.formUnion(texts)
+            }
+        }
+        var found: [LeaseOwner: [IPAddress]] = [:]
+        for name in try leases.list() where !listed.contains(name) {
+            guard let address = IPAddress(name), address.description == name, let content = try leases.read(name)
+            else { continue }
+            let holder = LeaseOwner(fileContent: content)
+            if owners.contains(holder) { found[holder, default: []].append(address) }
+        }
+        if !found.isEmpty { try rebuildIndex() }
+        return found.mapValues { $0.sorted() }
+    }
+
+    /// Takes `address` for `owner` if it is free; range set `rangeSetIndex`'s last reserved
+    /// address becomes it when the operation succeeds. False when someone holds it.
     public func reserve(_ address: IPAddress, for owner: LeaseOwner, rangeSetIndex: Int) throws(CNIError) -> Bool {
+        guard try createLease(address.description, for: owner) else { return false }
         changed = true
-        guard try createLease(leasePath(address), for: owner) else { return false }
+        taken.append((address, owner))
         try update(owner) { $0.insert(address) }
-        try recordLastReserved(address, rangeSetIndex: rangeSetIndex)
+        pendingLastReserved[rangeSetIndex] = address
         return true
     }
 
-    /// Gives `path` `owner`'s lease content, atomically: false when the file exists. Each lease
+    /// Gives `name` `owner`'s lease content, atomically: false when the file exists. Each lease
     /// keeps its own inode, which nothing else names.
-    private func createLease(_ path: String, for owner: LeaseOwner) throws(CNIError) -> Bool {
+    private func createLease(_ name: String, for owner: LeaseOwner) throws(CNIError) -> Bool {
         if owner == unnamedLeaseOwner, let fd = unnamedLeases.last {
-            guard try Files.link(unnamed: fd, path) == .linked else { return false }
+            guard try leases.link(unnamed: fd, name) == .linked else { return false }
             unnamedLeases.removeLast()
             Glibc.close(fd)
             return true
         }
         if preparedOwner != owner {
-            try Files.createFresh(leaseTemp, owner.fileContent, mode: 0o600, sync: Self.syncLeaseContent)
+            try index.createFresh(Self.leaseTemp, owner.fileContent, mode: 0o600, sync: Self.syncLeaseContent)
             preparedOwner = owner
         }
-        switch try Files.link(leaseTemp, path) {
+        switch try index.link(Self.leaseTemp, to: name, in: leases) {
         case .exists:
             return false
+        case .missing:
+            throw Files.failure("link \(index.pathOf(Self.leaseTemp)) to", leases.pathOf(name), ENOENT)
         case .crossDevice:
             // The lease directory is a mount point of its own: no atomic path, do as the reference.
-            return try Files.createExclusive(path, owner.fileContent, mode: 0o600)
+            return try leases.createExclusive(name, owner.fileContent, mode: 0o600)
         case .linked:
             // The temp name goes at once.
-            try Files.remove(leaseTemp)
+            try index.removeFile(Self.leaseTemp)
             preparedOwner = nil
             return true
         }
     }
 
     /// Removes `address`'s lease if `owner` holds it; false (and nothing removed) otherwise.
+    /// Needs no free space: the lease goes first, the index follows when the operation ends.
     @discardableResult
     public func release(_ address: IPAddress, of owner: LeaseOwner) throws(CNIError) -> Bool {
         let holder = try self.owner(of: address)
         if holder == owner {
             changed = true
-            try Files.remove(leasePath(address))
+            try leases.removeFile(address.description)
         }
         if try addresses(of: owner).contains(address) {
             try update(owner) { $0.remove(address) }
@@ -227,27 +356,186 @@ public final class LeaseStore {
 
     /// The address last reserved in range set `rangeSetIndex`, if recorded and readable.
     public func lastReserved(rangeSetIndex: Int) throws(CNIError) -> IPAddress? {
-        guard let bytes = try Files.read(directory + "/last_reserved_ip.\(rangeSetIndex)") else { return nil }
+        guard let bytes = try leases.read(Self.lastReservedName(rangeSetIndex)) else { return nil }
         return IPAddress(String(decoding: bytes, as: UTF8.self).trimmingGoSpace())
     }
 
-    private func recordLastReserved(_ address: IPAddress, rangeSetIndex: Int) throws(CNIError) {
-        let path = directory + "/last_reserved_ip.\(rangeSetIndex)"
-        let content = Array(address.description.utf8)
-        try Files.createFresh(lastTemp, content, mode: 0o600, sync: false)
-        if try !Files.rename(lastTemp, path) {
-            try Files.remove(lastTemp)
-            try Files.overwrite(path, content, mode: 0o600)
+    /// Every owner holding a lease, from a scan of the lease files (GC's starting point: the
+    /// index never decides what is collected).
+    public func owners() throws(CNIError) -> [LeaseOwner] {
+        let scanned = try scan()
+        for (name, contents) in scanned where try bucket(name) != contents {
+            // The index missed or misfiled someone: it is rebuilt from this scan.
+            try rebuildIndex(from: scanned)
+            break
         }
+        return scanned.values.flatMap(\.keys)
     }
 
-    /// Every owner holding a lease, from the index (GC's starting point).
-    public func owners() throws(CNIError) -> [LeaseOwner] {
-        var owners: [LeaseOwner] = []
-        for name in try Files.list(indexDirectory) where IndexBucket.isBucketName(name) {
-            owners += try bucket(name).keys
+    /// Whether STATUS should say the store cannot take an ADD now: a read-only filesystem, or
+    /// less room or fewer inodes than one ADD needs. Nil when it can.
+    public func shortage() -> String? {
+        leases.shortage(blocks: Self.addBlocks, inodes: Self.addInodes)
+            ?? index.shortage(blocks: Self.addBlocks, inodes: Self.addInodes)
+    }
+
+    // MARK: - Ending an operation
+
+    /// Makes the operation's changes visible, or undoes them all and throws. Every write that
+    /// can fail for want of room comes before the first rename; the bucket that lists new leases
+    /// is renamed last.
+    private func commit() throws(CNIError) {
+        // Temps go before the stamps: removing one changes its directory's time.
+        defer { removeTemps() }
+        guard !taken.isEmpty || !pendingLastReserved.isEmpty else {
+            // Nothing taken (DEL, GC, CHECK, STATUS): the index is written if it can be.
+            writeIndex()
+            return
         }
-        return owners
+        var renamedLast: [(index: Int, hadFile: Bool)] = []
+        do throws(CNIError) {
+            // Prepare: new last_reserved_ip content, a link to each old one, new buckets.
+            var hadFile: [Int: Bool] = [:]
+            for (setIndex, address) in pendingLastReserved {
+                let name = Self.lastReservedName(setIndex)
+                try createTemp(lastTemps, Self.lastTemp(setIndex), Array(address.description.utf8))
+                try lastTemps.removeFile(Self.lastBackup(setIndex))
+                hadFile[setIndex] = try backUp(name, to: Self.lastBackup(setIndex))
+            }
+            // Index writes only while the lock is ours (see `lockIsOurs`); else it stays unstamped.
+            let dirty = lockIsOurs() ? changedBuckets() : []
+            if dirty.isEmpty && !changedBuckets().isEmpty { indexWritten = false }
+            for name in dirty {
+                try prepareBucket(name)
+            }
+            // Visible: buckets that only lost entries, last_reserved_ip, then the grown ones.
+            for name in dirty where !grownBuckets.contains(name) {
+                try installBucket(name)
+            }
+            for (setIndex, _) in pendingLastReserved {
+                guard try lastTemps.rename(Self.lastTemp(setIndex), to: Self.lastReservedName(setIndex), in: leases)
+                else {
+                    throw Files.failure("rename", leases.pathOf(Self.lastReservedName(setIndex)), EXDEV)
+                }
+                renamedLast.append((setIndex, hadFile[setIndex] ?? false))
+            }
+            for name in dirty where grownBuckets.contains(name) {
+                try installBucket(name)
+            }
+        } catch {
+            // Back to the old last_reserved_ip files (renames over existing names need no room).
+            for (setIndex, hadFile) in renamedLast.reversed() {
+                if hadFile {
+                    _ = try? lastTemps.rename(
+                        Self.lastBackup(setIndex), to: Self.lastReservedName(setIndex), in: leases)
+                } else {
+                    try? leases.removeFile(Self.lastReservedName(setIndex))
+                }
+            }
+            pendingLastReserved = [:]
+            abandon()
+            throw error
+        }
+        taken = []
+        pendingLastReserved = [:]
+        grownBuckets = []
+        removeTemps()
+        stampIfComplete()
+    }
+
+    /// After a failure: releases the leases this operation took (the lock is still held, so
+    /// they are still ours), forgets the last reserved addresses, writes the index if it can.
+    private func abandon() {
+        for (address, owner) in taken.reversed() {
+            _ = try? release(address, of: owner)
+        }
+        taken = []
+        pendingLastReserved = [:]
+        grownBuckets = []
+        removeTemps()
+        writeIndex()
+        removeTemps()
+    }
+
+    /// Links the plain file `name` (if there is one) to the temp name `backup`; whether it did.
+    /// A link that races with a rename over `name` (only another process whose lock file was
+    /// removed under it renames here at the same time) can fail as if `name` were missing: tried again.
+    private func backUp(_ name: String, to backup: String) throws(CNIError) -> Bool {
+        for _ in 0..<10 {
+            guard try leases.kind(name) == S_IFREG else { return false }
+            temps.append((lastTemps, backup))
+            switch try leases.link(name, to: backup, in: lastTemps) {
+            case .linked: return true
+            case .missing: continue
+            case .exists, .crossDevice:
+                throw Files.failure("link \(leases.pathOf(name)) to", lastTemps.pathOf(backup), EEXIST)
+            }
+        }
+        throw Files.failure("link \(leases.pathOf(name)) to", lastTemps.pathOf(backup), ENOENT)
+    }
+
+    private func createTemp(_ directory: StateDirectory, _ name: String, _ bytes: [UInt8]) throws(CNIError) {
+        temps.append((directory, name))
+        try directory.createFresh(name, bytes, mode: 0o600, sync: false)
+    }
+
+    private func removeTemps() {
+        if preparedOwner != nil {
+            try? index.removeFile(Self.leaseTemp)
+            preparedOwner = nil
+        }
+        for (directory, name) in temps {
+            try? directory.removeFile(name)
+        }
+        temps = []
+    }
+
+    /// Writes every changed bucket it can; one that cannot be written leaves the index stale
+    /// and unstamped (the lease files, already changed, stay the truth). Then the stamps.
+    private func writeIndex() {
+        let dirty = changedBuckets()
+        guard dirty.isEmpty || lockIsOurs() else {
+            indexWritten = false
+            return
+        }
+        for name in dirty {
+            do throws(CNIError) {
+                try prepareBucket(name)
+                try installBucket(name)
+            } catch {
+                indexWritten = false
+                break
+            }
+        }
+        stampIfComplete()
+    }
+
+    private func changedBuckets() -> [String] {
+        buckets.keys.filter { buckets[$0] != storedBuckets[$0] }.sorted()
+    }
+
+    private func prepareBucket(_ name: String) throws(CNIError) {
+        guard let contents = buckets[name], !contents.isEmpty else { return }
+        try createTemp(index, Self.bucketTemp(name), IndexBucket.content(contents))
+    }
+
+    private func installBucket(_ name: String) throws(CNIError) {
+        if let contents = buckets[name], !contents.isEmpty {
+            guard try index.rename(Self.bucketTemp(name), to: name, in: index) else {
+                throw Files.failure("rename", index.pathOf(name), EXDEV)
+            }
+        } else {
+            try index.removeFile(name)
+        }
+        changed = true
+        storedBuckets[name] = buckets[name]
+    }
+
+    private func stampIfComplete() {
+        guard changed, indexWritten, lockIsOurs() else { return }
+        // A stamp that fails leaves the two directories apart: the next operation rebuilds.
+        try? stamp()
+        changed = false
     }
 
     // MARK: - Index
@@ -255,8 +543,9 @@ public final class LeaseStore {
     private func bucket(_ name: String) throws(CNIError) -> [LeaseOwner: Set<IPAddress>] {
         if let cached = buckets[name] { return cached }
         // A missing bucket is empty: if that is wrong, the stamps say so.
-        guard let bytes = try Files.read(indexDirectory + "/" + name) else {
+        guard let bytes = try index.read(name) else {
             buckets[name] = [:]
+            storedBuckets[name] = [:]
             return [:]
         }
         guard let parsed = IndexBucket.parse(bytes) else {
@@ -266,6 +555,7 @@ public final class LeaseStore {
             return buckets[name] ?? [:]
         }
         buckets[name] = parsed
+        storedBuckets[name] = parsed
         return parsed
     }
 
@@ -277,37 +567,11 @@ public final class LeaseStore {
         let name = IndexBucket.name(for: owner)
         var contents = try bucket(name)
         var addresses = contents[owner] ?? []
+        let before = addresses
         change(&addresses)
+        if !addresses.isSubset(of: before) { grownBuckets.insert(name) }
         contents[owner] = addresses.isEmpty ? nil : addresses
         buckets[name] = contents
-        dirtyBuckets.insert(name)
-    }
-
-    /// Writes the index buckets changed so far and restamps both directories.
-    func flush() throws(CNIError) {
-        if preparedOwner != nil {
-            try Files.remove(leaseTemp)
-            preparedOwner = nil
-        }
-        for name in dirtyBuckets {
-            try writeBucket(name, buckets[name] ?? [:])
-            changed = true
-        }
-        dirtyBuckets = []
-        if changed {
-            try stamp()
-            changed = false
-        }
-    }
-
-    private func writeBucket(_ name: String, _ contents: [LeaseOwner: Set<IPAddress>]) throws(CNIError) {
-        let path = indexDirectory + "/" + name
-        if contents.isEmpty {
-            try Files.remove(path)
-        } else {
-            try Files.createFresh(bucketTemp, IndexBucket.content(contents), mode: 0o600, sync: false)
-            guard try Files.rename(bucketTemp, path) else { throw Files.failure("rename", path, EXDEV) }
-        }
     }
 
     /// Sets both directories' times to one value of ours: index first, the lease directory last.
@@ -315,13 +579,13 @@ public final class LeaseStore {
         var time = Files.now()
         time.tv_sec -= 1
         time.tv_nsec = Self.stampNanoseconds
-        try Files.setTimes(indexDirectory, time)
-        try Files.setTimes(directory, time)
+        try index.setTimes(time)
+        try leases.setTimes(time)
     }
 
     private func synchronizeIndex() throws(CNIError) {
-        let leaseTime = try Files.modificationTime(directory)
-        let indexTime = try Files.modificationTime(indexDirectory)
+        let leaseTime = try leases.modificationTime()
+        let indexTime = try index.modificationTime()
         if leaseTime.tv_sec == indexTime.tv_sec && leaseTime.tv_nsec == indexTime.tv_nsec
             && leaseTime.tv_nsec == Self.stampNanoseconds
         {
@@ -330,28 +594,47 @@ public final class LeaseStore {
         try rebuildIndex()
     }
 
-    /// One scan of the lease directory; the index is rewritten to match it exactly.
-    func rebuildIndex() throws(CNIError) {
-        var rebuilt: [String: [LeaseOwner: Set<IPAddress>]] = [:]
-        for name in try Files.list(directory) {
-            // Only lease files: skips lock, last_reserved_ip.* and anything else.
-            guard let address = IPAddress(name), address.description == name,
-                let content = try Files.read(directory + "/" + name)
+    /// The lease files by bucket and owner, from one listing taken under the lock. Only plain
+    /// files named by an address's canonical text are leases (not lock, last_reserved_ip.*, a
+    /// link or a directory).
+    private func scan() throws(CNIError) -> [String: [LeaseOwner: Set<IPAddress>]] {
+        var scanned: [String: [LeaseOwner: Set<IPAddress>]] = [:]
+        for name in try leases.list() {
+            guard let address = IPAddress(name), address.description == name, let content = try leases.read(name)
             else { continue }
             let owner = LeaseOwner(fileContent: content)
-            rebuilt[IndexBucket.name(for: owner), default: [:]][owner, default: []].insert(address)
+            scanned[IndexBucket.name(for: owner), default: [:]][owner, default: []].insert(address)
         }
-        for (name, contents) in rebuilt {
-            try writeBucket(name, contents)
+        return scanned
+    }
+
+    /// One scan of the lease directory; the index becomes exactly what it says, in memory at
+    /// once and on disk if it can be written.
+    func rebuildIndex() throws(CNIError) {
+        try rebuildIndex(from: scan())
+    }
+
+    private func rebuildIndex(from scanned: [String: [LeaseOwner: Set<IPAddress>]]) throws(CNIError) {
+        buckets = scanned
+        grownBuckets = []
+        indexWritten = true
+        changed = true
+        let present = Set(try index.list())
+        // Every bucket is rewritten: what is on disk is not trusted, whatever it says.
+        storedBuckets = [:]
+        for name in present where IndexBucket.isBucketName(name) && buckets[name] == nil {
+            buckets[name] = [:]
         }
-        // Everything else goes: emptied buckets, temp files a killed process left.
-        for name in try Files.list(indexDirectory) where rebuilt[name] == nil {
-            try Files.remove(indexDirectory + "/" + name)
+        // Temp files a killed process left (ours only by name; links and directories stay),
+        // before the stamps: removing one changes the directory's time.
+        if lockIsOurs() {
+            let inUse = Set(temps.map(\.1) + (preparedOwner == nil ? [] : [Self.leaseTemp]))
+            for name in present where name.hasPrefix("~") && !inUse.contains(name) && Self.isLeftover(name) {
+                try? index.removeFile(name)
+            }
         }
-        buckets = rebuilt
-        dirtyBuckets = []
-        try stamp()
-        changed = false
+        // Removes stale buckets too, only while the lock is ours (`writeIndex`).
+        writeIndex()
     }
 }
 
@@ -386,6 +669,27 @@ enum IndexBucket {
             lines.append(([id, ifname] + addresses.sorted().map(\.description)).joined(separator: " "))
         }
         return Array((lines.joined(separator: "\n") + "\n").utf8)
+    }
+
+    /// The address fields of a bucket's text, as written; nil when it is not a bucket.
+    static func addressTexts(_ bytes: [UInt8]) -> [String]? {
+        var texts: [String] = []
+        var lineStart = 0
+        var first = true
+        while lineStart < bytes.count {
+            let lineEnd = bytes[lineStart...].firstIndex(of: 0x0A) ?? bytes.count
+            let line = bytes[lineStart..<lineEnd]
+            if first {
+                guard line.elementsEqual(header.utf8) else { return nil }
+                first = false
+            } else {
+                for (field, text) in line.split(separator: 0x20).enumerated() where field >= 2 {
+                    texts.append(String(decoding: text, as: UTF8.self))
+                }
+            }
+            lineStart = lineEnd + 1
+        }
+        return first ? nil : texts
     }
 
     static func parse(_ bytes: [UInt8]) -> [LeaseOwner: Set<IPAddress>]? {

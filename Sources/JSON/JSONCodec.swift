@@ -3,8 +3,19 @@ public enum JSONCodec {
     /// Parses `bytes` and decodes `type` from them. A text that is not JSON is a
     /// `DecodingError.dataCorrupted` with an empty coding path whose underlying error is the
     /// `JSONSyntaxError` (what Foundation's JSONDecoder threw, now with the position).
+    /// Only the values `type` reads are built (see `JSONDocument`).
     public static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8]) throws -> T {
-        try parse(bytes).decode(type)
+        try document(bytes).decode(type)
+    }
+
+    /// The checked text, its values built on demand; syntax errors as in `decode`.
+    public static func document(_ bytes: [UInt8]) throws -> JSONDocument {
+        do {
+            return try JSONDocument(validating: bytes)
+        } catch {
+            throw DecodingError.dataCorrupted(
+                .init(codingPath: [], debugDescription: "The given data was not valid JSON.", underlyingError: error))
+        }
     }
 
     /// The parsed value; syntax errors as in `decode`.

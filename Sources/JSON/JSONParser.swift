@@ -54,22 +54,103 @@ struct JSONParser {
     private let bytes: UnsafeBufferPointer<UInt8>
     private var index = 0
     private var depth = 0
+    /// False while only checking: nothing is built (no arrays, objects or string contents).
+    private var building = true
     /// Only for `duplicateKeys(in:)`: the keys from the root to the value being parsed.
     var recordsDuplicates = false
     private var keyPath: [String] = []
     private(set) var duplicateKeys: [[String]] = []
 
-    init(_ bytes: UnsafeBufferPointer<UInt8>) {
+    init(_ bytes: UnsafeBufferPointer<UInt8>, at index: Int = 0) {
         self.bytes = bytes
+        self.index = index
     }
 
     mutating func document() throws(JSONSyntaxError) -> JSONValue {
-        if bytes.count >= 3, bytes[0] == 0xEF, bytes[1] == 0xBB, bytes[2] == 0xBF { index = 3 }
+        skipByteOrderMark()
         skipWhitespace()
         let value = try parseValue()
         skipWhitespace()
         guard index == bytes.count else { throw failure("unexpected \(found) after the JSON value") }
         return value
+    }
+
+    /// Checks the whole text as `document` does, with the same errors, building nothing: its
+    /// memory does not depend on the input. Returns where the value starts and ends.
+    mutating func validate() throws(JSONSyntaxError) -> Range<Int> {
+        building = false
+        skipByteOrderMark()
+        skipWhitespace()
+        let start = index
+        _ = try parseValue()
+        let end = index
+        skipWhitespace()
+        guard index == bytes.count else { throw failure("unexpected \(found) after the JSON value") }
+        return start..<end
+    }
+
+    private mutating func skipByteOrderMark() {
+        if bytes.count >= 3, bytes[0] == 0xEF, bytes[1] == 0xBB, bytes[2] == 0xBF { index = 3 }
+    }
+
+    // MARK: - Reading validated text in parts (JSONDocument)
+
+    /// The byte at the current position (after whitespace), of a validated text.
+    mutating func firstByte() -> UInt8 {
+        skipWhitespace()
+        return bytes[index]
+    }
+
+    /// The value at the current position, built.
+    mutating func value() throws(JSONSyntaxError) -> JSONValue {
+        skipWhitespace()
+        return try parseValue()
+    }
+
+    /// The members of the object at the current position: each key with where its value
+    /// lies (a later duplicate key wins, as in `parseObject`).
+    mutating func memberRanges() throws(JSONSyntaxError) -> [String: Range<Int>] {
+        skipWhitespace()
+        index += 1
+        var members: [String: Range<Int>] = [:]
+        while true {
+            skipWhitespace()
+            if peek(UInt8(ascii: "}")) { return members }
+            if peek(UInt8(ascii: ",")) {
+                index += 1
+                continue
+            }
+            let key = try parseString()
+            skipWhitespace()
+            index += 1  // ':'
+            members[key] = try skipValue()
+        }
+    }
+
+    /// Where each element of the array at the current position lies.
+    mutating func elementRanges() throws(JSONSyntaxError) -> [Range<Int>] {
+        skipWhitespace()
+        index += 1
+        var elements: [Range<Int>] = []
+        while true {
+            skipWhitespace()
+            if peek(UInt8(ascii: "]")) { return elements }
+            if peek(UInt8(ascii: ",")) {
+                index += 1
+                continue
+            }
+            elements.append(try skipValue())
+        }
+    }
+
+    private mutating func skipValue() throws(JSONSyntaxError) -> Range<Int> {
+        skipWhitespace()
+        let start = index
+        let wasBuilding = building
+        building = false
+        defer { building = wasBuilding }
+        _ = try parseValue()
+        return start..<index
     }
 
     // MARK: - Values
@@ -109,6 +190,7 @@ struct JSONParser {
         try enter()
         index += 1
         var members: [String: JSONValue] = [:]
+        var count = 0
         skipWhitespace()
         if peek(UInt8(ascii: "}")) {
             index += 1
@@ -117,7 +199,7 @@ struct JSONParser {
         }
         while true {
             guard peek(UInt8(ascii: "\"")) else {
-                if !members.isEmpty && peek(UInt8(ascii: "}")) { throw failure("trailing comma before '}'") }
+                if count > 0 && peek(UInt8(ascii: "}")) { throw failure("trailing comma before '}'") }
                 throw failure("unexpected \(found), expected a string key")
             }
             let key = try parseString()
@@ -128,11 +210,11 @@ struct JSONParser {
             if recordsDuplicates {
                 if members[key] != nil { duplicateKeys.append(keyPath + [key]) }
                 keyPath.append(key)
-                members[key] = try parseValue()
-                keyPath.removeLast()
-            } else {
-                members[key] = try parseValue()
             }
+            let value = try parseValue()
+            if recordsDuplicates { keyPath.removeLast() }
+            if building { members[key] = value }
+            count += 1
             skipWhitespace()
             if peek(UInt8(ascii: ",")) {
                 index += 1
@@ -151,6 +233,7 @@ struct JSONParser {
         try enter()
         index += 1
         var elements: [JSONValue] = []
+        var count = 0
         skipWhitespace()
         if peek(UInt8(ascii: "]")) {
             index += 1
@@ -158,8 +241,10 @@ struct JSONParser {
             return .array(elements)
         }
         while true {
-            if !elements.isEmpty && peek(UInt8(ascii: "]")) { throw failure("trailing comma before ']'") }
-            elements.append(try parseValue())
+            if count > 0 && peek(UInt8(ascii: "]")) { throw failure("trailing comma before ']'") }
+            let element = try parseValue()
+            if building { elements.append(element) }
+            count += 1
             skipWhitespace()
             if peek(UInt8(ascii: ",")) {
                 index += 1
@@ -192,13 +277,15 @@ struct JSONParser {
                 try checkUTF8(runStart, index, ascii: ascii)
                 let run = UnsafeBufferPointer(rebasing: bytes[runStart..<index])
                 index += 1
+                if !building { return "" }
                 if decoded.isEmpty { return String(decoding: run, as: UTF8.self) }
                 decoded.append(contentsOf: run)
                 return String(decoding: decoded, as: UTF8.self)
             } else if byte == UInt8(ascii: "\\") {
                 try checkUTF8(runStart, index, ascii: ascii)
-                decoded.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[runStart..<index]))
+                if building { decoded.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[runStart..<index])) }
                 try parseEscape(into: &decoded)
+                if !building { decoded.removeAll(keepingCapacity: true) }
                 runStart = index
                 ascii = true
             } else if byte < 0x20 {

@@ -8,7 +8,7 @@ import Netlink
 /// gateway (`gw/32 dev eth0 scope link`, `subnet via gw`); the host end holds the gateway as /32
 /// (/128) and routes the container's address to it (`ip/32 dev vethX scope host`).
 public enum PTPPlugin {
-    /// The plugin on this host (libnl, the Masquerade module, the IPAM plugin in CNI_PATH).
+    /// The plugin on this host (libnl, the PacketFilter module, the IPAM plugin in CNI_PATH).
     public static let handlers = handlers(host: { KernelHostNetwork() }, ipam: { DelegatedIPAM() })
 
     /// The plugin on any host: the seams are made once per command, when it runs.

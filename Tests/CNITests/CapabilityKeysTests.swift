@@ -70,6 +70,6 @@ import Testing
     @Test func theEntryPointFoldsForPlugins() throws {
         // Plugin.decodeConfig hands the folded document to request.decode.
         let (_, document) = try Plugin.decodeConfig(Array(#"{"name":"n","runtimeConfig":{"Mac":"m"}}"#.utf8))
-        #expect(document["runtimeConfig"]?["mac"]?.stringValue == "m")
+        #expect(document.member("runtimeConfig")?["mac"]?.stringValue == "m")
     }
 }

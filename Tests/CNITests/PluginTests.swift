@@ -133,6 +133,20 @@ import Testing
         #expect(json?["cniVersion"] != nil)
     }
 
+    @Test func inputPastTheLimitIsCode6AndAtTheLimitIsDecoded() throws {
+        func config(padding: Int) -> String {
+            let head = #"{"cniVersion":"1.0.0","name":"n","type":"t","junk":""#
+            let tail = #""}"#
+            return head + String(repeating: "1", count: padding - head.utf8.count - tail.utf8.count) + tail
+        }
+        let (atLimit, atLimitStatus) = try run(config(padding: JSONDocument.maximumSize), ["CNI_COMMAND": "CHECK"])
+        #expect(atLimitStatus == 0, "\(String(describing: atLimit))")
+        let (past, pastStatus) = try run(config(padding: JSONDocument.maximumSize + 1))
+        #expect(pastStatus == 1)
+        #expect(past?["code"] == .number(6))
+        #expect(past?["details"]?.stringValue?.contains("16777216 bytes (16 MiB)") == true)
+    }
+
     @Test func hostileInputDoesNotCrash() throws {
         let deep = String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)
         let (deepJSON, deepStatus) = try run(deep)

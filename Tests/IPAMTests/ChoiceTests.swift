@@ -150,8 +150,8 @@ import Testing
         let second = run(HostLocal.handlers, "ADD", tiny, containerID: "b", args: "IPFAMILY=ipv4,ipv6")
         #expect(second.code == 102)
         #expect(directory.list("tiny").filter { $0.hasPrefix("10.") } == ["10.22.0.2"])
-        // IPv4 alone still works (round robin goes on after .3, which the failed ADD had reserved).
-        #expect(run(HostLocal.handlers, "ADD", tiny, containerID: "b", args: "IPFAMILY=ipv4").ips == ["10.22.0.4/24"])
+        // IPv4 alone still works, and takes .3: a failed ADD leaves last_reserved_ip as it was (#18).
+        #expect(run(HostLocal.handlers, "ADD", tiny, containerID: "b", args: "IPFAMILY=ipv4").ips == ["10.22.0.3/24"])
     }
 }
 

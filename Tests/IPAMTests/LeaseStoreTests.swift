@@ -1,7 +1,8 @@
 import CNI
-import IPAM
 import NetAddress
 import Testing
+
+@testable import IPAM
 
 #if canImport(Glibc)
     import Glibc
@@ -165,6 +166,16 @@ import Testing
         }
         #expect(leases.enumerated().allSatisfy { $1 == [IPAddress(v4: 0x0a01_0000 + UInt32($0) + 2)] })
         #expect(Set(listed) == Set(owners))
+    }
+
+    @Test func bucketAddressTextsAreTheLeaseNames() {
+        let owners: [LeaseOwner: Set<IPAddress>] = [
+            owner: [ip("10.1.2.2"), ip("2001:db8::5")], LeaseOwner(containerID: "a b%", ifname: ""): [ip("10.1.2.3")],
+        ]
+        let texts = IndexBucket.addressTexts(IndexBucket.content(owners))
+        #expect(texts.map(Set.init) == ["10.1.2.2", "2001:db8::5", "10.1.2.3"])
+        #expect(IndexBucket.addressTexts(Array("swift-cni-index 1\nx y 10.1.2.2\n".utf8)) == nil)
+        #expect(IndexBucket.addressTexts([]) == nil)
     }
 
     @Test func oddLeaseContentStillIndexes() throws {

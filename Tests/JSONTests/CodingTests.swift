@@ -1,8 +1,19 @@
 import JSON
 import Testing
 
+/// Decoded from the document (values built on demand), and checked against decoding the
+/// fully built value: the same success or the same error.
 private func decode<T: Decodable>(_ type: T.Type, _ text: String) throws -> T {
-    try JSONCodec.decode(type, from: Array(text.utf8))
+    let bytes = Array(text.utf8)
+    let built = Result { try JSONCodec.parse(bytes).decode(type) }
+    let lazy = Result { try JSONCodec.decode(type, from: bytes) }
+    switch (built, lazy) {
+    case (.failure(let builtError), .failure(let lazyError)):
+        #expect("\(builtError)" == "\(lazyError)", "the same error either way")
+    case (.success, .success): break
+    default: Issue.record("decoded one way only: \(built) / \(lazy)")
+    }
+    return try lazy.get()
 }
 
 /// The thrown error's coding path as `describe(decodingError:)` prints it, and its kind.
@@ -122,6 +133,37 @@ struct Config: Codable, Equatable {
         #expect(syntax?.kind == "dataCorrupted")
         #expect(syntax?.path == "")
         #expect(syntax?.message == "The given data was not valid JSON.")
+    }
+
+    @Test func keysNotReadAreNeverBuilt() throws {
+        // Megabytes in ignored keys, nested or not, and a duplicate key whose last value wins.
+        let numbers = "[" + Array(repeating: "1", count: 500_000).joined(separator: ",") + "]"
+        let text =
+            #"{"name":"first","junk":\#(numbers),"ranges":[[{"subnet":"a","noise":{"deep":\#(numbers)}}]],"#
+            + #""name":"n","extra":[true,null]}"#
+        let config = try decode(Config.self, text)
+        #expect(config.name == "n")
+        #expect(config.ranges == [[.init(subnet: "a")]])
+        #expect(config.extra == .array([.bool(true), .null]))
+        let document = try JSONCodec.document(Array(text.utf8))
+        #expect(document.value["junk"]?.arrayValue?.count == 500_000)
+    }
+
+    @Test func aDocumentWithAReplacedMemberDecodesIt() throws {
+        let document = try JSONCodec.document(Array(#"{"name":"old","mtu":1,"extra":{"a":1}}"#.utf8))
+        #expect(document.member("extra") == .object(["a": 1]))
+        #expect(document.member("missing") == nil)
+        let replaced = document.replacing("name", with: .string("new")).replacing("labels", with: .object(["b": 2]))
+        let config = try replaced.decode(Config.self)
+        #expect(config == Config(name: "new", mtu: 1, labels: ["b": 2], extra: .object(["a": 1])))
+        #expect(
+            replaced.value
+                == .object(["name": .string("new"), "mtu": 1, "extra": .object(["a": 1]), "labels": .object(["b": 2])]))
+        #expect(try replaced.decode(JSONValue.self) == replaced.value)
+        // A replaced member of the wrong type fails as a built one would, at its key.
+        let wrong = document.replacing("mtu", with: .string("x"))
+        #expect(failure { _ = try wrong.decode(Config.self) }?.path == ".mtu")
+        #expect(try JSONCodec.document(Array("[1]".utf8)).member("name") == nil)
     }
 
     @Test func unkeyedContainers() throws {

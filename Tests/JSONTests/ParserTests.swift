@@ -1,13 +1,27 @@
 import JSON
 import Testing
 
-private func parse(_ text: String) throws(JSONSyntaxError) -> JSONValue { try JSONValue(parsing: Array(text.utf8)) }
+/// Parsed, and checked to be what the validating pass (JSONDocument) accepts and builds.
+private func parse(_ text: String) throws(JSONSyntaxError) -> JSONValue {
+    let value = try JSONValue(parsing: Array(text.utf8))
+    #expect((try? JSONDocument(validating: Array(text.utf8)))?.value == value)
+    return value
+}
 
+/// The parser's error, checked to be the validating pass's too (same problem, same place).
 private func syntaxError(_ bytes: [UInt8]) -> JSONSyntaxError? {
+    var validated: JSONSyntaxError?
+    do {
+        _ = try JSONDocument(validating: bytes)
+    } catch {
+        validated = error
+    }
     do {
         _ = try JSONValue(parsing: bytes)
+        #expect(validated == nil)
         return nil
     } catch {
+        #expect(validated == error, "the validating pass reports what the parser does")
         return error
     }
 }

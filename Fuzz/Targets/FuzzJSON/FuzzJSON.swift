@@ -36,6 +36,15 @@ func sameUpToPrecision(_ left: JSONValue, _ right: JSONValue) -> Bool {
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
+    // The validating pass (JSONDocument, what plugins read stdin with) must accept exactly what
+    // the parser accepts, with the same error, and build the same value.
+    var validated: JSONDocument?
+    var validationError: JSONSyntaxError?
+    do {
+        validated = try JSONDocument(validating: bytes)
+    } catch {
+        validationError = error
+    }
     let value: JSONValue
     do {
         value = try JSONValue(parsing: bytes)
@@ -43,8 +52,14 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         guard error.offset >= 0, error.offset <= bytes.count, error.line >= 1, error.column >= 1,
             error.column <= error.offset + 1
         else { fail("error position \(error)", bytes) }
+        guard validationError == error else {
+            fail("validation disagrees: \(String(describing: validationError))", bytes)
+        }
         return 0
     }
+    guard let validated, validated.value == value else { fail("validation rejected or built otherwise", bytes) }
+    let lazyShape = try? validated.decode(Shape.self)
+    guard lazyShape == (try? value.decode(Shape.self)) else { fail("lazy decoding differs", bytes) }
     let written = value.encoded()
     guard let again = try? JSONValue(parsing: written), sameUpToPrecision(again, value) else {
         fail("written JSON differs", written)
