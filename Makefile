@@ -13,7 +13,7 @@ PYTHON ?= /usr/bin/python3
 DEB_PACKAGES := pkg-config libnl-3-dev libnl-route-3-dev iproute2 nftables iptables containernetworking-plugins \
 	python3 python3-pytest procps util-linux \
 	podman runc conmon containerd golang-go golang-github-appc-cni-dev busybox-static python3-yaml curl iputils-ping \
-	gcc libc6-dev
+	gcc libc6-dev time
 # Release binaries are fully static executables (Swift runtime, libnl, libstdc++ and glibc
 # linked in): no dynamic loader work at each start (a third of a plugin's start-up CPU when
 # linked dynamically), and they run on a node without libnl, like the reference's Go binaries.
@@ -22,6 +22,10 @@ DEB_PACKAGES := pkg-config libnl-3-dev libnl-route-3-dev iproute2 nftables iptab
 RELEASE_FLAGS := -c release --static-swift-stdlib -Xswiftc -static-executable -Xlinker -s
 # The plugins are one multi-call executable (cni-plugins, which runs as the name it is started
 # under): bin/ holds it as hard links under the five names, `make install` as five copies.
+# cnictl, the operator's tool, is its own executable (it links swift-argument-parser, which the
+# plugins must not): bin/cnictl, and `make install` puts it beside the plugins in CNI_BIN_DIR
+# (as the reference ships its dhcp daemon there) with a link in SBIN_DIR.
+SBIN_DIR ?= /usr/local/sbin
 # Seconds per libFuzzer target for `make fuzz`.
 FUZZ_SECONDS ?= 60
 
@@ -43,7 +47,8 @@ build:
 	@mkdir -p bin
 	@bindir=$$($(SWIFT) build $(RELEASE_FLAGS) --show-bin-path); \
 	rm -f $(addprefix bin/,$(PLUGINS)); install -m 0755 "$$bindir/cni-plugins" bin/bridge; \
-	for p in $(filter-out bridge,$(PLUGINS)); do ln bin/bridge bin/$$p; done; ls -li bin
+	for p in $(filter-out bridge,$(PLUGINS)); do ln bin/bridge bin/$$p; done; \
+	rm -f bin/cnictl; install -m 0755 "$$bindir/cnictl" bin/cnictl; ls -li bin
 
 demo: deps build
 	bash scripts/demo.sh
@@ -71,6 +76,9 @@ bench: deps build
 install: build
 	install -d $(DESTDIR)$(CNI_BIN_DIR)
 	for p in $(PLUGINS); do [ -x bin/$$p ] && install -m 0755 bin/$$p $(DESTDIR)$(CNI_BIN_DIR)/$$p; done
+	install -m 0755 bin/cnictl $(DESTDIR)$(CNI_BIN_DIR)/cnictl
+	install -d $(DESTDIR)$(SBIN_DIR)
+	ln -sfn $(CNI_BIN_DIR)/cnictl $(DESTDIR)$(SBIN_DIR)/cnictl
 
 clean:
 	rm -rf .build bin

@@ -7,7 +7,13 @@ let package = Package(
     name: "swift-cni",
     products: [
         // One executable, installed under each plugin's name (see Sources/cni-plugins/main.swift).
-        .executable(name: "cni-plugins", targets: ["cni-plugins"])
+        .executable(name: "cni-plugins", targets: ["cni-plugins"]),
+        // The operator's tool (not exec'd per container): attachments, leases, leaks, GC.
+        .executable(name: "cnictl", targets: ["cnictl"]),
+    ],
+    dependencies: [
+        // Only cnictl links it; the plugins stay free of it (and of Foundation).
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2")
     ],
     targets: [
         // C: Glibc declarations Swift's Glibc module lacks (setns, pipe2, CLONE_NEWNET, O_TMPFILE).
@@ -44,9 +50,11 @@ let package = Package(
 
         // Each plugin's logic: a library, so tests can drive it; a thin composition of the above.
         .target(
-            name: "BridgePlugin", dependencies: ["CNI", "JSON", "NetAddress", "Netlink", "PacketFilter", "HostNetwork"]),
+            name: "BridgePlugin",
+            dependencies: ["CNI", "JSON", "NetAddress", "Netlink", "PacketFilter", "HostNetwork", "IPAM"]),
         .target(
-            name: "PTPPlugin", dependencies: ["CNI", "JSON", "NetAddress", "Netlink", "PacketFilter", "HostNetwork"]),
+            name: "PTPPlugin",
+            dependencies: ["CNI", "JSON", "NetAddress", "Netlink", "PacketFilter", "HostNetwork", "IPAM"]),
         .target(
             name: "BandwidthPlugin", dependencies: ["CNI", "NetAddress", "Netlink", "PacketFilter", "HostNetwork"]),
         .target(name: "TuningPlugin", dependencies: ["CNI", "JSON", "NetAddress", "Netlink", "HostNetwork"]),
@@ -63,6 +71,13 @@ let package = Package(
                 "CNI", "BridgePlugin", "PTPPlugin", "HostLocalPlugin", "StaticPlugin", "LoopbackPlugin",
                 "PortmapPlugin", "TuningPlugin", "BandwidthPlugin",
             ]),
+
+        // cnictl's logic: network discovery as libcni does it, the on-disk and kernel state of
+        // each attachment, the consistency check, release and GC (no argument parsing here).
+        .target(name: "CNICtl", dependencies: ["CNI", "IPAM", "JSON", "NetAddress", "Netlink", "Exec"]),
+        .executableTarget(
+            name: "cnictl",
+            dependencies: ["CNICtl", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),
@@ -81,5 +96,6 @@ let package = Package(
             name: "TuningTests", dependencies: ["TuningPlugin", "HostNetwork", "JSON", "CNI", "NetAddress", "Netlink"]),
         .testTarget(
             name: "PTPTests", dependencies: ["PTPPlugin", "HostNetwork", "JSON", "CNI", "NetAddress", "Netlink"]),
+        .testTarget(name: "CNICtlTests", dependencies: ["CNICtl", "IPAM", "JSON", "NetAddress"]),
     ]
 )

@@ -23,6 +23,8 @@
 #   IP_MASQ          SNAT pod traffic leaving the pod CIDR [true]
 #   HAIRPIN          hairpin mode, for a pod reaching itself through a Service [true]
 #   PORTMAP          chain portmap for hostPort: true, false, auto = when the plugin is installed [auto]
+#   HOST_SBIN_DIR    where to link cnictl from, mounted (e.g. /host/usr/local/sbin) [unset: no link]
+#   NODE_BIN_DIR     the node's own path of HOST_BIN_DIR, the link's target [/opt/cni/bin]
 #   SLEEP            after installing, sleep forever (the DaemonSet's container) [false]
 #   KUBE_API_URL     API server base URL [https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT]
 #   SERVICEACCOUNT_DIR  token and CA for the API [/var/run/secrets/kubernetes.io/serviceaccount]
@@ -39,6 +41,8 @@ IP_MASQ=${IP_MASQ:-true}
 HAIRPIN=${HAIRPIN:-true}
 PORTMAP=${PORTMAP:-auto}
 SLEEP=${SLEEP:-false}
+HOST_SBIN_DIR=${HOST_SBIN_DIR:-}
+NODE_BIN_DIR=${NODE_BIN_DIR:-/opt/cni/bin}
 SERVICEACCOUNT_DIR=${SERVICEACCOUNT_DIR:-/var/run/secrets/kubernetes.io/serviceaccount}
 POD_CIDR=${POD_CIDR:-}
 NODE_NAME=${NODE_NAME:-}
@@ -117,6 +121,22 @@ for plugin in $PLUGINS; do
         die "plugin $plugin missing from $SRC_BIN_DIR"
     fi
 done
+
+# cnictl, the operator's tool, beside the plugins (runtimes exec only plugin types), and a link to
+# it on the node's PATH when that directory is mounted.
+if [ -f "$SRC_BIN_DIR/cnictl" ]; then
+    install_file "$SRC_BIN_DIR/cnictl" "$HOST_BIN_DIR/cnictl" 0755
+    if [ -n "$HOST_SBIN_DIR" ]; then
+        mkdir -p "$HOST_SBIN_DIR"
+        if [ "$(readlink "$HOST_SBIN_DIR/cnictl" 2>/dev/null)" = "$NODE_BIN_DIR/cnictl" ]; then
+            log "unchanged $HOST_SBIN_DIR/cnictl"
+        else
+            ln -sfn "$NODE_BIN_DIR/cnictl" "$HOST_SBIN_DIR/.cnictl$TMP_SUFFIX.$$"
+            mv -f "$HOST_SBIN_DIR/.cnictl$TMP_SUFFIX.$$" "$HOST_SBIN_DIR/cnictl"
+            log "linked $HOST_SBIN_DIR/cnictl -> $NODE_BIN_DIR/cnictl"
+        fi
+    fi
+fi
 
 chain_portmap=false
 case "$PORTMAP" in

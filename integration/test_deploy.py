@@ -27,7 +27,7 @@ INSTALLED = OUR_PLUGINS + ("portmap", "ptp", "tuning", "bandwidth")
 
 def test_make_install_puts_the_plugins_under_destdir(tmp_path):
     built = REPO / "bin"
-    missing = [p for p in INSTALLED if not (built / p).is_file()]
+    missing = [p for p in INSTALLED + ("cnictl",) if not (built / p).is_file()]
     if missing:
         pytest.fail(f"bin/ lacks {missing}: run `make build` first")
     # -o build: install what bin/ holds, without a rebuild (make test has just built it).
@@ -39,11 +39,13 @@ def test_make_install_puts_the_plugins_under_destdir(tmp_path):
         proc = subprocess.run(argv, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         target = destdir / expected
-        assert sorted(p.name for p in target.iterdir()) == sorted(INSTALLED)
-        for plugin in INSTALLED:
+        # cnictl goes beside the plugins, with a link on the admin's PATH.
+        assert sorted(p.name for p in target.iterdir()) == sorted(INSTALLED + ("cnictl",))
+        for plugin in INSTALLED + ("cnictl",):
             installed = target / plugin
             assert installed.read_bytes() == (built / plugin).read_bytes()
             assert installed.stat().st_mode & 0o777 == 0o755
+        assert os.readlink(destdir / "usr/local/sbin/cnictl") == "/" + expected + "/cnictl"
 
 
 # ---- the DaemonSet manifest ----
@@ -236,3 +238,21 @@ def test_installer_reads_the_pod_cidrs_from_the_node_object(node, tmp_path):
     assert seen == {"path": "/api/v1/nodes/node-7", "auth": "Bearer test-token"}
     assert conflist(node)["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.244.7.0/24"}],
                                                               [{"subnet": "fd00:10:244:7::/64"}]]
+
+
+def test_installer_puts_cnictl_beside_the_plugins_and_links_it(node, tmp_path):
+    (node["source"] / "cnictl").write_text("#!/bin/sh\necho cnictl v1\n")
+    sbin = tmp_path / "host/usr/local/sbin"
+    out = install(node, POD_CIDR="10.244.3.0/24", HOST_SBIN_DIR=sbin, NODE_BIN_DIR="/opt/cni/bin").stdout
+    assert (node["bin"] / "cnictl").read_text() == "#!/bin/sh\necho cnictl v1\n"
+    assert os.access(node["bin"] / "cnictl", os.X_OK)
+    assert os.readlink(sbin / "cnictl") == "/opt/cni/bin/cnictl"
+    assert f"linked {sbin}/cnictl" in out
+    again = install(node, POD_CIDR="10.244.3.0/24", HOST_SBIN_DIR=sbin).stdout
+    assert f"unchanged {node['bin']}/cnictl" in again and f"unchanged {sbin}/cnictl" in again
+    assert not [p for p in os.listdir(sbin) if p.startswith(".")], "no temp link left"
+    # Without HOST_SBIN_DIR (the DaemonSet mounts only the two CNI dirs) there is no link.
+    other = tmp_path / "other"
+    plain = dict(node, bin=other / "bin", conf=other / "conf")
+    install(plain, POD_CIDR="10.244.3.0/24")
+    assert (other / "bin" / "cnictl").exists()

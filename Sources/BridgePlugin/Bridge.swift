@@ -1,5 +1,6 @@
 import CNI
 import HostNetwork
+import IPAM
 import NetAddress
 import Netlink
 
@@ -21,7 +22,9 @@ public enum BridgePlugin {
     static func add(_ request: PluginRequest, host: any HostNetwork) throws(CNIError) -> CNIResult {
         let config = try BridgeConfig.load(request)
         try refuseBeforeSideEffects(config, request)
-        return try BridgeAdd(request: request, config: config, host: host).run()
+        let result = try BridgeAdd(request: request, config: config, host: host).run()
+        AttachmentRecording.added(request, network: config.network, result: result)
+        return result
     }
 
     /// What ADD can refuse before creating anything (issue #7: a failed ADD changes nothing on
@@ -107,6 +110,7 @@ public enum BridgePlugin {
 
         var failures = Failures()
         for failure in [linkFailure, ipamFailure].compactMap({ $0 }) + ruleFailures.errors { failures.add(failure) }
+        if failures.isEmpty { AttachmentRecording.deleted(request, network: config.network) }
         try failures.throwIfAny()
     }
 
@@ -164,6 +168,7 @@ public enum BridgePlugin {
         let config = BridgeConfig.Teardown(request)
         let valid = try request.validAttachments()
         var failures = Failures()
+        AttachmentRecording.collected(request, network: config.network, valid: valid)
         if let ipamType = config.ipamType {
             failures.run { () throws(CNIError) in try Delegate.gc(ipamType, request) }
         }

@@ -1,5 +1,6 @@
 import CNI
 import HostNetwork
+import IPAM
 import NetAddress
 import Netlink
 
@@ -18,7 +19,9 @@ public enum PTPPlugin {
         PluginHandlers(
             add: { request throws(CNIError) in
                 let config = try PTPConfig.load(request)
-                return try PTPAdd(request: request, config: config, host: host(), ipam: ipam()).run()
+                let result = try PTPAdd(request: request, config: config, host: host(), ipam: ipam()).run()
+                AttachmentRecording.added(request, network: config.network, result: result)
+                return result
             },
             del: { request throws(CNIError) in try del(request, host: host(), ipam: ipam()) },
             check: { request throws(CNIError) in
@@ -60,6 +63,7 @@ public enum PTPPlugin {
                         addresses: addresses ?? prevResultAddresses(request)))
             }
         }
+        if failures.isEmpty { AttachmentRecording.deleted(request, network: config.network) }
         try failures.throwIfAny()
     }
 
@@ -108,6 +112,7 @@ public enum PTPPlugin {
         let config = PTPConfig.Teardown(request)
         let valid = try request.validAttachments()
         var failures = Failures()
+        AttachmentRecording.collected(request, network: config.network, valid: valid)
         if let type = config.ipamType {
             failures.run { () throws(CNIError) in try ipam.gc(type, request) }
         }
