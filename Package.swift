@@ -55,6 +55,9 @@ let package = Package(
         .target(
             name: "PTPPlugin",
             dependencies: ["CNI", "JSON", "NetAddress", "Netlink", "PacketFilter", "HostNetwork", "IPAM"]),
+        .target(
+            name: "BandwidthPlugin", dependencies: ["CNI", "NetAddress", "Netlink", "PacketFilter", "HostNetwork"]),
+        .target(name: "TuningPlugin", dependencies: ["CNI", "JSON", "NetAddress", "Netlink", "HostNetwork"]),
         .target(name: "LoopbackPlugin", dependencies: ["CNI", "NetAddress", "Netlink"]),
         .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
         .target(name: "StaticPlugin", dependencies: ["CNI", "IPAM"]),
@@ -67,7 +70,7 @@ let package = Package(
             name: "cni-plugins",
             dependencies: [
                 "CNI", "BridgePlugin", "PTPPlugin", "HostLocalPlugin", "StaticPlugin", "LoopbackPlugin",
-                "PortmapPlugin", "FirewallPlugin",
+                "PortmapPlugin", "FirewallPlugin", "TuningPlugin", "BandwidthPlugin",
             ]),
 
         // cnictl's logic: network discovery as libcni does it, the on-disk and kernel state of
@@ -89,6 +92,11 @@ let package = Package(
         .testTarget(
             name: "FirewallTests", dependencies: ["FirewallPlugin", "PacketFilter", "CNI", "JSON", "NetAddress"]),
         .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "JSON", "CNI", "NetAddress", "HostNetwork"]),
+        .testTarget(
+            name: "BandwidthTests",
+            dependencies: ["BandwidthPlugin", "HostNetwork", "JSON", "CNI", "NetAddress", "Netlink"]),
+        .testTarget(
+            name: "TuningTests", dependencies: ["TuningPlugin", "HostNetwork", "JSON", "CNI", "NetAddress", "Netlink"]),
         .testTarget(
             name: "PTPTests", dependencies: ["PTPPlugin", "HostNetwork", "JSON", "CNI", "NetAddress", "Netlink"]),
         .testTarget(name: "CNICtlTests", dependencies: ["CNICtl", "IPAM", "JSON", "NetAddress"]),

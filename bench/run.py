@@ -30,8 +30,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGINS = ("bridge", "host-local", "static", "loopback", "portmap")
-# Evicted before each round with PLUGINS (ptp and firewall have no start-up rows: the same file as ours).
-SCENARIO_PLUGINS = ("ptp", "firewall")
+# Evicted before each round with PLUGINS (these have no start-up rows: the same file as ours).
+SCENARIO_PLUGINS = ("ptp", "firewall", "tuning")
 # The chain rows: bridge + portmap with two mappings (one tcp, one udp), per portmap backend.
 PORTMAP_SCENARIOS = ("portmap-iptables", "portmap-nftables")
 # podman's default chain (87-podman-bridge.conflist): bridge (ipMasq, hairpin) + portmap (one

@@ -187,3 +187,78 @@ def test_ctr_run_cni_with_a_ptp_conflist(containerd, ptp_network, tmp_path):
         time.sleep(0.1)
     assert "dev veth" not in subprocess.run(["ip", "-4", "route", "show", address], capture_output=True,
                                             text=True).stdout
+
+
+@pytest.fixture
+def shaped_network(containerd, tmp_path):
+    """bridge + portmap + tuning + bandwidth, all ours, as the only conflist ctr sees."""
+    name, bridge, subnet = unique("swcts-", 16), unique("swcs", 13), free_subnet()
+    data_dir = tmp_path / "tuning"
+    conflist = {
+        "cniVersion": "1.0.0", "name": name,
+        "plugins": [
+            {"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": True,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+            {"type": "tuning", "mtu": 1400, "dataDir": str(data_dir)},
+            {"type": "bandwidth", "ingressRate": 8000000, "ingressBurst": 80000,
+             "egressRate": 8000000, "egressBurst": 80000},
+        ],
+    }
+    path = containerd.net_dir / "10-swift-cni.conflist"
+    path.write_text(json.dumps(conflist))
+    try:
+        yield {"name": name, "bridge": bridge, "subnet": subnet, "data_dir": data_dir}
+    finally:
+        path.unlink(missing_ok=True)
+        delete_link(bridge)
+        remove_lease_dir(name)
+        purge_firewall(f'"{name}"')
+        purge_firewall(subnet.rsplit(".", 1)[0] + ".")
+
+
+def test_ctr_run_cni_with_tuning_and_bandwidth_leaves_nothing(containerd, shaped_network, tmp_path):
+    """ctr's DEL comes with an empty CNI_NETNS: our bandwidth still removes its ifb (by name) and
+    our tuning its backup (the reference leaks the backup then)."""
+    import hashlib
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    container = unique("swctb-", 16)
+    runtime_id = f"default-{container}"
+    ifb = "bwp" + hashlib.sha512((shaped_network["name"] + runtime_id).encode()).hexdigest()[:12]
+    script = "ip -o link show eth0 > /sync/link; while [ ! -e /sync/go ]; do sleep 0.1; done"
+    ctr = containerd.ctr_popen("run", "--rm", "--cni", "--snapshotter", "native",
+                               "--mount", f"type=bind,src={sync},dst=/sync,options=rbind:rw",
+                               IMAGE_NAME, container, "sh", "-c", script,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not (sync / "link").exists() and ctr.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not (sync / "link").exists():
+            ctr.kill()
+            out, err = ctr.communicate()
+            pytest.fail(f"ctr run --cni did not start the container: rc={ctr.returncode} {err.decode()}\n"
+                        f"plugin calls: {containerd.calls()}\n{containerd.log_tail()}")
+        time.sleep(0.1)
+        assert "mtu 1400" in (sync / "link").read_text()
+        assert [p.name for p in shaped_network["data_dir"].iterdir()] == [f"{runtime_id}_eth0.json"]
+        links = {l["ifname"]: l for l in json.loads(subprocess.run(
+            ["ip", "-j", "-d", "link", "show"], capture_output=True, text=True, check=True).stdout)}
+        assert links[ifb]["linkinfo"]["info_kind"] == "ifb"
+        veth = veths_on_bridge(shaped_network["bridge"])[0]
+        qdiscs = json.loads(subprocess.run(["tc", "-j", "qdisc", "show", "dev", veth], capture_output=True,
+                                           text=True, check=True).stdout)
+        assert any(q["kind"] == "tbf" and q["options"]["rate"] == 1000000 for q in qdiscs), qdiscs
+    finally:
+        (sync / "go").touch()
+        out, err = ctr.communicate(timeout=60)
+    assert ctr.returncode == 0, f"ctr run failed: {err.decode()}"
+    calls = containerd.calls()
+    assert [c[1] for c in calls if c[0] == "tuning"] == ["ADD", "DEL"], calls
+    assert [c[1] for c in calls if c[0] == "bandwidth"] == ["ADD", "DEL"], calls
+    left = subprocess.run(["ip", "link", "show", ifb], capture_output=True)
+    assert left.returncode != 0, f"ifb {ifb} left after DEL"
+    assert list(shaped_network["data_dir"].iterdir()) == [], "tuning's backup left after DEL"
+    assert leases(shaped_network["name"]) == []
+    assert veths_on_bridge(shaped_network["bridge"]) == []

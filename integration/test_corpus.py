@@ -37,7 +37,7 @@ from cnitest import BIN_DIR, sh
 from snapshot import assert_unchanged, leftovers, snapshot
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
-PLUGINS = ("bridge", "ptp", "host-local", "static", "loopback", "portmap", "firewall")
+PLUGINS = ("bridge", "ptp", "host-local", "static", "loopback", "portmap", "firewall", "tuning", "bandwidth")
 CASE_TIMEOUT = 30
 # Cases run concurrently, each in its own namespaces (SWCNI_CORPUS_JOBS to change).
 PARALLEL_CASES = int(os.environ.get("SWCNI_CORPUS_JOBS", "4"))

@@ -20,9 +20,9 @@ from cnitest import REPO
 INSTALLER = REPO / "deploy" / "install-cni.sh"
 MANIFEST = REPO / "deploy" / "daemonset.yaml"
 OUR_PLUGINS = ("bridge", "host-local", "static", "loopback")
-# What `make install` puts on a node: also our portmap, ptp and firewall (the installer image
-# treats portmap as optional and does not carry ptp or firewall yet).
-INSTALLED = OUR_PLUGINS + ("portmap", "ptp", "firewall")
+# What `make install` puts on a node: also our portmap, ptp, firewall, tuning and bandwidth (the
+# installer image treats portmap as optional and does not carry the others yet).
+INSTALLED = OUR_PLUGINS + ("portmap", "ptp", "firewall", "tuning", "bandwidth")
 
 
 def test_make_install_puts_the_plugins_under_destdir(tmp_path):

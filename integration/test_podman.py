@@ -292,3 +292,35 @@ def test_podman_with_a_hand_written_ptp_network(podman):
     assert not any(f"{ip} dev veth" in host_routes for ip in first_ip + second_ip), host_routes
     left = firewall_mentions(*(f"{ip}/32" for ip in first_ip + second_ip))
     assert left == [], "firewall rules left:\n" + "\n".join(left)
+
+
+def test_podman_runs_our_tuning_and_rm_restores_nothing_left(podman, tmp_path):
+    """podman's chain with tuning keys (ours: CNI_PATH holds our tuning, only firewall is the
+    reference's): the sysctl and MTU reach the container, the backup is written under dataDir and
+    `podman rm` (tuning DEL before the bridge removes the veth) leaves no backup behind."""
+    dynamic = podman.create_network()
+    subnet = dynamic["subnets"][0]["subnet"]
+    name = dynamic["name"] + "t"
+    data_dir = tmp_path / "tuning"
+    podman.add_conflist({
+        "cniVersion": "0.4.0", "name": name,
+        "plugins": [
+            {"type": "bridge", "bridge": dynamic["network_interface"], "isGateway": True, "ipMasq": True,
+             "hairpinMode": True,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+            {"type": "firewall", "backend": ""},
+            {"type": "tuning", "dataDir": str(data_dir), "mtu": 1400,
+             "sysctl": {"net.ipv4.conf.IFNAME.arp_filter": "1"}},
+        ],
+    }, dynamic["network_interface"], subnet)
+    container = podman.run(name, "sleep", "600")
+    assert "mtu 1400" in podman.exec(container, "ip", "-o", "link", "show", "eth0")
+    assert podman.exec(container, "cat", "/proc/sys/net/ipv4/conf/eth0/arp_filter").strip() == "1"
+    backups = list(data_dir.iterdir())
+    assert len(backups) == 1 and backups[0].name.endswith("_eth0.json")
+    assert json.loads(backups[0].read_text()) == {"mtu": 1500}
+    addresses = podman.addresses(container)
+    podman("rm", "-f", "-t", "0", container)
+    assert list(data_dir.iterdir()) == []
+    assert_nothing_left(dynamic, container, addresses)

@@ -65,6 +65,8 @@ public protocol NetworkNamespace: AnyObject {
     func setMTU(index: Int, _ mtu: Int) throws(HostNetworkError)
     func setMAC(index: Int, _ mac: MACAddress) throws(HostNetworkError)
     func setPromiscuous(index: Int, _ on: Bool) throws(HostNetworkError)
+    func setAllMulticast(index: Int, _ on: Bool) throws(HostNetworkError)
+    func setTxQueueLength(index: Int, _ length: Int) throws(HostNetworkError)
 
     // Bridges (for the bridge plugin).
     /// Creates a bridge; false when a link of that name exists already.
@@ -90,6 +92,22 @@ public protocol NetworkNamespace: AnyObject {
 
     /// Applies sysctls inside this namespace (one switch into it for the lot).
     func applySysctls(_ settings: [SysctlSetting]) throws(HostNetworkError)
+    // Traffic control (for bandwidth).
+    /// An ifb link, up, with txqueuelen 0.
+    func createIFB(name: String, mtu: Int) throws(HostNetworkError) -> Link
+    /// A tbf root qdisc (handle 1:) on the link.
+    func addTokenBucket(index: Int, _ bucket: TokenBucket) throws(HostNetworkError)
+    /// The ingress qdisc on the link and a match-all u32 filter redirecting to `target` (mirred).
+    func addIngressRedirect(index: Int, to target: Int) throws(HostNetworkError)
+    func qdiscs(index: Int) throws(HostNetworkError) -> [Qdisc]
+    /// Removes the link's root and ingress qdiscs; none there is fine.
+    func deleteQdiscs(index: Int) throws(HostNetworkError)
+
+    /// A sysctl of this namespace named by configuration (tuning): `key` is relative to
+    /// /proc/sys, and no component of its path may be `.`, `..` or a symbolic link.
+    func readConfinedSysctl(_ key: String) throws(HostNetworkError) -> String
+    /// Writes such a sysctl (always: no read first), layer `.sysctl`.
+    func writeConfinedSysctl(_ key: String, _ value: String) throws(HostNetworkError)
 }
 
 /// One sysctl to set, and how much its outcome matters.

@@ -204,6 +204,13 @@ final class KernelNamespace: NetworkNamespace {
         try request { () throws(NetlinkError) in try socket.setPromiscuous(index: index, on) }
     }
 
+    func setAllMulticast(index: Int, _ on: Bool) throws(HostNetworkError) {
+        try request { () throws(NetlinkError) in try socket.setAllMulticast(index: index, on) }
+    }
+    func setTxQueueLength(index: Int, _ length: Int) throws(HostNetworkError) {
+        try request { () throws(NetlinkError) in try socket.setTxQueueLength(index: index, length) }
+    }
+
     func createBridge(name: String, mtu: Int?, vlanFiltering: Bool) throws(HostNetworkError) -> Bool {
         try request { () throws(NetlinkError) in
             try socket.createBridge(name: name, mtu: mtu, vlanFiltering: vlanFiltering)
@@ -270,6 +277,56 @@ final class KernelNamespace: NetworkNamespace {
         guard let opened, isPlugin != true else { return try Self.apply(settings) }
         do {
             try opened.run { () throws(HostNetworkError) in try Self.apply(settings) }
+        } catch let error as HostNetworkError {
+            throw error
+        } catch {
+            throw HostNetworkError(.namespace, .failed, "enter netns \"\(path)\"", "\(error)")
+        }
+    }
+
+    func createIFB(name: String, mtu: Int) throws(HostNetworkError) -> Link {
+        try request { () throws(NetlinkError) in try socket.createIFB(name: name, mtu: mtu) }
+    }
+    func addTokenBucket(index: Int, _ bucket: TokenBucket) throws(HostNetworkError) {
+        try request { () throws(NetlinkError) in try socket.addTokenBucket(index: index, bucket) }
+    }
+    func addIngressRedirect(index: Int, to target: Int) throws(HostNetworkError) {
+        try request { () throws(NetlinkError) in try socket.addIngressRedirect(index: index, to: target) }
+    }
+    func qdiscs(index: Int) throws(HostNetworkError) -> [Qdisc] {
+        try request { () throws(NetlinkError) in try socket.qdiscs(index: index) }
+    }
+    func deleteQdiscs(index: Int) throws(HostNetworkError) {
+        try request { () throws(NetlinkError) in try socket.deleteQdiscs(index: index) }
+    }
+
+    func readConfinedSysctl(_ key: String) throws(HostNetworkError) -> String {
+        try inside { () throws(HostNetworkError) in
+            do throws(SysctlError) {
+                return try Sysctl.read(key, confined: true)
+            } catch {
+                throw HostNetworkError(
+                    .sysctl, error.isNotFound ? .notFound : .failed, "read \(key)", error.description)
+            }
+        }
+    }
+
+    func writeConfinedSysctl(_ key: String, _ value: String) throws(HostNetworkError) {
+        try inside { () throws(HostNetworkError) in
+            do throws(SysctlError) {
+                try Sysctl.writeAlways(key, value, confined: true)
+            } catch {
+                throw HostNetworkError(
+                    .sysctl, error.isNotFound ? .notFound : .failed, "write \(key)=\(value)", error.description)
+            }
+        }
+    }
+
+    /// Runs `body` on this thread inside the namespace (not at all switching for the plugin's own).
+    private func inside<T>(_ body: () throws(HostNetworkError) -> T) throws(HostNetworkError) -> T {
+        guard let opened, isPlugin != true else { return try body() }
+        do {
+            return try opened.run { () throws(HostNetworkError) in try body() }
         } catch let error as HostNetworkError {
             throw error
         } catch {

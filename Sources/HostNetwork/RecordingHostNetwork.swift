@@ -248,6 +248,8 @@ public final class FakeNamespace: NetworkNamespace {
     /// Removes a link with its addresses and routes, and its veth peer.
     fileprivate func remove(_ link: Link) {
         linkTable.removeAll { $0.index == link.index }
+        qdiscTable[link.index] = nil
+        redirects[link.index] = nil
         addressTable.removeAll { $0.index == link.index }
         routeTable.removeAll { $0.outputIndex == link.index }
         dropPeer(of: link)
@@ -284,6 +286,14 @@ public final class FakeNamespace: NetworkNamespace {
 
     public func setPromiscuous(index: Int, _ on: Bool) throws(HostNetworkError) {
         try change(index, "set \(name(index)) promisc \(on ? "on" : "off")") { $0.isPromiscuous = on }
+    }
+
+    public func setAllMulticast(index: Int, _ on: Bool) throws(HostNetworkError) {
+        try change(index, "set \(name(index)) allmulticast \(on ? "on" : "off")") { $0.isAllMulticast = on }
+    }
+
+    public func setTxQueueLength(index: Int, _ length: Int) throws(HostNetworkError) {
+        try change(index, "set \(name(index)) txqueuelen \(length)") { $0.txQueueLength = length }
     }
 
     public func createBridge(name: String, mtu: Int?, vlanFiltering: Bool) throws(HostNetworkError) -> Bool {
@@ -442,6 +452,92 @@ public final class FakeNamespace: NetworkNamespace {
                 try record(operation)
                 sysctls[setting.key] = setting.value
             }
+        }
+    }
+
+    /// Qdiscs by link index.
+    public var qdiscTable: [Int: [Qdisc]] = [:]
+    /// Ingress redirects: link index -> target index.
+    public var redirects: [Int: Int] = [:]
+
+    public func createIFB(name: String, mtu: Int) throws(HostNetworkError) -> Link {
+        let operation = "create ifb \(name)"
+        try record(operation)
+        guard let owner else { throw HostNetworkError(.netlink, .failed, operation, "no owner") }
+        if linkTable.contains(where: { $0.name == name }) {
+            throw HostNetworkError(.netlink, .exists, operation, "file exists", existingName: name)
+        }
+        let link = Link(
+            index: owner.nextIndex, name: name, kind: "ifb", mac: owner.newMAC(), mtu: mtu, isUp: true,
+            operState: .up, txQueueLength: 0)
+        owner.nextIndex += 1
+        linkTable.append(link)
+        return link
+    }
+
+    public func addTokenBucket(index: Int, _ bucket: TokenBucket) throws(HostNetworkError) {
+        let operation = "add tbf on \(name(index)) \(bucket)"
+        try record(operation)
+        _ = try position(index, operation)
+        if qdiscTable[index, default: []].contains(where: \.isRoot) {
+            throw HostNetworkError(.netlink, .exists, operation, "file exists")
+        }
+        qdiscTable[index, default: []].append(
+            Qdisc(index: index, kind: "tbf", handle: 0x0001_0000, parent: 0xFFFF_FFFF, tokenBucket: bucket))
+    }
+
+    public func addIngressRedirect(index: Int, to target: Int) throws(HostNetworkError) {
+        let operation = "add ingress redirect on \(name(index)) to \(name(target))"
+        try record(operation)
+        _ = try position(index, operation)
+        if qdiscTable[index, default: []].contains(where: \.isIngress) {
+            throw HostNetworkError(.netlink, .exists, operation, "file exists")
+        }
+        qdiscTable[index, default: []].append(
+            Qdisc(index: index, kind: "ingress", handle: 0xFFFF_0000, parent: 0xFFFF_FFF1))
+        redirects[index] = target
+    }
+
+    public func qdiscs(index: Int) throws(HostNetworkError) -> [Qdisc] {
+        try record("list qdiscs of \(name(index))")
+        return linkTable.contains { $0.index == index } ? qdiscTable[index] ?? [] : []
+    }
+
+    public func deleteQdiscs(index: Int) throws(HostNetworkError) {
+        try record("delete qdiscs of \(name(index))")
+        qdiscTable[index] = nil
+        redirects[index] = nil
+    }
+
+    /// Keys reached through a symbolic link (for the confinement tests).
+    public var symlinkedSysctls: Set<String> = []
+
+    public func readConfinedSysctl(_ key: String) throws(HostNetworkError) -> String {
+        try record("read sysctl \(key)")
+        try confine(key, "read \(key)")
+        guard let value = sysctls[key] else {
+            throw HostNetworkError(.sysctl, .notFound, "read \(key)", "no such file or directory")
+        }
+        return value
+    }
+
+    public func writeConfinedSysctl(_ key: String, _ value: String) throws(HostNetworkError) {
+        let operation = "write \(key)=\(value)"
+        try record("sysctl \(key)=\(value)")
+        try confine(key, operation)
+        guard sysctls[key] != nil, !missingSysctls.contains(key) else {
+            throw HostNetworkError(.sysctl, .notFound, operation, "no such file or directory")
+        }
+        sysctls[key] = value
+    }
+
+    private func confine(_ key: String, _ operation: String) throws(HostNetworkError) {
+        let components = key.split(separator: "/")
+        if key.hasPrefix("/") || components.contains("..") || components.contains(".") {
+            throw HostNetworkError(.sysctl, .failed, operation, "invalid argument")
+        }
+        if symlinkedSysctls.contains(where: { key == $0 || key.hasPrefix($0 + "/") }) {
+            throw HostNetworkError(.sysctl, .failed, operation, "too many levels of symbolic links")
         }
     }
 }

@@ -29,6 +29,23 @@ extension JSONValue {
         }
         self = try result.get()
     }
+
+    /// The keys given more than once in one object of `bytes`, each as its path of object keys
+    /// from the root (`["sysctl", "net.ipv4.ip_forward"]`), in the order met. For configs where
+    /// a repeated key is an error (tuning's `sysctl`) although the parser keeps the last value.
+    public static func duplicateKeys(in bytes: [UInt8]) throws(JSONSyntaxError) -> [[String]] {
+        let result: Result<[[String]], JSONSyntaxError> = bytes.withUnsafeBufferPointer { buffer in
+            var parser = JSONParser(buffer)
+            parser.recordsDuplicates = true
+            do throws(JSONSyntaxError) {
+                _ = try parser.document()
+                return .success(parser.duplicateKeys)
+            } catch {
+                return .failure(error)
+            }
+        }
+        return try result.get()
+    }
 }
 
 /// A recursive-descent parser over the input bytes; strings without escapes are made straight
@@ -39,6 +56,10 @@ struct JSONParser {
     private var depth = 0
     /// False while only checking: nothing is built (no arrays, objects or string contents).
     private var building = true
+    /// Only for `duplicateKeys(in:)`: the keys from the root to the value being parsed.
+    var recordsDuplicates = false
+    private var keyPath: [String] = []
+    private(set) var duplicateKeys: [[String]] = []
 
     init(_ bytes: UnsafeBufferPointer<UInt8>, at index: Int = 0) {
         self.bytes = bytes
@@ -186,7 +207,12 @@ struct JSONParser {
             guard peek(UInt8(ascii: ":")) else { throw failure("unexpected \(found), expected ':' after a key") }
             index += 1
             skipWhitespace()
+            if recordsDuplicates {
+                if members[key] != nil { duplicateKeys.append(keyPath + [key]) }
+                keyPath.append(key)
+            }
             let value = try parseValue()
+            if recordsDuplicates { keyPath.removeLast() }
             if building { members[key] = value }
             count += 1
             skipWhitespace()

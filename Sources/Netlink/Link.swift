@@ -26,6 +26,10 @@ public struct Link: Hashable, Sendable {
     public var bridgePort: BridgePortState?
     /// For a bridge: whether VLAN filtering is on.
     public var vlanFiltering: Bool?
+    /// IFF_ALLMULTI: receives all multicast packets.
+    public var isAllMulticast: Bool = false
+    /// `IFLA_TXQLEN`: the transmit queue length.
+    public var txQueueLength: Int = 0
 
     public var isVeth: Bool { kind == "veth" }
     public var isBridge: Bool { kind == "bridge" }
@@ -34,7 +38,8 @@ public struct Link: Hashable, Sendable {
     public init(
         index: Int, name: String, kind: String? = nil, mac: MACAddress? = nil, mtu: Int = 1500, isUp: Bool = false,
         isPromiscuous: Bool = false, operState: OperState = .down, masterIndex: Int? = nil, linkIndex: Int? = nil,
-        linkNamespaceID: Int? = nil, bridgePort: BridgePortState? = nil, vlanFiltering: Bool? = nil
+        linkNamespaceID: Int? = nil, bridgePort: BridgePortState? = nil, vlanFiltering: Bool? = nil,
+        isAllMulticast: Bool = false, txQueueLength: Int = 1000
     ) {
         self.index = index
         self.name = name
@@ -49,6 +54,8 @@ public struct Link: Hashable, Sendable {
         self.linkNamespaceID = linkNamespaceID
         self.bridgePort = bridgePort
         self.vlanFiltering = vlanFiltering
+        self.isAllMulticast = isAllMulticast
+        self.txQueueLength = txQueueLength
     }
 }
 
@@ -194,6 +201,17 @@ extension NetlinkSocket {
         try changeFlags(index: index, IFF_PROMISC.rawValue, on: on, "set link #\(index) promisc \(on ? "on" : "off")")
     }
 
+    public func setAllMulticast(index: Int, _ on: Bool) throws(NetlinkError) {
+        try changeFlags(
+            index: index, IFF_ALLMULTI.rawValue, on: on, "set link #\(index) allmulticast \(on ? "on" : "off")")
+    }
+
+    public func setTxQueueLength(index: Int, _ length: Int) throws(NetlinkError) {
+        let message = NetlinkMessage.setLink(index: index)
+        message.put(IFLA_TXQLEN, u32: UInt32(truncatingIfNeeded: length))
+        try execute(message, "set link #\(index) txqueuelen \(length)")
+    }
+
     public func setMTU(index: Int, _ mtu: Int) throws(NetlinkError) {
         let message = NetlinkMessage.setLink(index: index)
         message.put(IFLA_MTU, u32: UInt32(truncatingIfNeeded: mtu))
@@ -310,6 +328,7 @@ extension Link {
         mtu = 0
         isUp = header.ifi_flags & IFF_UP.rawValue != 0
         isPromiscuous = header.ifi_flags & IFF_PROMISC.rawValue != 0
+        isAllMulticast = header.ifi_flags & IFF_ALLMULTI.rawValue != 0
         operState = .unknown
         var slaveKind: String?
         var slaveData: Attributes?
@@ -317,6 +336,7 @@ extension Link {
             switch Int(attribute.type) {
             case IFLA_IFNAME: name = attribute.string
             case IFLA_MTU: mtu = Int(attribute.u32 ?? 0)
+            case IFLA_TXQLEN: txQueueLength = Int(attribute.u32 ?? 0)
             case IFLA_ADDRESS: mac = MACAddress(bytes: attribute.bytes)
             case IFLA_OPERSTATE: operState = attribute.u8.flatMap(OperState.init(rawValue:)) ?? .unknown
             case IFLA_MASTER: masterIndex = attribute.u32.map { Int($0) }.flatMap { $0 == 0 ? nil : $0 }

@@ -1,3 +1,4 @@
+import BandwidthPlugin
 import BridgePlugin
 import CNI
 import FirewallPlugin
@@ -6,6 +7,7 @@ import LoopbackPlugin
 import PTPPlugin
 import PortmapPlugin
 import StaticPlugin
+import TuningPlugin
 
 #if canImport(Glibc)
     import Glibc
@@ -33,10 +35,12 @@ case "static": Plugin.main(name: invokedAs, handlers: Static.handlers)
 case "loopback": Plugin.main(name: invokedAs, handlers: LoopbackPlugin.handlers)
 case "portmap": Plugin.main(name: invokedAs, handlers: Portmap.handlers)
 case "firewall": Plugin.main(name: invokedAs, handlers: Firewall.handlers)
+case "tuning": Plugin.main(name: invokedAs, handlers: Tuning.handlers)
+case "bandwidth": Plugin.main(name: invokedAs, handlers: Bandwidth.handlers)
 default:
     let message =
-        "swift-cni: unknown plugin name \"\(invokedAs)\": this executable runs as bridge, ptp, "
-        + "host-local, static, loopback, portmap or firewall (install or link it under one of those names)\n"
+        "swift-cni: unknown plugin name \"\(invokedAs)\": this executable runs as bridge, ptp, host-local, "
+        + "static, loopback, portmap, firewall, tuning or bandwidth (install or link it under one of those names)\n"
     _ = message.withCString { write(2, $0, strlen($0)) }
     exit(1)
 }
