@@ -61,7 +61,7 @@ let package = Package(
         .target(name: "LoopbackPlugin", dependencies: ["CNI", "NetAddress", "Netlink"]),
         .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
         .target(name: "StaticPlugin", dependencies: ["CNI", "IPAM"]),
-        .target(name: "PortmapPlugin", dependencies: ["CNI", "NetAddress", "Netlink", "PacketFilter"]),
+        .target(name: "PortmapPlugin", dependencies: ["CNI", "IPAM", "NetAddress", "Netlink", "PacketFilter"]),
         .target(name: "FirewallPlugin", dependencies: ["CNI", "NetAddress", "PacketFilter"]),
 
         // The multi-call executable: runs the plugin it is named as (argv[0]), and the IPAM
@@ -88,7 +88,7 @@ let package = Package(
         .testTarget(name: "PacketFilterTests", dependencies: ["PacketFilter", "NetAddress", "Netlink"]),
         .testTarget(
             name: "PortmapTests",
-            dependencies: ["PortmapPlugin", "PacketFilter", "CNI", "JSON", "NetAddress", "Netlink"]),
+            dependencies: ["PortmapPlugin", "PacketFilter", "CNI", "IPAM", "JSON", "NetAddress", "Netlink"]),
         .testTarget(
             name: "FirewallTests", dependencies: ["FirewallPlugin", "PacketFilter", "CNI", "JSON", "NetAddress"]),
         .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "JSON", "CNI", "NetAddress", "HostNetwork"]),

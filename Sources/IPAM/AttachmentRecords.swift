@@ -135,6 +135,20 @@ public enum AttachmentRecords {
         if unlinkat(directory, name, 0) != 0 && errno != ENOENT { throw Files.failure("remove", name) }
     }
 
+    /// The networks that have a record directory under `dataDir` (none when there is no store).
+    public static func networks(dataDir: String) -> [String] {
+        guard let listing = opendir(dataDir + "/" + directoryName) else { return [] }
+        defer { closedir(listing) }
+        var names: [String] = []
+        while let entry = readdir(listing) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(cString: raw.baseAddress!.assumingMemoryBound(to: CChar.self))
+            }
+            if name != "." && name != ".." && entry.pointee.d_type == UInt8(DT_DIR) { names.append(name) }
+        }
+        return names.sorted()
+    }
+
     /// Every record of `network` (records that do not parse are skipped).
     public static func all(dataDir: String, network: String) throws(CNIError) -> [AttachmentRecord] {
         guard let directory = try openDirectory(dataDir: dataDir, network: network, create: false) else { return [] }

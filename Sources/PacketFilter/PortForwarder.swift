@@ -125,6 +125,20 @@ public struct PortForwarder {
         if let firstError { throw firstError }
     }
 
+    /// Removes the nftables rules (both families) of each of `containerIDs`, found by their
+    /// comments; going on past a failing container and reporting the first failure.
+    public func removeNFTRules(containerIDs: [String]) throws(FirewallError) {
+        var firstError: FirewallError?
+        for containerID in containerIDs {
+            do {
+                try teardownNFT(containerID: containerID)
+            } catch {
+                firstError = firstError ?? error
+            }
+        }
+        if let firstError { throw firstError }
+    }
+
     // MARK: nftables
 
     private func nftTool(_ operation: String) -> FirewallTool {

@@ -1,4 +1,5 @@
 import CNI
+import IPAM
 import NetAddress
 import Netlink
 import PacketFilter
@@ -31,6 +32,11 @@ public enum Portmap {
     /// One per process; its nf_tables socket (for reads) is closed at exit.
     nonisolated(unsafe) static var forwarder = PortForwarder()
 
+    /// Where ADD records the network of each nftables attachment (IPAM's attachment records:
+    /// `<dir>/.swift-cni-attachments/<network>/<containerID>=<ifname>`, O_EXCL|O_NOFOLLOW files
+    /// renamed into place). Under /run: the rules do not survive a reboot either.
+    nonisolated(unsafe) static var recordDirectory = "/run/cni/portmap"
+
     static func add(_ request: PluginRequest) throws(CNIError) -> CNIResult {
         let config = try PortmapConfig(request)
         guard let previous = try request.prevResult() else {
@@ -49,6 +55,12 @@ public enum Portmap {
                 }
                 deleteStaleUDPEntries(config.mappings, family: address.family)
                 if address.family == .v4 && config.snat { try enableLocalnetRouting(toward: address.address) }
+            }
+            if backend == .nftables && !addresses.isEmpty {
+                let record = AttachmentRecord(
+                    containerID: request.containerID, ifname: request.ifName, netns: request.netns, hostVeth: "",
+                    containerMAC: nil, addresses: addresses)
+                try AttachmentRecords.write(record, dataDir: recordDirectory, network: request.config.name)
             }
         } catch {
             // A failed ADD leaves no rule behind (the runtime may never call DEL).
@@ -74,6 +86,10 @@ public enum Portmap {
         try firewall { () throws(FirewallError) in
             try forwarder.teardown(network: request.config.name, containerID: request.containerID, config: known)
         }
+        // A record left behind (a failed unlink) only makes a later GC remove rules already gone.
+        try? AttachmentRecords.remove(
+            containerID: request.containerID, ifname: request.ifName, dataDir: recordDirectory,
+            network: request.config.name)
     }
 
     /// The rules ADD writes must all be there, for each container address.
@@ -93,13 +109,58 @@ public enum Portmap {
         }
     }
 
-    /// Spec 1.1 GC (the reference has none): the chains of this network's containers that have
-    /// no attachment in `cni.dev/valid-attachments` go.
+    /// Spec 1.1 GC (the reference has none): the forwarding of this network's containers that
+    /// have no attachment in `cni.dev/valid-attachments` goes. iptables: the chains named after
+    /// the network. nftables: see `nftCollection`; the records of attachments not listed go too.
     static func gc(_ request: PluginRequest) throws(CNIError) {
-        let valid = Set(try request.validAttachments().map(\.containerID))
-        try firewall { () throws(FirewallError) in
-            try forwarder.garbageCollect(network: request.config.name, validContainerIDs: valid)
+        let network = request.config.name
+        let attachments = try request.validAttachments()
+        var firstError: CNIError?
+        do throws(CNIError) {
+            try firewall { () throws(FirewallError) in
+                try forwarder.garbageCollect(network: network, validContainerIDs: Set(attachments.map(\.containerID)))
+            }
+        } catch {
+            firstError = error
         }
+        let recorded = try AttachmentRecords.all(dataDir: recordDirectory, network: network)
+        var elsewhere = Set<String>()
+        for other in AttachmentRecords.networks(dataDir: recordDirectory) where other != network {
+            elsewhere.formUnion(
+                ((try? AttachmentRecords.all(dataDir: recordDirectory, network: other)) ?? []).map(\.containerID))
+        }
+        let plan = nftCollection(recorded: recorded, valid: attachments, recordedElsewhere: elsewhere)
+        try firewall { () throws(FirewallError) in try forwarder.removeNFTRules(containerIDs: plan.containerIDs) }
+        for record in plan.staleRecords {
+            try AttachmentRecords.remove(
+                containerID: record.containerID, ifname: record.ifname, dataDir: recordDirectory, network: network)
+        }
+        if let firstError { throw firstError }
+    }
+
+    /// What an nftables GC of one network removes. The reference's nftables rules carry only the
+    /// container ID, not the network, and GC's valid list is per network: a container unknown to
+    /// it may well be valid on another network. So only containers ADD recorded for this network
+    /// are candidates; rules of a container with no record here (made by the reference, by
+    /// another network, or before records existed) are never touched, and neither are those of a
+    /// container that still has a valid attachment here or a record on another network (the
+    /// rules cannot be told apart). Every record here whose attachment is not valid goes.
+    static func nftCollection(recorded: [AttachmentRecord], valid: [Attachment], recordedElsewhere: Set<String>)
+        -> (containerIDs: [String], staleRecords: [AttachmentRecord])
+    {
+        let validAttachments = Set(valid)
+        let validContainers = Set(valid.map(\.containerID))
+        let stale = recorded.filter {
+            !validAttachments.contains(Attachment(containerID: $0.containerID, ifname: $0.ifname))
+        }
+        var containerIDs: [String] = []
+        for record in stale
+        where !validContainers.contains(record.containerID) && !recordedElsewhere.contains(record.containerID)
+            && !containerIDs.contains(record.containerID)
+        {
+            containerIDs.append(record.containerID)
+        }
+        return (containerIDs, stale)
     }
 
     /// A backend must be usable: the configured one, else either.
