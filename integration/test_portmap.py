@@ -339,6 +339,59 @@ def test_check_after_tampering_and_gc(pw):
     assert pw.portmap("STATUS", status, None).ok
 
 
+PORTMAP_RECORDS = "/run/cni/portmap/.swift-cni-attachments"
+
+
+def hostport_comments(world):
+    out = world.host.run("nft", "-j", "list", "table", "ip", "cni_hostport", check=False)
+    items = json.loads(out).get("nftables", []) if out.strip() else []
+    return sorted(i["rule"]["comment"] for i in items if "rule" in i and i["rule"].get("comment"))
+
+
+def test_nftables_gc_removes_only_this_networks_unlisted_attachments(pw):
+    """nftables rules carry only the container ID: GC of one network removes the rules of the
+    attachments ADD recorded for it that are not listed, never another network's."""
+    mappings = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+    other_network = unique("pmgc", 12)
+    try:
+        keep, keep_result = pw.publish(mappings, containerid="keep", backend="nftables")
+        stale, stale_result = pw.publish(mappings, containerid="stale", backend="nftables")
+        # A third container whose portmap ADD is on another network, in the same host namespace.
+        elsewhere = pw.container()
+        elsewhere_result = pw.add(pw.bridge_config(), elsewhere, containerid="elsewhere")
+        other = dict(pw.portmap_config(elsewhere_result, [{"hostPort": 9090, "containerPort": 90,
+                                                            "protocol": "tcp"}], backend="nftables"),
+                     name=other_network)
+        assert pw.portmap("ADD", other, elsewhere, containerid="elsewhere").ok
+        # Each attachment: one dnat and two masquerade rules in the ip table.
+        assert hostport_comments(pw) == ["elsewhere"] * 3 + ["keep"] * 3 + ["stale"] * 3
+        assert sorted(os.listdir(f"{PORTMAP_RECORDS}/{pw.network}")) == ["keep=eth0", "stale=eth0"]
+        assert os.listdir(f"{PORTMAP_RECORDS}/{other_network}") == ["elsewhere=eth0"]
+
+        gc = {"cniVersion": "1.1.0", "name": pw.network, "type": "portmap",
+              "cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]}
+        run = pw.portmap("GC", gc, None)
+        assert run.ok, str(run)
+        assert hostport_comments(pw) == ["elsewhere"] * 3 + ["keep"] * 3
+        assert os.listdir(f"{PORTMAP_RECORDS}/{pw.network}") == ["keep=eth0"]
+        assert os.listdir(f"{PORTMAP_RECORDS}/{other_network}") == ["elsewhere=eth0"]
+        assert pw.portmap("CHECK", pw.portmap_config(keep_result, mappings, backend="nftables"), keep,
+                          containerid="keep").ok
+
+        # DEL after GC: of the collected one (nothing left), then of the others.
+        for config, container, cid in ((pw.portmap_config(stale_result, mappings), stale, "stale"),
+                                       (pw.portmap_config(keep_result, mappings), keep, "keep"),
+                                       (other, elsewhere, "elsewhere")):
+            run = pw.portmap("DEL", config, container, containerid=cid)
+            assert run.ok, str(run)
+        assert hostport_comments(pw) == []
+        assert os.listdir(f"{PORTMAP_RECORDS}/{pw.network}") == []
+        assert os.listdir(f"{PORTMAP_RECORDS}/{other_network}") == []
+    finally:
+        for network in (pw.network, other_network):
+            subprocess.run(["rm", "-rf", f"{PORTMAP_RECORDS}/{network}"], check=False)
+
+
 def test_failed_add_leaves_no_rule(pw):
     """A mark chain that does not exist fails the iptables transaction: the shared chains of the
     same transaction are not left either, and the error is the firewall's (code 104)."""

@@ -18,7 +18,8 @@ import PacketFilter
 ///
 /// Where we go past the reference: DEL removes the container's rules without `runtimeConfig` (the
 /// reference returns early and leaks them when a runtime does not re-send it); a failed ADD
-/// removes what it wrote; GC removes the chains of containers not listed as valid; STATUS says
+/// removes what it wrote; GC removes the chains of containers not listed as valid (and, for
+/// nftables, the rules of this network's recorded attachments not listed); STATUS says
 /// whether a backend is usable; a port above 65535, an unknown protocol or an unparsable hostIP is
 /// refused before anything is written.
 public enum Portmap {
