@@ -23,14 +23,7 @@ struct BridgeAdd {
     let rollback = Rollback()
 
     func run() throws(CNIError) -> CNIResult {
-        do {
-            let result = try add()
-            rollback.commit()
-            return result
-        } catch {
-            rollback.unwind()
-            throw error
-        }
+        try rollback.running { () throws(CNIError) -> CNIResult in try add() }
     }
 
     private func add() throws(CNIError) -> CNIResult {

@@ -1,4 +1,5 @@
 import CNI
+import HostNetwork
 import JSON
 import NetAddress
 
@@ -102,14 +103,7 @@ public struct BridgeConfig: Sendable, Equatable {
         }
 
         try Self.validateLinkName(bridge, key: "bridge")
-        if let mtu = keys.mtu, mtu != 0 {
-            guard (68...65535).contains(mtu) else {
-                throw CNIError(
-                    .invalidNetworkConfig, "invalid MTU \(mtu) (must be 0 or between 68 and 65535)",
-                    details: "key mtu: 0 or absent keeps the kernel's default")
-            }
-            self.mtu = mtu
-        }
+        self.mtu = try interfaceMTU(keys.mtu)
         guard (0...4094).contains(vlan) else {
             throw CNIError(
                 .invalidNetworkConfig, "invalid VLAN ID \(vlan) (must be between 0 and 4094)", details: "key vlan")

@@ -66,3 +66,21 @@ public struct CNIError: Error, Equatable, Sendable, CustomStringConvertible {
         return JSONValue.object(object).encoded()
     }
 }
+
+extension CNIError {
+    /// `text` in quotes as a message shows a value the user wrote (quotes, backslashes and
+    /// control characters escaped, like Go's %q), so a value with a newline or a quote cannot
+    /// break the message or pass for part of it.
+    public static func shown(_ text: String) -> String {
+        var result = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"", "\\": result += "\\" + String(scalar)
+            case _ where scalar.value < 0x20 || scalar.value == 0x7f:
+                result += "\\u{" + String(scalar.value, radix: 16) + "}"
+            default: result.unicodeScalars.append(scalar)
+            }
+        }
+        return result + "\""
+    }
+}

@@ -70,17 +70,6 @@ struct FirewallConfig {
         }
     }
 
-    /// `text` in quotes as Go's %q shows it (quotes, backslashes and control characters escaped).
-    static func shown(_ text: String) -> String {
-        var result = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"", "\\": result += "\\" + String(scalar)
-            case _ where scalar.value < 0x20 || scalar.value == 0x7f:
-                result += "\\u{" + String(scalar.value, radix: 16) + "}"
-            default: result.unicodeScalars.append(scalar)
-            }
-        }
-        return result + "\""
-    }
+    /// `text` in quotes as errors show user values (`CNIError.shown`).
+    static func shown(_ text: String) -> String { CNIError.shown(text) }
 }

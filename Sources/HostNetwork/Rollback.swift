@@ -25,6 +25,19 @@ public final class Rollback {
         steps.append((what, undo))
     }
 
+    /// Runs `steps` (an ADD that records its undo steps here): on success commits, on failure
+    /// undoes everything recorded, newest first, and rethrows the ADD's own error.
+    public func running<Value>(_ steps: () throws(CNIError) -> Value) throws(CNIError) -> Value {
+        do {
+            let value = try steps()
+            commit()
+            return value
+        } catch {
+            unwind()
+            throw error
+        }
+    }
+
     /// Marks the ADD as successful: nothing will be undone.
     public func commit() { committed = true }
 

@@ -19,14 +19,7 @@ struct PTPAdd {
     let rollback = Rollback()
 
     func run() throws(CNIError) -> CNIResult {
-        do {
-            let result = try add()
-            rollback.commit()
-            return result
-        } catch {
-            rollback.unwind()
-            throw error
-        }
+        try rollback.running { () throws(CNIError) -> CNIResult in try add() }
     }
 
     private func add() throws(CNIError) -> CNIResult {

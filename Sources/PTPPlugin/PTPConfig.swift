@@ -1,4 +1,5 @@
 import CNI
+import HostNetwork
 import NetAddress
 import PacketFilter
 
@@ -50,14 +51,7 @@ public struct PTPConfig: Sendable, Equatable {
             }
             ipMasqBackend = parsed
         }
-        if let mtu = keys.mtu, mtu != 0 {
-            guard (68...65535).contains(mtu) else {
-                throw CNIError(
-                    .invalidNetworkConfig, "invalid MTU \(mtu) (must be 0 or between 68 and 65535)",
-                    details: "key mtu: 0 or absent keeps the kernel's default")
-            }
-            self.mtu = mtu
-        }
+        self.mtu = try interfaceMTU(keys.mtu)
         if let dns = keys.dns,
             dns.nameservers != nil || dns.search != nil || dns.options != nil || !(dns.domain ?? "").isEmpty
         {
