@@ -269,59 +269,17 @@ struct BridgeAdd {
 
     // MARK: veth
 
-    /// Creates the pair in one request: a random `vethXXXXXXXX` here, CNI_IFNAME directly in the
-    /// container namespace. Registers the undo (deleting the host end removes both).
+    /// The pair in one request (`createContainerVeth`), with the configured container MAC,
+    /// named as the reference bridge names it when CNI_IFNAME is taken.
     private func createVeth(
         host: any NetworkNamespace, container: any NetworkNamespace
     ) throws(CNIError) -> (host: Link, container: Link) {
-        let ifName = request.ifName
-        var attempt = 0
-        var hostLink: Link? = nil
-        while hostLink == nil {
-            attempt += 1
-            let hostName = randomHostVethName()
-            do throws(HostNetworkError) {
-                hostLink = try host.createVethPair(
-                    name: hostName, mtu: config.mtu, peerName: ifName, peerMAC: config.containerMAC,
-                    peerNamespace: container)
-            } catch {
-                guard error.isExists else {
-                    // The request may have failed after the kernel made the pair (e.g. reading it
-                    // back): never leave it behind.
-                    try? host.deleteLink(named: hostName)
-                    throw CNIError(
-                        .netlinkFailure, "failed to create veth \(hostName)/\(ifName)", details: error.description)
-                }
-                guard error.existingName == hostName else {
-                    throw CNIError(
-                        .invalidEnvironment,
-                        "container veth name (\"\(ifName)\") peer provided (\"\(hostName)\") already exists",
-                        details: "CNI_IFNAME \(ifName) already exists in netns \"\(request.netns)\"")
-                }
-                guard attempt < 10 else {
-                    throw CNIError(
-                        .netlinkFailure, "failed to find a free host veth name after \(attempt) attempts",
-                        details: error.description)
-                }
-            }
+        try createContainerVeth(
+            host: host, container: container, request: request, mtu: config.mtu, containerMAC: config.containerMAC,
+            rollback: rollback
+        ) { hostName in
+            "container veth name (\"\(request.ifName)\") peer provided (\"\(hostName)\") already exists"
         }
-        guard let hostLink else { throw CNIError(.netlinkFailure, "veth creation returned nothing") }
-        rollback.add("delete veth \(hostLink.name)") { () throws(CNIError) in
-            do throws(HostNetworkError) {
-                try host.deleteLink(index: hostLink.index)
-            } catch {
-                guard error.isNotFound else {
-                    throw CNIError(.netlinkFailure, "failed to delete \(hostLink.name)", details: error.description)
-                }
-            }
-        }
-        guard
-            let containerLink = try kernel(
-                "failed to look up \(ifName) in netns \"\(request.netns)\"", container.link(named: ifName))
-        else {
-            throw CNIError(.netlinkFailure, "veth peer \(ifName) vanished from netns \"\(request.netns)\"")
-        }
-        return (hostLink, containerLink)
     }
 
     /// The host end: bridge port, hairpin, isolation, VLANs, up.

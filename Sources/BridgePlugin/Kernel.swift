@@ -12,10 +12,3 @@ func sleep(milliseconds: Int) {
     var remaining = timespec()
     while nanosleep(&interval, &remaining) != 0 && errno == EINTR { interval = remaining }
 }
-
-/// 4 random bytes in hex, for host veth names (`veth3a5b9c01`, as the reference names them).
-func randomHostVethName() -> String {
-    var generator = SystemRandomNumberGenerator()
-    let bytes = (0..<4).map { _ in UInt8.random(in: 0...255, using: &generator) }
-    return "veth" + bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
-}

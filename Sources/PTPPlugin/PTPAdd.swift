@@ -94,57 +94,15 @@ struct PTPAdd {
         try kernel("Could not enable IP forwarding", hostSide.applySysctls(settings))
     }
 
-    /// The pair in one request: a random `vethXXXXXXXX` here, CNI_IFNAME directly in the
-    /// container. Undone by deleting the host end (which removes both, with their addresses
-    /// and routes).
+    /// The pair in one request (`createContainerVeth`), named as the reference ptp names it
+    /// when CNI_IFNAME is taken.
     private func createVeth(
         host hostSide: any NetworkNamespace, container: any NetworkNamespace
     ) throws(CNIError) -> (host: Link, container: Link) {
-        let ifName = request.ifName
-        var hostLink: Link? = nil
-        var attempt = 0
-        while hostLink == nil {
-            attempt += 1
-            let hostName = randomHostVethName()
-            do {
-                hostLink = try hostSide.createVethPair(
-                    name: hostName, mtu: config.mtu, peerName: ifName, peerMAC: nil, peerNamespace: container)
-            } catch {
-                guard error.isExists else {
-                    // The request may have failed after the kernel made the pair: never leave it.
-                    try? hostSide.deleteLink(named: hostName)
-                    throw CNIError(
-                        error.cniCode, "failed to create veth \(hostName)/\(ifName)", details: error.description)
-                }
-                guard error.existingName == hostName else {
-                    throw CNIError(
-                        .invalidEnvironment, "container veth name (\"\(ifName)\") already exists",
-                        details: "CNI_IFNAME \(ifName) already exists in netns \"\(request.netns)\"")
-                }
-                guard attempt < 10 else {
-                    throw CNIError(
-                        .netlinkFailure, "failed to find a free host veth name after \(attempt) attempts",
-                        details: error.description)
-                }
-            }
-        }
-        guard let hostLink else { throw CNIError(.netlinkFailure, "veth creation returned nothing") }
-        rollback.add("delete veth \(hostLink.name)") { () throws(CNIError) in
-            do throws(HostNetworkError) {
-                try hostSide.deleteLink(index: hostLink.index)
-            } catch {
-                guard error.isNotFound else {
-                    throw CNIError(error.cniCode, "failed to delete \(hostLink.name)", details: error.description)
-                }
-            }
-        }
-        guard
-            let containerLink = try kernel(
-                "failed to look up \"\(ifName)\"", container.link(named: ifName))
-        else {
-            throw CNIError(.netlinkFailure, "veth peer \(ifName) vanished from netns \"\(request.netns)\"")
-        }
-        return (hostLink, containerLink)
+        try createContainerVeth(
+            host: hostSide, container: container, request: request, mtu: config.mtu, containerMAC: nil,
+            rollback: rollback
+        ) { _ in "container veth name (\"\(request.ifName)\") already exists" }
     }
 
     /// The host end: up, the gateway of each address as /32 (/128) — the same gateway on every

@@ -1,0 +1,67 @@
+import CNI
+import NetAddress
+import Netlink
+
+/// 4 random bytes in hex, for host veth names (`veth3a5b9c01`, as the reference names them).
+public func randomHostVethName() -> String {
+    var generator = SystemRandomNumberGenerator()
+    let bytes = (0..<4).map { _ in UInt8.random(in: 0...255, using: &generator) }
+    return "veth" + bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+}
+
+/// The veth pair of an interface plugin (bridge, ptp), made in one request: a random
+/// `vethXXXXXXXX` in `host`, CNI_IFNAME directly in `container`. A host name already taken is
+/// retried (10 attempts); CNI_IFNAME already taken in the container is refused with the
+/// plugin's own message (`ifNameTaken`, given the host name tried), as each reference plugin
+/// words it. Registers the undo in `rollback`: deleting the host end removes both ends.
+public func createContainerVeth(
+    host: any NetworkNamespace, container: any NetworkNamespace, request: PluginRequest,
+    mtu: Int?, containerMAC: MACAddress?, rollback: Rollback, ifNameTaken: (String) -> String
+) throws(CNIError) -> (host: Link, container: Link) {
+    let ifName = request.ifName
+    var attempt = 0
+    var hostLink: Link? = nil
+    while hostLink == nil {
+        attempt += 1
+        let hostName = randomHostVethName()
+        do throws(HostNetworkError) {
+            hostLink = try host.createVethPair(
+                name: hostName, mtu: mtu, peerName: ifName, peerMAC: containerMAC, peerNamespace: container)
+        } catch {
+            guard error.isExists else {
+                // The request may have failed after the kernel made the pair (e.g. reading it
+                // back): never leave it behind.
+                try? host.deleteLink(named: hostName)
+                throw CNIError(
+                    error.cniCode, "failed to create veth \(hostName)/\(ifName)", details: error.description)
+            }
+            guard error.existingName == hostName else {
+                throw CNIError(
+                    .invalidEnvironment, ifNameTaken(hostName),
+                    details: "CNI_IFNAME \(ifName) already exists in netns \"\(request.netns)\"")
+            }
+            guard attempt < 10 else {
+                throw CNIError(
+                    .netlinkFailure, "failed to find a free host veth name after \(attempt) attempts",
+                    details: error.description)
+            }
+        }
+    }
+    guard let hostLink else { throw CNIError(.netlinkFailure, "veth creation returned nothing") }
+    rollback.add("delete veth \(hostLink.name)") { () throws(CNIError) in
+        do throws(HostNetworkError) {
+            try host.deleteLink(index: hostLink.index)
+        } catch {
+            guard error.isNotFound else {
+                throw CNIError(error.cniCode, "failed to delete \(hostLink.name)", details: error.description)
+            }
+        }
+    }
+    guard
+        let containerLink = try kernel(
+            "failed to look up \(ifName) in netns \"\(request.netns)\"", container.link(named: ifName))
+    else {
+        throw CNIError(.netlinkFailure, "veth peer \(ifName) vanished from netns \"\(request.netns)\"")
+    }
+    return (hostLink, containerLink)
+}
