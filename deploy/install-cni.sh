@@ -46,7 +46,11 @@ NODE_BIN_DIR=${NODE_BIN_DIR:-/opt/cni/bin}
 SERVICEACCOUNT_DIR=${SERVICEACCOUNT_DIR:-/var/run/secrets/kubernetes.io/serviceaccount}
 POD_CIDR=${POD_CIDR:-}
 NODE_NAME=${NODE_NAME:-}
-PLUGINS="bridge host-local static loopback portmap"
+# Required: the default conflist's own. Optional (installed when the image carries them, so an
+# image built before they existed still installs): the chained and other main plugins, which a
+# node's other conflists (podman's, a ptp network) name by type.
+PLUGINS="bridge host-local static loopback"
+OPTIONAL_PLUGINS="portmap ptp firewall tuning bandwidth"
 TMP_SUFFIX=".swift-cni-tmp"
 
 log() { echo "install-cni: $*"; }
@@ -115,10 +119,11 @@ mkdir -p "$HOST_BIN_DIR" "$HOST_CONF_DIR"
 rm -f "$HOST_BIN_DIR"/.*"$TMP_SUFFIX".* "$HOST_CONF_DIR"/.*"$TMP_SUFFIX".*
 
 for plugin in $PLUGINS; do
+    [ -f "$SRC_BIN_DIR/$plugin" ] || die "plugin $plugin missing from $SRC_BIN_DIR"
+done
+for plugin in $PLUGINS $OPTIONAL_PLUGINS; do
     if [ -f "$SRC_BIN_DIR/$plugin" ]; then
         install_file "$SRC_BIN_DIR/$plugin" "$HOST_BIN_DIR/$plugin" 0755
-    elif [ "$plugin" != portmap ]; then
-        die "plugin $plugin missing from $SRC_BIN_DIR"
     fi
 done
 

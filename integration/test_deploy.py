@@ -20,9 +20,9 @@ from cnitest import REPO
 INSTALLER = REPO / "deploy" / "install-cni.sh"
 MANIFEST = REPO / "deploy" / "daemonset.yaml"
 OUR_PLUGINS = ("bridge", "host-local", "static", "loopback")
-# What `make install` puts on a node: also our portmap, ptp, firewall, tuning and bandwidth (the
-# installer image treats portmap as optional and does not carry the others yet).
-INSTALLED = OUR_PLUGINS + ("portmap", "ptp", "firewall", "tuning", "bandwidth")
+# Installed when present, by the installer image and `make install` alike.
+OPTIONAL_PLUGINS = ("portmap", "ptp", "firewall", "tuning", "bandwidth")
+INSTALLED = OUR_PLUGINS + OPTIONAL_PLUGINS
 
 
 def test_make_install_puts_the_plugins_under_destdir(tmp_path):
@@ -145,6 +145,22 @@ def test_installer_writes_plugins_and_a_conflist_for_the_pod_cidr(node):
     assert bridge["ipam"] == {"type": "host-local", "ranges": [[{"subnet": "10.244.3.0/24"}]]}
     assert sorted(os.listdir(node["conf"])) == ["10-swift-cni.conflist"]
     assert not [p for p in os.listdir(node["bin"]) if p.startswith(".")], "temp files left"
+
+
+def test_installer_installs_the_optional_plugins_the_image_carries(node):
+    for plugin in OPTIONAL_PLUGINS:
+        (node["source"] / plugin).write_text(f"#!/bin/sh\necho {plugin} v1\n")
+    install(node, POD_CIDR="10.244.3.0/24")
+    assert sorted(os.listdir(node["bin"])) == sorted(INSTALLED)
+    for plugin in OPTIONAL_PLUGINS:
+        assert (node["bin"] / plugin).read_text() == (node["source"] / plugin).read_text()
+
+
+def test_installer_refuses_an_image_without_a_required_plugin(node):
+    (node["source"] / "host-local").unlink()
+    proc = install(node, check=False, POD_CIDR="10.244.3.0/24")
+    assert proc.returncode != 0 and "plugin host-local missing" in proc.stderr, proc.stderr
+    assert not node["bin"].exists() or not os.listdir(node["bin"]), "nothing installed from a broken image"
 
 
 def test_installer_dual_stack_options_and_portmap(node):
