@@ -383,21 +383,10 @@ struct BridgeAdd {
         }
         try kernel("failed to set \(ifName) up", container.setUp(index: link.index))
 
-        let v4Gateway = result.ips.first { $0.address.family == .v4 && $0.gateway != nil }?.gateway
-        let v6Gateway = result.ips.first { $0.address.family == .v6 && $0.gateway != nil }?.gateway
-        if enableDAD && v6Gateway != nil {
+        if enableDAD && result.ips.contains(where: { $0.address.family == .v6 && $0.gateway != nil }) {
             try kernel("failed while waiting for addresses to settle", container.waitForDAD(index: link.index))
         }
-        for route in result.routes {
-            let gateway = route.gw ?? (route.dst.family == .v4 ? v4Gateway : v6Gateway)
-            let kernelRoute = Route(
-                destination: route.dst.network, gateway: gateway, outputIndex: link.index,
-                scope: route.scope.map { Scope(rawValue: UInt8(truncatingIfNeeded: $0)) } ?? .universe,
-                table: route.table ?? Route.mainTable, priority: route.priority)
-            try kernel(
-                "failed to add route '\(route.dst) via \(gateway.map(\.description) ?? "-") dev \(ifName)'",
-                container.addRoute(kernelRoute))
-        }
+        try addResultRoutes(result, on: link, in: container, ifName: ifName)
     }
 
     // MARK: Gateways

@@ -65,3 +65,23 @@ public func createContainerVeth(
     }
     return (hostLink, containerLink)
 }
+
+/// The IPAM result's routes in the container, on `link`: a route without `gw` goes via the
+/// gateway of the first address of its family that has one (as the reference bridge and ptp
+/// route them), with the result's scope, table and priority.
+public func addResultRoutes(
+    _ result: CNIResult, on link: Link, in container: any NetworkNamespace, ifName: String
+) throws(CNIError) {
+    let v4Gateway = result.ips.first { $0.address.family == .v4 && $0.gateway != nil }?.gateway
+    let v6Gateway = result.ips.first { $0.address.family == .v6 && $0.gateway != nil }?.gateway
+    for route in result.routes {
+        let gateway = route.gw ?? (route.dst.family == .v4 ? v4Gateway : v6Gateway)
+        let kernelRoute = Route(
+            destination: route.dst.network, gateway: gateway, outputIndex: link.index,
+            scope: route.scope.map { Scope(rawValue: UInt8(truncatingIfNeeded: $0)) } ?? .universe,
+            table: route.table ?? Route.mainTable, priority: route.priority)
+        try kernel(
+            "failed to add route '\(route.dst) via \(gateway.map(\.description) ?? "-") dev \(ifName)'",
+            container.addRoute(kernelRoute))
+    }
+}

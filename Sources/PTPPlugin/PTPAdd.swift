@@ -174,18 +174,7 @@ struct PTPAdd {
                     container.addRoute(route))
             }
         }
-        let v4Gateway = result.ips.first { $0.address.family == .v4 }?.gateway
-        let v6Gateway = result.ips.first { $0.address.family == .v6 }?.gateway
-        for route in result.routes {
-            let gateway = route.gw ?? (route.dst.family == .v4 ? v4Gateway : v6Gateway)
-            let kernelRoute = Route(
-                destination: route.dst.network, gateway: gateway, outputIndex: link.index,
-                scope: route.scope.map { Scope(rawValue: UInt8(truncatingIfNeeded: $0)) } ?? .universe,
-                table: route.table ?? Route.mainTable, priority: route.priority)
-            try kernel(
-                "failed to add route '\(route.dst) via \(gateway.map(\.description) ?? "-") dev \(ifName)'",
-                container.addRoute(kernelRoute))
-        }
+        try addResultRoutes(result, on: link, in: container, ifName: ifName)
     }
 
     // MARK: Masquerade
