@@ -254,21 +254,27 @@ extension NetlinkMessage {
         func value(_ type: UInt32, _ bytes: [UInt8]) {
             nest(Int(type)) { put(Int(NFTA_DATA_VALUE.rawValue), bytes: bytes) }
         }
-        switch expression {
-        case .loadProtocol:
+        func meta(_ key: UInt32) {
             name("meta")
             data {
-                put(Int(NFTA_META_KEY.rawValue), u32: UInt32(NFT_META_NFPROTO.rawValue).bigEndian)
+                put(Int(NFTA_META_KEY.rawValue), u32: key.bigEndian)
                 put(Int(NFTA_META_DREG.rawValue), u32: register)
             }
-        case .loadNetworkHeader(let offset, let length):
+        }
+        func payload(_ base: UInt32, offset: UInt32, length: UInt32) {
             name("payload")
             data {
                 put(Int(NFTA_PAYLOAD_DREG.rawValue), u32: register)
-                put(Int(NFTA_PAYLOAD_BASE.rawValue), u32: UInt32(NFT_PAYLOAD_NETWORK_HEADER.rawValue).bigEndian)
+                put(Int(NFTA_PAYLOAD_BASE.rawValue), u32: base.bigEndian)
                 put(Int(NFTA_PAYLOAD_OFFSET.rawValue), u32: offset.bigEndian)
                 put(Int(NFTA_PAYLOAD_LEN.rawValue), u32: length.bigEndian)
             }
+        }
+        switch expression {
+        case .loadProtocol:
+            meta(UInt32(NFT_META_NFPROTO.rawValue))
+        case .loadNetworkHeader(let offset, let length):
+            payload(UInt32(NFT_PAYLOAD_NETWORK_HEADER.rawValue), offset: offset, length: length)
         case .bitwise(let mask, let xor):
             name("bitwise")
             data {
@@ -309,19 +315,9 @@ extension NetlinkMessage {
             // An empty data nest, as nft sends it (libnl's nest_end would drop an empty nest).
             put(Int(NFTA_EXPR_DATA.rawValue) | Int(NLA_F_NESTED), bytes: [])
         case .loadTransportProtocol:
-            name("meta")
-            data {
-                put(Int(NFTA_META_KEY.rawValue), u32: UInt32(NFT_META_L4PROTO.rawValue).bigEndian)
-                put(Int(NFTA_META_DREG.rawValue), u32: register)
-            }
+            meta(UInt32(NFT_META_L4PROTO.rawValue))
         case .loadTransportHeader(let offset, let length):
-            name("payload")
-            data {
-                put(Int(NFTA_PAYLOAD_DREG.rawValue), u32: register)
-                put(Int(NFTA_PAYLOAD_BASE.rawValue), u32: UInt32(NFT_PAYLOAD_TRANSPORT_HEADER.rawValue).bigEndian)
-                put(Int(NFTA_PAYLOAD_OFFSET.rawValue), u32: offset.bigEndian)
-                put(Int(NFTA_PAYLOAD_LEN.rawValue), u32: length.bigEndian)
-            }
+            payload(UInt32(NFT_PAYLOAD_TRANSPORT_HEADER.rawValue), offset: offset, length: length)
         case .loadDestinationAddressType:
             name("fib")
             data {
