@@ -263,17 +263,19 @@ public enum Delegate {
         if let wire = try? JSONCodec.decode(WireError.self, from: output.stdout) {
             return CNIError(CNIError.Code(rawValue: wire.code), wire.msg ?? "", details: wire.details ?? "")
         }
-        let stdout = output.stdoutText.trimmingPrefixAndSuffixWhitespace()
-        let stderr = output.stderrText.trimmingPrefixAndSuffixWhitespace()
+        let stdout = output.stdoutText.trimmingWhitespace()
+        let stderr = output.stderrText.trimmingWhitespace()
         return CNIError(
             .delegationFailure, "plugin \"\(type)\" failed \(command.rawValue) with exit status \(output.status)",
             details: stdout.isEmpty ? stderr : stdout)
     }
 }
 
-extension String {
-    func trimmingPrefixAndSuffixWhitespace() -> String {
-        let scalars = unicodeScalars
+extension StringProtocol {
+    /// Go's `strings.TrimSpace`: without leading and trailing Unicode white space. The one
+    /// trimming of text the plugins read (delegate output, lease files, config entries).
+    public func trimmingWhitespace() -> String {
+        let scalars = String(self).unicodeScalars
         guard let first = scalars.firstIndex(where: { !$0.properties.isWhitespace }),
             let last = scalars.lastIndex(where: { !$0.properties.isWhitespace })
         else { return "" }

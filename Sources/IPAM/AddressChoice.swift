@@ -127,7 +127,7 @@ public struct AddressChoice: Sendable {
     public static func name(_ family: IPAddress.Family) -> String { family == .v4 ? "ipv4" : "ipv6" }
 
     private static func family(_ text: String, key: String, code: CNIError.Code) throws(CNIError) -> IPAddress.Family {
-        switch text.trimmingSpaces.lowercased() {
+        switch text.trimmingWhitespace().lowercased() {
         case "ipv4", "4": return .v4
         case "ipv6", "6": return .v6
         default:
@@ -136,7 +136,7 @@ public struct AddressChoice: Sendable {
     }
 
     private static func pool(_ text: String, key: String, code: CNIError.Code) throws(CNIError) -> IPPrefix {
-        guard let prefix = IPPrefix(text.trimmingSpaces) else {
+        guard let prefix = IPPrefix(text.trimmingWhitespace()) else {
             throw CNIError(
                 code, "invalid \(key) \"\(text)\": not a CIDR",
                 details: "a pool is the subnet of a range, e.g. 10.22.0.0/16")
@@ -146,11 +146,5 @@ public struct AddressChoice: Sendable {
                 code, "invalid \(key) \"\(text)\": host bits set", details: "write it as \(prefix.network)")
         }
         return prefix
-    }
-}
-
-extension String {
-    fileprivate var trimmingSpaces: String {
-        String(drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
     }
 }

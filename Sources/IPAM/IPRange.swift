@@ -184,7 +184,7 @@ public struct IPRange: Hashable, Sendable, CustomStringConvertible {
                     .invalidNetworkConfig, "invalid \(key) \"\(text)\": \(problem)",
                     details: "an exclude entry is an address, first-last, or a CIDR inside \(subnet)")
             }
-            let trimmed = String(text.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
+            let trimmed = text.trimmingWhitespace()
             let first: IPAddress
             let last: IPAddress
             if trimmed.contains("/") {
@@ -195,8 +195,8 @@ public struct IPRange: Hashable, Sendable, CustomStringConvertible {
                 first = prefix.networkAddress
                 last = prefix.lastAddress
             } else if let dash = trimmed.firstIndex(of: "-") {
-                let low = trimmed[..<dash].trimmingSpaces
-                let high = trimmed[trimmed.index(after: dash)...].trimmingSpaces
+                let low = trimmed[..<dash].trimmingWhitespace()
+                let high = trimmed[trimmed.index(after: dash)...].trimmingWhitespace()
                 guard let low = IPAddress(low), let high = IPAddress(high) else {
                     throw invalid("not two IP addresses joined by -")
                 }
@@ -224,12 +224,6 @@ public struct IPRange: Hashable, Sendable, CustomStringConvertible {
 
         /// `<key> "<text>"`: which entry, as the user wrote it.
         public var description: String { "\(key) \"\(text)\"" }
-    }
-}
-
-extension Substring {
-    fileprivate var trimmingSpaces: Substring {
-        Substring(drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
     }
 }
 

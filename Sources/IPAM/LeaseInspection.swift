@@ -70,13 +70,13 @@ public enum LeaseInspection {
     }
 
     static func state(of content: [UInt8]) -> Lease.State {
-        let text = String(decoding: content, as: UTF8.self).trimmingGoSpace()
+        let text = String(decoding: content, as: UTF8.self).trimmingWhitespace()
         if text.isEmpty { return .empty }
         let bytes = Array(content)
         if let cr = bytes.firstIndex(of: 0x0d) {
             // A separator must be CRLF followed by a non-empty ifname.
             guard cr + 1 < bytes.count, bytes[cr + 1] == 0x0a,
-                !String(decoding: bytes[(cr + 2)...], as: UTF8.self).trimmingGoSpace().isEmpty
+                !String(decoding: bytes[(cr + 2)...], as: UTF8.self).trimmingWhitespace().isEmpty
             else { return .partial }
             return .complete
         }
@@ -91,7 +91,7 @@ public enum LeaseInspection {
         let directory = LeaseStore.directory(dataDir: dataDir, network: network)
         var last: IPAddress?
         if let bytes = try Files.read(directory + "/last_reserved_ip.\(rangeSetIndex)") {
-            last = IPAddress(String(decoding: bytes, as: UTF8.self).trimmingGoSpace())
+            last = IPAddress(String(decoding: bytes, as: UTF8.self).trimmingWhitespace())
         }
         var candidates = set.candidates(after: last)
         while let (address, _) = candidates.next() {

@@ -11,7 +11,7 @@ public struct LeaseOwner: Hashable, Sendable, CustomStringConvertible {
 
     /// The container ID is trimmed as the reference trims it before writing.
     public init(containerID: String, ifname: String) {
-        self.containerID = containerID.trimmingGoSpace()
+        self.containerID = containerID.trimmingWhitespace()
         self.ifname = ifname
     }
 
@@ -23,7 +23,7 @@ public struct LeaseOwner: Hashable, Sendable, CustomStringConvertible {
 
     /// Parses a lease file: everything before the first CRLF is the container ID.
     public init(fileContent: [UInt8]) {
-        let text = String(decoding: fileContent, as: UTF8.self).trimmingGoSpace()
+        let text = String(decoding: fileContent, as: UTF8.self).trimmingWhitespace()
         let utf8 = Array(text.utf8)
         if let split = utf8.indices.dropLast().first(where: { utf8[$0] == 0x0d && utf8[$0 + 1] == 0x0a }) {
             containerID = String(decoding: utf8[..<split], as: UTF8.self)
@@ -48,15 +48,5 @@ public struct LeaseOwner: Hashable, Sendable, CustomStringConvertible {
         isLegacy
             ? "container \"\(containerID)\" (legacy lease without interface)"
             : "container \"\(containerID)\" interface \"\(ifname)\""
-    }
-}
-
-extension String {
-    /// Go's `strings.TrimSpace`: leading and trailing Unicode white space.
-    func trimmingGoSpace() -> String {
-        let scalars = unicodeScalars
-        guard let first = scalars.firstIndex(where: { !$0.properties.isWhitespace }) else { return "" }
-        let last = scalars.lastIndex(where: { !$0.properties.isWhitespace })!
-        return String(scalars[first...last])
     }
 }

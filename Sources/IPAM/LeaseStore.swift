@@ -357,7 +357,7 @@ public final class LeaseStore {
     /// The address last reserved in range set `rangeSetIndex`, if recorded and readable.
     public func lastReserved(rangeSetIndex: Int) throws(CNIError) -> IPAddress? {
         guard let bytes = try leases.read(Self.lastReservedName(rangeSetIndex)) else { return nil }
-        return IPAddress(String(decoding: bytes, as: UTF8.self).trimmingGoSpace())
+        return IPAddress(String(decoding: bytes, as: UTF8.self).trimmingWhitespace())
     }
 
     /// Every owner holding a lease, from a scan of the lease files (GC's starting point: the
