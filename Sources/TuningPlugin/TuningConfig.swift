@@ -2,6 +2,12 @@ import CNI
 import JSON
 import NetAddress
 
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#endif
+
 /// tuning's keys, parsed and checked before anything touches the host: every sysctl key becomes
 /// a path under /proc/sys/net (dots to slashes, then the first `IFNAME` to CNI_IFNAME, as v1.2+),
 /// with no `.` or `..` component; a key given twice in `sysctl` is refused (v1.2+); the MAC is
@@ -101,7 +107,9 @@ struct TuningConfig {
     /// cleaned away. Symbolic links are refused where the file is opened (`Sysctl`).
     static func path(of key: String, ifName: String) throws(CNIError) -> String {
         var path = key.replacingAll(".", with: "/")
-        if let range = path.firstRange(of: "IFNAME") { path.replaceSubrange(range, with: ifName) }
+        if let start = path.indices.first(where: { path[$0...].hasPrefix("IFNAME") }) {
+            path.replaceSubrange(start..<path.index(start, offsetBy: 6), with: ifName)
+        }
         let components = path.split(separator: "/", omittingEmptySubsequences: true)
         if components.contains("..") || components.contains(".") {
             throw invalid(
@@ -118,12 +126,17 @@ struct TuningConfig {
 
     static func checkAllowed(_ key: String, _ allowlist: [String]) throws(CNIError) {
         for pattern in allowlist {
-            guard let regex = try? Regex(pattern) else {
+            // POSIX extended regular expressions (libc's regcomp), unanchored like Go's
+            // MatchString: the reference's RE2 patterns of the form `^net\.ipv4\.conf\..*$` mean
+            // the same; Swift's Regex would link its engine into every plugin (+1.3 MB).
+            var compiled = regex_t()
+            guard regcomp(&compiled, pattern, REG_EXTENDED | REG_NOSUB) == 0 else {
                 throw CNIError(
                     .invalidNetworkConfig, "error parsing regexp: \(pattern)",
-                    details: "a line of \(allowlistFile) is not a regular expression")
+                    details: "a line of \(allowlistFile) is not a (POSIX extended) regular expression")
             }
-            if key.contains(regex) { return }
+            defer { regfree(&compiled) }
+            if regexec(&compiled, key, 0, nil, 0) == 0 { return }
         }
         throw CNIError(
             .invalidNetworkConfig,
@@ -140,7 +153,7 @@ struct TuningConfig {
             throw CNIError(.ioFailure, "failed to read the sysctl allowlist \(path)", details: error.description)
         }
         guard let text else { return nil }
-        return text.split(separator: "\n").map { $0.trimmingSpaces() }.filter { !$0.isEmpty }
+        return text.split(separator: "\n").map { $0.trimmingWhitespace() }.filter { !$0.isEmpty }
     }
 
     /// `duplicated sysctl keys are not allowed`, as v1.2+ (the JSON parser keeps the last).
@@ -160,15 +173,5 @@ struct TuningConfig {
 extension String {
     func replacingAll(_ target: Character, with replacement: Character) -> String {
         String(map { $0 == target ? replacement : $0 })
-    }
-}
-
-extension Substring {
-    func trimmingSpaces() -> String {
-        let isSpace: (Character) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\r" }
-        guard let first = firstIndex(where: { !isSpace($0) }), let last = lastIndex(where: { !isSpace($0) }) else {
-            return ""
-        }
-        return String(self[first...last])
     }
 }
