@@ -169,6 +169,21 @@ class Sandbox:
         namespaces = [self.host] + ([self.container] if Path(f"/run/netns/{self.container}").exists() else [])
         return snapshot(namespaces=namespaces, directories=[self.tmp])
 
+    def settled_snapshot(self, timeout=3.0):
+        """A snapshot once the kernel's own follow-up work of a setup has finished: after a setup
+        ADD, IPv6 link-local addresses and their DAD appear asynchronously, and a snapshot taken
+        in between would blame the case's command for them. Two equal snapshots in a row (or
+        the timeout) count as settled."""
+        deadline = time.monotonic() + timeout
+        previous = self.snapshot()
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            current = self.snapshot()
+            if current == previous:
+                return current
+            previous = current
+        return previous
+
     def run(self, plugin, command, env, stdin):
         """Exec the plugin inside the host namespace, as a runtime on that host would."""
         environment = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
@@ -275,7 +290,7 @@ def execute_case(plugin, case, base):
         do_setup(sandbox, plugin, base, case.get("setup", []))
         expect = case["expect"]
         outcome = expect.get("outcome", "error")
-        before = sandbox.snapshot()
+        before = sandbox.settled_snapshot() if case.get("setup") else sandbox.snapshot()
         proc, elapsed = sandbox.run(plugin, command, env, stdin)
         assert proc.returncode >= 0, f"{case['id']}: killed by signal {-proc.returncode}: {proc.stderr[-2000:]!r}"
         assert elapsed < CASE_TIMEOUT / 2, f"{case['id']}: took {elapsed:.1f}s"
@@ -337,7 +352,7 @@ def _show(selector):
             env = case_environment(base, case, sandbox.variables)
             stdin = case_stdin(base, case, sandbox.variables)
             do_setup(sandbox, plugin, base, case.get("setup", []))
-            before = sandbox.snapshot()
+            before = sandbox.settled_snapshot() if case.get("setup") else sandbox.snapshot()
             proc, elapsed = sandbox.run(plugin, command, env, stdin)
             print(f"{plugin} {command} rc={proc.returncode} in {elapsed:.2f}s\nstdin: {stdin[:300]!r}")
             print(f"stdout: {proc.stdout[:2000].decode(errors='replace')}\nstderr: {proc.stderr[:2000]!r}")
