@@ -462,22 +462,16 @@ struct BridgeAdd {
         if let existing = try kernel("failed to find interface \"\(name)\"", host.link(named: name)) {
             return existing
         }
-        var attempt = 0
-        var created: Link? = nil
-        while created == nil {
-            attempt += 1
-            let portName = randomHostVethName()
-            do throws(HostNetworkError) {
-                created = try host.createVethPair(
+        let port: Link
+        do throws(VethCreationFailure) {
+            port = try createVethWithRandomHostName(in: host) { portName throws(HostNetworkError) in
+                try host.createVethPair(
                     name: portName, mtu: bridge.mtu, peerName: name, peerMAC: nil, peerNamespace: host)
-            } catch {
-                guard error.isExists, error.existingName == portName, attempt < 10 else {
-                    throw CNIError(
-                        .netlinkFailure, "faild to create vlan gateway \"\(name)\"", details: error.description)
-                }
             }
+        } catch {
+            throw CNIError(
+                .netlinkFailure, "faild to create vlan gateway \"\(name)\"", details: error.error.description)
         }
-        guard let port = created else { throw CNIError(.netlinkFailure, "veth creation returned nothing") }
         try kernel(
             "failed to connect \"\(port.name)\" to bridge \(bridge.name)",
             host.setMaster(index: port.index, masterIndex: bridge.index))
