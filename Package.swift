@@ -63,6 +63,9 @@ let package = Package(
         .target(name: "StaticPlugin", dependencies: ["CNI", "IPAM"]),
         .target(name: "PortmapPlugin", dependencies: ["CNI", "IPAM", "NetAddress", "Netlink", "PacketFilter"]),
         .target(name: "FirewallPlugin", dependencies: ["CNI", "NetAddress", "PacketFilter"]),
+        // cluster-ipam's shared half (no libcurl): pools carved into blocks, the claim protocol
+        // between the plugin and `cnictl cluster`; linked by both.
+        .target(name: "ClusterIPAM", dependencies: ["CNI", "IPAM", "JSON", "NetAddress"]),
 
         // The multi-call executable: runs the plugin it is named as (argv[0]), and the IPAM
         // plugins the bridge delegates to in-process when CNI_PATH holds this very build.
@@ -100,5 +103,6 @@ let package = Package(
         .testTarget(
             name: "PTPTests", dependencies: ["PTPPlugin", "HostNetwork", "JSON", "CNI", "NetAddress", "Netlink"]),
         .testTarget(name: "CNICtlTests", dependencies: ["CNICtl", "IPAM", "JSON", "NetAddress"]),
+        .testTarget(name: "ClusterIPAMTests", dependencies: ["ClusterIPAM", "CNI", "IPAM", "JSON", "NetAddress"]),
     ]
 )
