@@ -9,11 +9,12 @@ CNI_BIN_DIR ?= /opt/cni/bin
 SWIFT ?= swift
 PYTHON ?= /usr/bin/python3
 # Debian packages: libnl for the build; iproute2, nftables, iptables for the plugins; the
-# reference plugins and pytest for the integration tests and benchmarks.
+# reference plugins and pytest for the integration tests and benchmarks; etcd-server (3.4) for the
+# cluster-ipam tests and libcurl for cnictl's etcd client.
 DEB_PACKAGES := pkg-config libnl-3-dev libnl-route-3-dev iproute2 nftables iptables containernetworking-plugins \
 	python3 python3-pytest procps util-linux \
 	podman runc conmon containerd golang-go golang-github-appc-cni-dev busybox-static python3-yaml curl iputils-ping \
-	gcc libc6-dev time
+	gcc libc6-dev time etcd-server libcurl4-openssl-dev
 # Release binaries are fully static executables (Swift runtime, libnl, libstdc++ and glibc
 # linked in): no dynamic loader work at each start (a third of a plugin's start-up CPU when
 # linked dynamically), and they run on a node without libnl, like the reference's Go binaries.
