@@ -78,10 +78,20 @@ let package = Package(
 
         // cnictl's logic: network discovery as libcni does it, the on-disk and kernel state of
         // each attachment, the consistency check, release and GC (no argument parsing here).
-        .target(name: "CNICtl", dependencies: ["CNI", "IPAM", "JSON", "NetAddress", "Netlink", "Exec"]),
+        // C: libcurl (system library), wrapped only by ClusterStore; only cnictl links it.
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        // The etcd v3 client (JSON gateway over libcurl) and cluster-ipam's store operations:
+        // block claims and releases, node registration, dead-node reclaim. Only cnictl links it.
+        .target(name: "ClusterStore", dependencies: ["CCurl", "CNI", "ClusterIPAM", "JSON", "NetAddress"]),
+        .target(
+            name: "CNICtl",
+            dependencies: ["CNI", "IPAM", "JSON", "NetAddress", "Netlink", "Exec", "ClusterIPAM", "ClusterStore"]),
         .executableTarget(
             name: "cnictl",
-            dependencies: ["CNICtl", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: [
+                "CNICtl", "CNI", "ClusterIPAM", "ClusterStore", "IPAM", "JSON", "NetAddress",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
 
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),

@@ -1,7 +1,10 @@
 import ArgumentParser
 import CNI
 import CNICtl
+import ClusterIPAM
+import ClusterStore
 import IPAM
+import JSON
 import NetAddress
 
 #if canImport(Glibc)
@@ -48,7 +51,7 @@ struct CNICtlCommand: ParsableCommand {
             dataDir; runtime results in libcni's cache (--cache-dir); links and rules in the network \
             namespace cnictl runs in.
             """,
-        subcommands: [PS.self, IPAM.self, GC.self])
+        subcommands: [PS.self, IPAM.self, GC.self, Cluster.self])
 
     /// As ArgumentParser's, but a failure is one line on stderr (usage goes only with --help):
     /// `cnictl: <what is wrong> (see 'cnictl <command> --help')`.
@@ -309,5 +312,306 @@ struct GC: ParsableCommand {
         let directory = count > 0 ? String(decoding: own[0..<count], as: UTF8.self) : ""
         let dir = directory.split(separator: "/").dropLast().joined(separator: "/")
         return (dir.isEmpty ? "" : "/" + dir + ":") + "/opt/cni/bin"
+    }
+}
+
+// MARK: - cnictl cluster
+
+/// The store and this node, from flags or a network's cluster-ipam section.
+struct StoreOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("etcd endpoints, comma-separated (http(s)://host:port).", valueName: "urls"))
+    var endpoints: String?
+    @Option(help: ArgumentHelp("The key prefix (default /swift-cni/cluster/).", valueName: "prefix"))
+    var prefix: String?
+    @Option(help: ArgumentHelp("Client certificate (PEM).", valueName: "file")) var cert: String?
+    @Option(help: ArgumentHelp("Client key (PEM).", valueName: "file")) var key: String?
+    @Option(help: ArgumentHelp("CA of the etcd servers (PEM).", valueName: "file")) var cacert: String?
+    @Option(help: "Read the store settings, node and pools from this network's cluster-ipam section.")
+    var network: String?
+    @Option(help: ArgumentHelp("The network configs.", valueName: "dir"))
+    var confDir = NetworkDiscovery.defaultConfDir
+    @Option(help: "This node's name (default: the network's ipam.node, else the host name).") var node: String?
+    @Option(help: ArgumentHelp("This node's addresses, comma-separated.", valueName: "ips")) var nodeIPs: String?
+    @Option(help: "Seconds a registration lives (default 60).") var leaseTTL: Int?
+    @Option(help: "Seconds a node must be absent before gc reclaims its blocks (default 3600).")
+    var reclaimAfter: Int?
+    @Option(help: ArgumentHelp("The plugin's state root (default /var/lib/cni/networks).", valueName: "dir"))
+    var dataDir: String?
+
+    func settings() throws -> ClusterSettings {
+        var settings: ClusterSettings
+        if let network {
+            let definition = try NetworkDiscovery.network(named: network, confDir: confDir, dataDirOverride: nil)
+            settings = try ClusterSettings.from(network: definition)
+        } else {
+            guard endpoints != nil else {
+                throw ValidationError("pass --endpoints URL[,URL...] or --network NAME")
+            }
+            settings = ClusterSettings(
+                etcd: EtcdSettings(endpoints: []), node: ClusterSettings.hostName(), nodeIPs: [],
+                leaseTTL: NodeIdentity.defaultLeaseTTL, reclaimAfter: ClusterSettings.defaultReclaimAfter, pools: [],
+                dataDir: ClusterSettings.defaultDataDir, network: nil)
+        }
+        if let endpoints { settings.etcd.endpoints = endpoints.split(separator: ",").map(String.init) }
+        if let prefix { settings.etcd.prefix = prefix }
+        if let cert { settings.etcd.certFile = cert }
+        if let key { settings.etcd.keyFile = key }
+        if let cacert { settings.etcd.caFile = cacert }
+        if let node { settings.node = node }
+        if let nodeIPs {
+            settings.nodeIPs = try nodeIPs.split(separator: ",").map {
+                guard let address = IPAddress($0) else { throw ValidationError("--node-ips: \"\($0)\" is not an IP") }
+                return address
+            }
+        }
+        if let leaseTTL { settings.leaseTTL = leaseTTL }
+        if let reclaimAfter { settings.reclaimAfter = reclaimAfter }
+        if let dataDir { settings.dataDir = dataDir }
+        return settings
+    }
+
+    func store(_ settings: ClusterSettings) throws -> ClusterStore {
+        try ClusterStore(settings.etcd, key: network == nil ? "--endpoints" : "etcd")
+    }
+}
+
+/// Reads all of stdin (the --json request).
+func readStandardInput() -> [UInt8] {
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let count = chunk.withUnsafeMutableBytes { read(0, $0.baseAddress, $0.count) }
+        if count < 0 && errno == EINTR { continue }
+        guard count > 0 else { break }
+        bytes += chunk[0..<count]
+    }
+    return bytes
+}
+
+/// Answers one --json request and exits with its status (the reply or a CNI error on stdout).
+func serveJSON(_ verb: ClaimVerb) -> Never {
+    let outcome = ClusterProtocol.serve(verb, request: readStandardInput())
+    let text = outcome.stdout + [UInt8(ascii: "\n")]
+    _ = text.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
+    exit(outcome.status)
+}
+
+func printJSON(_ value: some Encodable) {
+    print(String(decoding: JSONCodec.encode(value), as: UTF8.self))
+}
+
+func age(_ since: Int) -> String {
+    let seconds = max(0, ClusterStore.now() - since)
+    if seconds < 120 { return "\(seconds)s" }
+    if seconds < 7200 { return "\(seconds / 60)m" }
+    return seconds < 172_800 ? "\(seconds / 3600)h" : "\(seconds / 86400)d"
+}
+
+struct Cluster: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cluster",
+        abstract: "cluster-ipam's store (etcd): blocks per node, registration, dead nodes, routes.",
+        subcommands: [
+            Claim.self, Release.self, Renew.self, Show.self, Check.self, ClusterGC.self, ReleaseNode.self, Routes.self,
+        ])
+
+    struct Claim: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Claim a block of a pool for this node (--json: the plugin's request on stdin).")
+        @OptionGroup var store: StoreOptions
+        @Flag(help: "Read one JSON request on stdin, write one JSON reply (the plugin's protocol).") var json = false
+        @Option(help: ArgumentHelp("The pool (default: the network's first).", valueName: "cidr")) var pool: String?
+        @Option(help: "The block prefix length (default 26 / 122).") var blockSize: Int?
+        @Option(help: "How many blocks.") var count = 1
+
+        func run() throws {
+            if json { serveJSON(.claim) }
+            let settings = try store.settings()
+            var spec = settings.pools.first
+            if let pool {
+                guard let subnet = IPPrefix(pool) else { throw ValidationError("--pool \"\(pool)\" is not a CIDR") }
+                spec = settings.pools.first { $0.subnet == subnet } ?? PoolSpec(subnet: subnet)
+            }
+            guard var spec else { throw ValidationError("pass --pool CIDR (or --network with pools)") }
+            if let blockSize { spec.blockSize = blockSize }
+            let reply = try store.store(settings).claim(
+                settings.identity, pool: try BlockPool(spec, key: "--pool"), count: count)
+            print("claimed \(reply.claimed.map(\.description).joined(separator: ", ")) for node \(settings.node)")
+            print("held in \(spec.subnet): \(reply.held.map(\.description).joined(separator: ", "))")
+        }
+    }
+
+    struct Release: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Give blocks of this node back (--json: the plugin's request on stdin).")
+        @OptionGroup var store: StoreOptions
+        @Flag(help: "Read one JSON request on stdin, write one JSON reply (the plugin's protocol).") var json = false
+        @Argument(help: "The blocks (CIDR).") var blocks: [String] = []
+
+        func run() throws {
+            if json { serveJSON(.release) }
+            let settings = try store.settings()
+            let prefixes = try blocks.map {
+                guard let block = IPPrefix($0) else { throw ValidationError("\"\($0)\" is not a CIDR") }
+                return block
+            }
+            let reply = try store.store(settings).release(settings.identity, blocks: prefixes)
+            for block in reply.released { print("released \(block)") }
+            for block in reply.notOwned { print("not node \(settings.node)'s: \(block)") }
+        }
+    }
+
+    struct Renew: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Refresh this node's registration (--json: the plugin's request on stdin).",
+            discussion: "Run it on idle nodes more often than leaseTTL (deploy/ has a systemd timer).")
+        @OptionGroup var store: StoreOptions
+        @Flag(help: "Read one JSON request on stdin, write one JSON reply (the plugin's protocol).") var json = false
+
+        func run() throws {
+            if json { serveJSON(.renew) }
+            let settings = try store.settings()
+            let reply = try store.store(settings).renew(settings.identity)
+            print("registered node \(settings.node); holds \(reply.held.map(\.description).joined(separator: ", "))")
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Blocks per node, nodes and absent nodes, with ages.")
+        @OptionGroup var store: StoreOptions
+        @Flag(help: "JSON instead of tables.") var json = false
+
+        func run() throws {
+            let settings = try store.settings()
+            let snapshot = try store.store(settings).snapshot()
+            if json {
+                var blocks: [JSONValue] = []
+                for held in snapshot.blocks {
+                    blocks.append(
+                        .object([
+                            "block": .string(held.block.description), "node": .string(held.record.node),
+                            "pool": .string(held.record.pool), "claimedAt": .number(JSONNumber(held.record.claimedAt)),
+                        ]))
+                }
+                var nodes: [JSONValue] = []
+                for (name, node) in snapshot.nodes.sorted(by: { $0.key < $1.key }) {
+                    nodes.append(
+                        .object([
+                            "node": .string(name),
+                            "nodeIPs": .array(node.record.nodeIPs.map { .string($0.description) }),
+                            "registeredAt": .number(JSONNumber(node.record.registeredAt)),
+                        ]))
+                }
+                var absent: [JSONValue] = []
+                for (name, entry) in snapshot.absent.sorted(by: { $0.key < $1.key }) {
+                    absent.append(
+                        .object([
+                            "node": .string(name), "since": .number(JSONNumber(entry.record.since)),
+                            "seen": .number(JSONNumber(entry.record.seen)),
+                        ]))
+                }
+                let value = JSONValue.object([
+                    "blocks": .array(blocks), "nodes": .array(nodes), "absent": .array(absent),
+                ])
+                print(String(decoding: value.encoded(), as: UTF8.self))
+                return
+            }
+            print(
+                Table(
+                    header: ["BLOCK", "NODE", "POOL", "AGE"],
+                    rows: snapshot.blocks.map {
+                        [$0.block.description, $0.record.node, $0.record.pool, age($0.record.claimedAt)]
+                    }
+                ).render())
+            print(
+                Table(
+                    header: ["NODE", "NODE IPS", "REGISTERED", "BLOCKS"],
+                    rows: snapshot.nodes.sorted(by: { $0.key < $1.key }).map { name, node in
+                        [
+                            name, node.record.nodeIPs.map(\.description).joined(separator: ","),
+                            age(node.record.registeredAt) + " ago", String(snapshot.blocks(of: name).count),
+                        ]
+                    }
+                ).render())
+            for (name, entry) in snapshot.absent.sorted(by: { $0.key < $1.key }) {
+                print("absent: \(name) since \(age(entry.record.since)) ago, seen by \(entry.record.seen) gc passes")
+            }
+        }
+    }
+
+    struct Check: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "This node's blocks in the store against the plugin's local record (needs --network).")
+        @OptionGroup var store: StoreOptions
+
+        func run() throws {
+            let settings = try store.settings()
+            let check = try ClusterCheck.run(settings, store: try store.store(settings))
+            for block in check.agreed { print("ok \(block)") }
+            for block in check.lostInStore {
+                print("LOST \(block): held in \(check.localFile) but not node \(settings.node)'s in the store")
+            }
+            for block in check.unknownLocally {
+                print("UNKNOWN \(block): node \(settings.node)'s in the store, not in \(check.localFile)")
+            }
+            if !check.consistent { throw ExitCode(1) }
+        }
+    }
+
+    struct ClusterGC: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "gc",
+            abstract: "Mark nodes that hold blocks but are not registered; reclaim their blocks after --reclaim-after.",
+            discussion: "Safe to run from every node at once; a node's blocks go after two passes at least.")
+        @OptionGroup var store: StoreOptions
+
+        func run() throws {
+            let settings = try store.settings()
+            let report = try store.store(settings).gc(reclaimAfter: settings.reclaimAfter)
+            for entry in report.absent {
+                print("absent \(entry.node) since \(age(entry.since)) ago, seen by \(entry.seen) passes")
+            }
+            for entry in report.reclaimed { print("reclaimed \(entry.block) of \(entry.node)") }
+            for node in report.cleared { print("cleared absent record of \(node)") }
+        }
+    }
+
+    struct ReleaseNode: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "release-node",
+            abstract: "The operator's word that a node is gone: release all its blocks now.")
+        @OptionGroup var store: StoreOptions
+        @Argument(help: "The node.") var target: String
+
+        func run() throws {
+            let settings = try store.settings()
+            let released = try store.store(settings).releaseNode(target)
+            print("released \(released.count) block\(released.count == 1 ? "" : "s") of \(target)")
+            for block in released { print("  \(block)") }
+        }
+    }
+
+    struct Routes: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Routes to the other nodes' blocks via their node IPs; --apply installs them (proto 201).")
+        @OptionGroup var store: StoreOptions
+        @Flag(help: "Install the routes in this network namespace and remove stale proto-201 routes.") var apply = false
+
+        func run() throws {
+            let settings = try store.settings()
+            let snapshot = try store.store(settings).snapshot()
+            let plan = ClusterStore.routePlan(snapshot, for: settings.node)
+            guard apply else {
+                for route in plan.routes { print("\(route.destination) via \(route.via) (node \(route.node))") }
+                for entry in plan.unroutable { print("# \(entry.block) of \(entry.node): no registered node IP") }
+                return
+            }
+            let applied = try ClusterRoutes.apply(plan)
+            for text in applied.added { print("added \(text)") }
+            for text in applied.kept { print("kept \(text)") }
+            for text in applied.removed { print("removed \(text)") }
+            for text in applied.failed { warn(text) }
+            if !applied.failed.isEmpty { throw ExitCode(1) }
+        }
     }
 }

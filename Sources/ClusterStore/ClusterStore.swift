@@ -1,0 +1,361 @@
+import CNI
+import ClusterIPAM
+import JSON
+import NetAddress
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#endif
+
+/// `blocks/<cidr>`: which node owns a block. `claim` is a token of the cnictl run that wrote it,
+/// so a retry of a claim whose reply was lost (the txn applied, the answer timed out) finds the
+/// block already its own and counts it, instead of claiming a second one.
+public struct BlockRecord: Codable, Hashable, Sendable {
+    public var node: String
+    public var pool: String
+    public var claimedAt: Int
+    public var claim: String?
+}
+
+/// `nodes/<node>`, on an etcd lease of `leaseTTL` seconds: the node is alive, and where its
+/// blocks are routed to.
+public struct NodeRecord: Codable, Hashable, Sendable {
+    public var node: String
+    public var nodeIPs: [IPAddress]
+    public var registeredAt: Int
+}
+
+/// `absent/<node>`: gc saw a node holding blocks with no registration, first at `since`, on
+/// `seen` passes.
+public struct AbsentRecord: Codable, Hashable, Sendable {
+    public var since: Int
+    public var seen: Int
+}
+
+/// cluster-ipam's records in etcd and every operation on them. Each write is a txn guarded by
+/// compares on revisions, so it is safe to retry (a timed-out try may have been applied) and
+/// safe to run from every node at once.
+public final class ClusterStore {
+    public let client: EtcdClient
+    public let prefix: String
+
+    public init(client: EtcdClient) {
+        self.client = client
+        prefix = client.settings.effectivePrefix
+    }
+
+    public convenience init(_ settings: EtcdSettings, key: String = "etcd", deadlineMS: Int = 2000) throws(CNIError) {
+        self.init(client: try EtcdClient(settings, key: key, deadlineMS: deadlineMS))
+    }
+
+    var blocksPrefix: String { prefix + "blocks/" }
+    var nodesPrefix: String { prefix + "nodes/" }
+    var absentPrefix: String { prefix + "absent/" }
+    func blockKey(_ block: IPPrefix) -> String { blocksPrefix + block.description }
+    func nodeKey(_ node: String) -> String { nodesPrefix + node }
+    func absentKey(_ node: String) -> String { absentPrefix + node }
+
+    public static func now() -> Int { Int(time(nil)) }
+
+    /// A node name is one path segment of a key.
+    public static func checkNode(_ node: String, key: String = "node") throws(CNIError) {
+        guard !node.isEmpty, !node.contains("/"), node.utf8.count <= 253,
+            node.unicodeScalars.allSatisfy({ $0.value > 32 && $0.value < 127 })
+        else {
+            throw CNIError(
+                .invalidNetworkConfig, "invalid \(key) \"\(node)\"",
+                details: "a node name is 1-253 printable ASCII characters without / or spaces")
+        }
+    }
+
+    // MARK: - Reading
+
+    /// A block as the store holds it.
+    public struct HeldBlock: Sendable {
+        public var block: IPPrefix
+        public var record: BlockRecord
+        public var modRevision: Int64
+    }
+
+    public struct Node: Sendable {
+        public var record: NodeRecord
+        public var lease: Int64
+    }
+
+    /// Every record, read in one txn (one revision).
+    public struct Snapshot: Sendable {
+        public var blocks: [HeldBlock]
+        public var nodes: [String: Node]
+        public var absent: [String: (record: AbsentRecord, modRevision: Int64)]
+        public var revision: Int64
+
+        public func blocks(of node: String) -> [HeldBlock] { blocks.filter { $0.record.node == node } }
+    }
+
+    func parseBlocks(_ kvs: [EtcdClient.KeyValue]) -> [HeldBlock] {
+        kvs.compactMap { kv in
+            guard kv.key.hasPrefix(blocksPrefix), let block = IPPrefix(kv.key.dropFirst(blocksPrefix.count)),
+                let record = try? JSONCodec.decode(BlockRecord.self, from: kv.value)
+            else { return nil }
+            return HeldBlock(block: block, record: record, modRevision: kv.modRevision)
+        }
+    }
+
+    public func snapshot() throws(CNIError) -> Snapshot {
+        let reply = try client.txn(success: [
+            .range(prefix: blocksPrefix), .range(prefix: nodesPrefix), .range(prefix: absentPrefix),
+        ])
+        var nodes: [String: Node] = [:]
+        for kv in reply.range(at: 1) {
+            guard let record = try? JSONCodec.decode(NodeRecord.self, from: kv.value) else { continue }
+            nodes[String(kv.key.dropFirst(nodesPrefix.count))] = Node(record: record, lease: kv.lease)
+        }
+        var absent: [String: (record: AbsentRecord, modRevision: Int64)] = [:]
+        for kv in reply.range(at: 2) {
+            guard let record = try? JSONCodec.decode(AbsentRecord.self, from: kv.value) else { continue }
+            absent[String(kv.key.dropFirst(absentPrefix.count))] = (record, kv.modRevision)
+        }
+        return Snapshot(blocks: parseBlocks(reply.range(at: 0)), nodes: nodes, absent: absent, revision: reply.revision)
+    }
+
+    // MARK: - Registration
+
+    /// The node's registration on a fresh lease, and the end of any absent record of it.
+    /// A new lease each time: the old one, if any, expires with nothing on it.
+    func registration(_ identity: NodeIdentity, now: Int) throws(CNIError) -> [EtcdClient.Operation] {
+        let lease = try client.grantLease(ttl: max(1, identity.leaseTTL))
+        let record = NodeRecord(node: identity.node, nodeIPs: identity.nodeIPs, registeredAt: now)
+        return [
+            .put(nodeKey(identity.node), JSONCodec.encode(record), lease: lease), .delete(absentKey(identity.node)),
+        ]
+    }
+
+    // MARK: - Claim
+
+    /// Claims `count` new blocks of `pool` for the node and refreshes its registration.
+    ///
+    /// One round: the candidates (up to 4 free blocks in the node's order) go into one txn as
+    /// a chain — "if the first is unclaimed take it, else if the second…" — so exactly one block
+    /// is taken per round whatever the others raced for, together with the registration and a
+    /// read of every block (the next round's view). Exhausted: code 102.
+    public func claim(_ identity: NodeIdentity, pool: BlockPool, count: Int = 1) throws(CNIError) -> ClaimReply {
+        try Self.checkNode(identity.node)
+        let token = String(UInt64.random(in: 1...UInt64.max), radix: 16)
+        let now = Self.now()
+        var claimed: [IPPrefix] = []
+        var registered = false
+        var blocks = parseBlocks(try client.range(prefix: blocksPrefix))
+        var register = try registration(identity, now: now)
+        func mine(_ blocks: [HeldBlock]) -> [IPPrefix] {
+            blocks.filter { $0.record.node == identity.node && IPPrefix($0.record.pool) == pool.subnet }.map(\.block)
+        }
+        while true {
+            // A block our own earlier try took (its reply lost) is ours already.
+            for held in blocks where held.record.claim == token && !claimed.contains(held.block) {
+                claimed.append(held.block)
+            }
+            if claimed.count >= max(1, count) { break }
+            let taken = Set(blocks.map(\.block))
+            let candidates = Array(pool.candidates(for: identity.node).lazy.filter { !taken.contains($0) }.prefix(4))
+            if candidates.isEmpty {
+                // Still refresh the registration: the node is alive, only the pool is full.
+                if !registered { _ = try? client.txn(success: register) }
+                throw CNIError(
+                    .addressUnavailable, "pool \(pool.subnet) exhausted: no free /\(pool.blockSize) block",
+                    details:
+                        "all \(pool.blockCount) blocks are claimed (\(mine(blocks).count) by node \(identity.node))"
+                        + (claimed.isEmpty ? "" : "; claimed now: \(claimed.map(\.description).joined(separator: ","))")
+                )
+            }
+            let value = { (block: IPPrefix) in
+                JSONCodec.encode(
+                    BlockRecord(node: identity.node, pool: pool.subnet.description, claimedAt: now, claim: token))
+            }
+            var chain: EtcdClient.Operation? = nil
+            for block in candidates.reversed() {
+                chain = .txn(
+                    compare: [.created(blockKey(block), revision: 0)],
+                    success: [.put(blockKey(block), value(block), lease: nil)],
+                    failure: chain.map { [$0] } ?? [])
+            }
+            let operations = (registered ? [] : register) + [chain!, .range(prefix: blocksPrefix)]
+            let reply: EtcdClient.TxnReply
+            do {
+                reply = try client.txn(success: operations)
+            } catch {
+                // A lease can expire between grant and use only if the txn came very late;
+                // "requested lease not found" is permanent for that lease: grant another.
+                guard error.details.contains("lease not found") else { throw error }
+                register = try registration(identity, now: now)
+                continue
+            }
+            registered = true
+            let offset = operations.count - 2
+            var level = reply.txn(at: offset)
+            var depth = 0
+            while let current = level {
+                if current.succeeded {
+                    claimed.append(candidates[depth])
+                    break
+                }
+                level = current.txn(at: 0)
+                depth += 1
+            }
+            blocks = parseBlocks(reply.range(at: offset + 1))
+        }
+        if !registered { _ = try client.txn(success: register) }
+        return ClaimReply(claimed: claimed, held: mine(blocks).sorted(by: Self.order), registeredAt: now)
+    }
+
+    static func order(_ a: IPPrefix, _ b: IPPrefix) -> Bool { a.address < b.address }
+
+    // MARK: - Release, renew
+
+    /// Releases the node's blocks among `blocks` (compare on the value and mod revision read,
+    /// then delete); a block not the node's, or gone, is reported as not owned.
+    public func release(_ identity: NodeIdentity, blocks requested: [IPPrefix]) throws(CNIError) -> ReleaseReply {
+        try Self.checkNode(identity.node)
+        var released: [IPPrefix] = []
+        var notOwned: [IPPrefix] = []
+        let current = Dictionary(
+            parseBlocks(try client.range(prefix: blocksPrefix)).map { ($0.block, $0) }, uniquingKeysWith: { a, _ in a })
+        var attempted: [IPPrefix] = []
+        var operations: [EtcdClient.Operation] = []
+        for block in requested where !attempted.contains(block) && !notOwned.contains(block) {
+            guard let held = current[block], held.record.node == identity.node else {
+                notOwned.append(block)
+                continue
+            }
+            attempted.append(block)
+            operations.append(
+                .txn(
+                    compare: [
+                        .modified(blockKey(block), revision: held.modRevision),
+                        .value(blockKey(block), JSONCodec.encode(held.record)),
+                    ],
+                    success: [.delete(blockKey(block))], failure: []))
+        }
+        if !operations.isEmpty {
+            let reply = try client.txn(success: operations)
+            for (index, block) in attempted.enumerated() {
+                if reply.txn(at: index)?.succeeded == true { released.append(block) } else { notOwned.append(block) }
+            }
+        }
+        return ReleaseReply(released: released, notOwned: notOwned)
+    }
+
+    /// Refreshes the node's registration; every block it holds, all pools.
+    public func renew(_ identity: NodeIdentity) throws(CNIError) -> RenewReply {
+        try Self.checkNode(identity.node)
+        let now = Self.now()
+        let operations = try registration(identity, now: now) + [.range(prefix: blocksPrefix)]
+        let reply = try client.txn(success: operations)
+        let held = parseBlocks(reply.range(at: operations.count - 1)).filter { $0.record.node == identity.node }
+        return RenewReply(registeredAt: now, held: held.map(\.block).sorted(by: Self.order))
+    }
+
+    // MARK: - Dead nodes
+
+    public struct GCReport: Sendable {
+        /// Nodes holding blocks without a registration, and how many passes saw them so far.
+        public var absent: [(node: String, since: Int, seen: Int)] = []
+        public var reclaimed: [(block: IPPrefix, node: String)] = []
+        /// Absent records ended (the node came back, or holds nothing now).
+        public var cleared: [String] = []
+    }
+
+    /// One gc pass, safe from every node at once: marks nodes that hold blocks with no
+    /// registration as absent (or counts another pass), and reclaims the blocks of a node absent
+    /// for at least `reclaimAfter` seconds and seen on two passes or more. Each reclaim compares
+    /// the block's mod revision and that the node is still unregistered.
+    public func gc(reclaimAfter: Int, now: Int = ClusterStore.now()) throws(CNIError) -> GCReport {
+        let snapshot = try snapshot()
+        var report = GCReport()
+        var owners: [String: [HeldBlock]] = [:]
+        for held in snapshot.blocks { owners[held.record.node, default: []].append(held) }
+        for (node, blocks) in owners.sorted(by: { $0.key < $1.key }) where snapshot.nodes[node] == nil {
+            let key = absentKey(node)
+            guard let (record, revision) = snapshot.absent[node] else {
+                let fresh = AbsentRecord(since: now, seen: 1)
+                _ = try client.txn(
+                    compare: [.created(key, revision: 0)], success: [.put(key, JSONCodec.encode(fresh), lease: nil)])
+                report.absent.append((node, now, 1))
+                continue
+            }
+            let next = AbsentRecord(since: record.since, seen: record.seen + 1)
+            let counted = try client.txn(
+                compare: [.modified(key, revision: revision)], success: [.put(key, JSONCodec.encode(next), lease: nil)])
+            // Another node's gc counted this pass: ours waits for the next.
+            guard counted.succeeded else { continue }
+            report.absent.append((node, next.since, next.seen))
+            guard next.seen >= 2 && now - next.since >= reclaimAfter else { continue }
+            report.reclaimed += try reclaim(blocks, of: node, requireAbsent: true)
+        }
+        // Absent records of nodes that came back or hold nothing any more.
+        let fresh = try snapshot.absent.isEmpty ? snapshot : self.snapshot()
+        let holding = Set(fresh.blocks.map(\.record.node))
+        for (node, (_, revision)) in fresh.absent.sorted(by: { $0.key < $1.key })
+        where fresh.nodes[node] != nil || !holding.contains(node) {
+            let done = try client.txn(
+                compare: [.modified(absentKey(node), revision: revision)], success: [.delete(absentKey(node))])
+            if done.succeeded { report.cleared.append(node) }
+        }
+        return report
+    }
+
+    /// Deletes `blocks` of `node`, each only if unchanged since read (and, for gc, only while
+    /// the node is still unregistered).
+    func reclaim(_ blocks: [HeldBlock], of node: String, requireAbsent: Bool) throws(CNIError) -> [(
+        block: IPPrefix, node: String
+    )] {
+        guard !blocks.isEmpty else { return [] }
+        let operations: [EtcdClient.Operation] = blocks.map { held in
+            .txn(
+                compare: [.modified(blockKey(held.block), revision: held.modRevision)]
+                    + (requireAbsent ? [.created(nodeKey(node), revision: 0)] : []),
+                success: [.delete(blockKey(held.block))], failure: [])
+        }
+        let reply = try client.txn(success: operations)
+        return blocks.enumerated().compactMap { index, held in
+            reply.txn(at: index)?.succeeded == true ? (held.block, node) : nil
+        }
+    }
+
+    /// The operator's word that `node` is gone: its blocks, registration and absent record
+    /// removed at once.
+    public func releaseNode(_ node: String) throws(CNIError) -> [IPPrefix] {
+        try Self.checkNode(node)
+        let snapshot = try snapshot()
+        let reclaimed = try reclaim(snapshot.blocks(of: node), of: node, requireAbsent: false)
+        _ = try client.txn(success: [.delete(nodeKey(node)), .delete(absentKey(node))])
+        return reclaimed.map(\.block)
+    }
+
+    // MARK: - Routes
+
+    /// The routes this node needs to the other nodes' blocks: each block via its owner's
+    /// registered address of the block's family. Unregistered owners and owners without an
+    /// address of the family get none (reported in `unroutable`).
+    public struct RoutePlan: Sendable {
+        public var routes: [(destination: IPPrefix, via: IPAddress, node: String)] = []
+        public var unroutable: [(block: IPPrefix, node: String)] = []
+    }
+
+    public static func routePlan(_ snapshot: Snapshot, for node: String) -> RoutePlan {
+        var plan = RoutePlan()
+        let ownIPs = Set(snapshot.nodes[node]?.record.nodeIPs ?? [])
+        for held in snapshot.blocks.sorted(by: { order($0.block, $1.block) }) where held.record.node != node {
+            let owner = snapshot.nodes[held.record.node]
+            guard let via = owner?.record.nodeIPs.first(where: { $0.family == held.block.family }),
+                !ownIPs.contains(via)
+            else {
+                plan.unroutable.append((held.block, held.record.node))
+                continue
+            }
+            plan.routes.append((held.block, via, held.record.node))
+        }
+        return plan
+    }
+}
