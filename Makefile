@@ -20,7 +20,11 @@ DEB_PACKAGES := pkg-config libnl-3-dev libnl-route-3-dev iproute2 nftables iptab
 # linked dynamically), and they run on a node without libnl, like the reference's Go binaries.
 # The linker warns that getpwuid/dlopen in the Swift runtime would need the build's glibc at run
 # time; the plugins never reach those paths (no home directories, no dlopen).
-RELEASE_FLAGS := -c release --static-swift-stdlib -Xswiftc -static-executable -Xlinker -s
+# cnictl is the exception: it links the system's libcurl (for etcd, cluster-ipam), whose static
+# form would need static Kerberos, LDAP and more that Debian does not ship; it stays dynamically
+# linked against glibc and libcurl (with the Swift runtime still static). Package.swift passes
+# -static-executable to the cni-plugins link only.
+RELEASE_FLAGS := -c release --static-swift-stdlib -Xlinker -s
 # The plugins are one multi-call executable (cni-plugins, which runs as the name it is started
 # under): bin/ holds it as hard links under the five names, `make install` as five copies.
 # cnictl, the operator's tool, is its own executable (it links swift-argument-parser, which the

@@ -74,7 +74,10 @@ let package = Package(
             dependencies: [
                 "CNI", "BridgePlugin", "PTPPlugin", "HostLocalPlugin", "StaticPlugin", "LoopbackPlugin",
                 "PortmapPlugin", "FirewallPlugin", "TuningPlugin", "BandwidthPlugin",
-            ]),
+            ],
+            // Release builds are fully static (see the Makefile); only this executable, since
+            // cnictl links the system's libcurl, which has no complete static form on Debian.
+            linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
 
         // cnictl's logic: network discovery as libcni does it, the on-disk and kernel state of
         // each attachment, the consistency check, release and GC (no argument parsing here).
