@@ -181,12 +181,21 @@ public enum ClusterRoutes {
         public var failed: [String] = []
     }
 
-    public static func apply(_ plan: ClusterStore.RoutePlan) throws(CNIError) -> Applied {
+    /// Applies `plan` in the namespace cnictl runs in, or in the one at `netns`: the store was
+    /// read from cnictl's own namespace, only the netlink socket is opened in `netns` (so a
+    /// node in a namespace can be routed while the store is reachable only from the host).
+    public static func apply(_ plan: ClusterStore.RoutePlan, netns: String? = nil) throws(CNIError) -> Applied {
         let socket: NetlinkSocket
         do {
-            socket = try NetlinkSocket()
+            if let netns {
+                socket = try Namespace.open(path: netns).openSocket()
+            } else {
+                socket = try NetlinkSocket()
+            }
         } catch {
-            throw CNIError(.netlinkFailure, "cannot open a netlink socket", details: error.description)
+            throw CNIError(
+                .netlinkFailure, "cannot open a netlink socket in \(netns ?? "this namespace")",
+                details: String(describing: error))
         }
         var applied = Applied()
         let wanted = Dictionary(

@@ -596,6 +596,11 @@ struct Cluster: ParsableCommand {
             abstract: "Routes to the other nodes' blocks via their node IPs; --apply installs them (proto 201).")
         @OptionGroup var store: StoreOptions
         @Flag(help: "Install the routes in this network namespace and remove stale proto-201 routes.") var apply = false
+        @Option(
+            help: ArgumentHelp(
+                "Apply in this network namespace instead (the store is still read from cnictl's own).",
+                valueName: "path"))
+        var netns: String?
 
         func run() throws {
             let settings = try store.settings()
@@ -606,7 +611,7 @@ struct Cluster: ParsableCommand {
                 for entry in plan.unroutable { print("# \(entry.block) of \(entry.node): no registered node IP") }
                 return
             }
-            let applied = try ClusterRoutes.apply(plan)
+            let applied = try ClusterRoutes.apply(plan, netns: netns)
             for text in applied.added { print("added \(text)") }
             for text in applied.kept { print("kept \(text)") }
             for text in applied.removed { print("removed \(text)") }
