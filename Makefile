@@ -34,7 +34,7 @@ SBIN_DIR ?= /usr/local/sbin
 # Seconds per libFuzzer target for `make fuzz`.
 FUZZ_SECONDS ?= 60
 
-.PHONY: all build deps test unit-test integration-test lint format install clean demo bench fuzz stress
+.PHONY: all build deps test unit-test integration-test lint format install clean demo cluster-demo bench fuzz stress
 
 all: build
 
@@ -57,6 +57,10 @@ build:
 
 demo: deps build
 	bash scripts/demo.sh
+
+# Three namespace "nodes" sharing one cluster-ipam pool through a private etcd; A pings C.
+cluster-demo: deps build
+	bash scripts/cluster-demo.sh
 
 test: deps lint build unit-test integration-test
 

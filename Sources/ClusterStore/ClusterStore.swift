@@ -117,7 +117,8 @@ public final class ClusterStore {
             guard let record = try? JSONCodec.decode(AbsentRecord.self, from: kv.value) else { continue }
             absent[String(kv.key.dropFirst(absentPrefix.count))] = (record, kv.modRevision)
         }
-        return Snapshot(blocks: parseBlocks(reply.range(at: 0)), nodes: nodes, absent: absent, revision: reply.revision)
+        let blocks = parseBlocks(reply.range(at: 0)).sorted { Self.order($0.block, $1.block) }
+        return Snapshot(blocks: blocks, nodes: nodes, absent: absent, revision: reply.revision)
     }
 
     // MARK: - Registration
