@@ -117,5 +117,7 @@ let package = Package(
             name: "PTPTests", dependencies: ["PTPPlugin", "HostNetwork", "JSON", "CNI", "NetAddress", "Netlink"]),
         .testTarget(name: "CNICtlTests", dependencies: ["CNICtl", "IPAM", "JSON", "NetAddress"]),
         .testTarget(name: "ClusterIPAMTests", dependencies: ["ClusterIPAM", "CNI", "IPAM", "JSON", "NetAddress"]),
+        .testTarget(
+            name: "ClusterStoreTests", dependencies: ["ClusterStore", "ClusterIPAM", "CNI", "JSON", "NetAddress"]),
     ]
 )
