@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -33,11 +34,35 @@ def free_ports(count):
     return ports
 
 
+def make_certs(directory):
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in
+    `directory`: {"ca", "server_cert", "server_key", "client_cert", "client_key"}."""
+    def path(name):
+        return os.path.join(directory, name)
+
+    def openssl(*argv):
+        subprocess.run(["openssl", *argv], check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=swcni-test-ca",
+            "-keyout", path("ca.key"), "-out", path("ca.pem"))
+    for name, extension in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"),
+                            ("client", "extendedKeyUsage=clientAuth")):
+        with open(path(name + ".ext"), "w") as f:
+            f.write(extension + "\n")
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=swcni-test-{name}",
+                "-keyout", path(name + ".key"), "-out", path(name + ".csr"))
+        openssl("x509", "-req", "-in", path(name + ".csr"), "-CA", path("ca.pem"), "-CAkey", path("ca.key"),
+                "-CAcreateserial", "-days", "2", "-extfile", path(name + ".ext"), "-out", path(name + ".pem"))
+    return {"ca": path("ca.pem"), "server_cert": path("server.pem"), "server_key": path("server.key"),
+            "client_cert": path("client.pem"), "client_key": path("client.key")}
+
+
 class Member:
     def __init__(self, cluster, index, client_port, peer_port):
         self.cluster = cluster
         self.name = f"m{index}"
-        self.client_url = f"http://127.0.0.1:{client_port}"
+        scheme = "https" if cluster.tls else "http"
+        self.client_url = f"{scheme}://127.0.0.1:{client_port}"
         self.peer_url = f"http://127.0.0.1:{peer_port}"
         self.data_dir = os.path.join(cluster.root, self.name)
         self.process = None
@@ -52,7 +77,10 @@ class Member:
             "--initial-cluster-token", self.cluster.token,
             "--heartbeat-interval", "50", "--election-timeout", "500",
             "--log-level", "warn", "--logger", "zap",
-        ]
+        ] + ([
+            "--cert-file", self.cluster.tls["server_cert"], "--key-file", self.cluster.tls["server_key"],
+            "--client-cert-auth", "--trusted-ca-file", self.cluster.tls["ca"],
+        ] if self.cluster.tls else [])
 
     def start(self, state="new"):
         log = open(self.log_path, "ab")
@@ -85,7 +113,7 @@ class Member:
         """The member's /v3/maintenance/status reply, or None."""
         request = urllib.request.Request(self.client_url + "/v3/maintenance/status", data=b"{}", method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as reply:
+            with urllib.request.urlopen(request, timeout=timeout, context=self.cluster.ssl_context()) as reply:
                 return json.loads(reply.read())
         except OSError:
             return None
@@ -99,12 +127,21 @@ class Member:
 
 
 class Cluster:
-    def __init__(self, size=1):
+    def __init__(self, size=1, tls=False):
         self.root = tempfile.mkdtemp(prefix="swcni-etcd-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
         self.token = os.path.basename(self.root)
+        # With tls: clients must present a certificate signed by the test CA (`self.tls`).
+        self.tls = make_certs(self.root) if tls else None
         ports = free_ports(2 * size)
         self.members = [Member(self, i, ports[2 * i], ports[2 * i + 1]) for i in range(size)]
         self.initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+
+    def ssl_context(self):
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(cafile=self.tls["ca"])
+        context.load_cert_chain(self.tls["client_cert"], self.tls["client_key"])
+        return context
 
     @property
     def endpoints(self):
@@ -142,7 +179,7 @@ class Cluster:
                 continue
             try:
                 request = urllib.request.Request(m.client_url + "/v3/kv/put", data=body, method="POST")
-                with urllib.request.urlopen(request, timeout=1) as reply:
+                with urllib.request.urlopen(request, timeout=1, context=self.ssl_context()) as reply:
                     reply.read()
                 return True
             except OSError:
@@ -175,6 +212,20 @@ def etcd():
     """One etcd member, started for the test and stopped by PID after."""
     _skip_without_etcd()
     cluster = Cluster(1)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def etcd_tls():
+    """One etcd member serving https and requiring client certificates (`cluster.tls`)."""
+    _skip_without_etcd()
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed (it makes the test certificates)")
+    cluster = Cluster(1, tls=True)
     try:
         cluster.start()
         yield cluster

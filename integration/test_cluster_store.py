@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 
 from cnitest import BIN_DIR, unique
-from etcd import etcd, etcd_cluster  # noqa: F401 (fixtures)
+from etcd import etcd, etcd_cluster, etcd_tls  # noqa: F401 (fixtures)
 
 CNICTL = BIN_DIR / "cnictl"
 
@@ -344,3 +344,39 @@ def test_bad_request_is_code_7_naming_the_key():
     assert rc != 0 and reply["code"] == 7 and "pool.blockSize" in reply["msg"], reply
     rc, reply, _ = cnictl("release", {"etcd": {"endpoints": ["http://127.0.0.1:1"]}, "node": "a/b", "blocks": []})
     assert rc != 0 and reply["code"] == 7 and "node" in reply["msg"], reply
+
+
+def test_tls_with_client_certificates(etcd_tls, prefix):
+    tls = etcd_tls.tls
+    settings = {"endpoints": etcd_tls.endpoints, "prefix": prefix, "caFile": tls["ca"],
+                "certFile": tls["client_cert"], "keyFile": tls["client_key"]}
+    req = request(etcd_tls.endpoints, "node-a", prefix=prefix)
+    req["etcd"] = settings
+    rc, reply, _ = cnictl("claim", req)
+    assert rc == 0, reply
+    assert len(reply["claimed"]) == 1
+    # Without the CA the server's certificate is not trusted: a settings error, not "try later".
+    rc, reply, _ = cnictl("renew", dict(req, etcd={k: v for k, v in settings.items() if k != "caFile"}))
+    assert rc != 0 and reply["code"] == 7 and "etcd.caFile" in reply["msg"], reply
+    # Without a client certificate the server refuses the handshake: nothing is written.
+    no_cert = {k: v for k, v in settings.items() if k not in ("certFile", "keyFile")}
+    rc, reply, elapsed = cnictl("claim", dict(req, etcd=no_cert))
+    assert rc != 0 and reply["code"] in (7, 11), reply
+    assert elapsed < 5
+    # A key that does not match the certificate is named as a settings error.
+    rc, reply, _ = cnictl("renew", dict(req, etcd=dict(settings, keyFile=tls["server_key"])))
+    assert rc != 0 and reply["code"] == 7 and "etcd.certFile" in reply["msg"], reply
+    # The CLI takes the same settings as flags.
+    show = cnictl_cli("show", "--json", "--endpoints", ",".join(etcd_tls.endpoints), "--prefix", prefix,
+                      "--cacert", tls["ca"], "--cert", tls["client_cert"], "--key", tls["client_key"])
+    assert show.returncode == 0, show.stderr
+    assert [b["node"] for b in json.loads(show.stdout)["blocks"]] == ["node-a"]
+
+
+def test_plugins_binary_does_not_link_libcurl():
+    plugins = BIN_DIR / "bridge"
+    ldd = subprocess.run(["ldd", str(plugins)], capture_output=True, text=True)
+    assert "libcurl" not in ldd.stdout
+    assert b"curl_easy_perform" not in plugins.read_bytes()
+    assert b"curl_easy_perform" in CNICTL.read_bytes() or "libcurl" in subprocess.run(
+        ["ldd", str(CNICTL)], capture_output=True, text=True).stdout

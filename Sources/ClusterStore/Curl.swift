@@ -69,12 +69,21 @@ final class CurlHandle {
         }
         guard code == CURLE_OK else {
             let text = String(cString: curl_easy_strerror(code))
+            let reason = "\(text) (libcurl error \(code.rawValue))"
             switch code {
-            case CURLE_URL_MALFORMAT, CURLE_UNSUPPORTED_PROTOCOL, CURLE_SSL_CERTPROBLEM, CURLE_SSL_CIPHER,
-                CURLE_SSL_CACERT_BADFILE, CURLE_SSL_CRL_BADFILE, CURLE_SSL_ISSUER_ERROR:
-                return .badSettings("\(text) (libcurl error \(code.rawValue))")
+            // What no other endpoint or later try would change: our URL, certificate, key or CA,
+            // or a server certificate our CA does not vouch for.
+            case CURLE_URL_MALFORMAT, CURLE_UNSUPPORTED_PROTOCOL:
+                return .badSettings(field: "endpoints", reason: reason)
+            case CURLE_SSL_CERTPROBLEM, CURLE_SSL_CIPHER:
+                return .badSettings(field: "certFile", reason: reason + "; check certFile and keyFile belong together")
+            case CURLE_SSL_CACERT_BADFILE, CURLE_SSL_CRL_BADFILE, CURLE_SSL_ISSUER_ERROR:
+                return .badSettings(field: "caFile", reason: reason)
+            case CURLE_PEER_FAILED_VERIFICATION:
+                return .badSettings(
+                    field: "caFile", reason: reason + "; the server's certificate is not signed by caFile's CA")
             default:
-                return .unreachable("\(text) (libcurl error \(code.rawValue))")
+                return .unreachable(reason)
             }
         }
         var status = 0

@@ -20,6 +20,8 @@ public final class EtcdClient {
     private let urls: [String]
     private let transport: any EtcdTransport
     private let deadline: Deadline
+    /// How the settings are named in messages (`etcd`, or `--endpoints` on the command line).
+    private let key: String
     /// The endpoint that answered last; the next request starts there.
     private var current = 0
     public let perTryMS: Int
@@ -64,6 +66,7 @@ public final class EtcdClient {
         self.urls = urls
         self.transport = made
         self.deadline = Deadline(milliseconds: deadlineMS)
+        self.key = key
         self.perTryMS = perTryMS
     }
 
@@ -112,8 +115,8 @@ public final class EtcdClient {
             let url = urls[index]
             let outcome = transport.post(url: url + path, body: bytes, timeoutMS: min(perTryMS, remaining))
             switch outcome {
-            case .badSettings(let reason):
-                throw CNIError(.invalidNetworkConfig, "invalid etcd settings for \(url): \(reason)")
+            case .badSettings(let field, let reason):
+                throw CNIError(.invalidNetworkConfig, "invalid \(key).\(field) for \(url): \(reason)")
             case .unreachable(let reason):
                 failures.append("\(url): \(reason)")
             case .reply(let status, let reply):
@@ -332,8 +335,9 @@ public enum TransportOutcome {
     case reply(status: Int, body: [UInt8])
     /// No answer within the try's timeout, refused, reset: try the next endpoint.
     case unreachable(String)
-    /// The request cannot work with these settings (certificate, key, CA, URL): code 7.
-    case badSettings(String)
+    /// The request cannot work with these settings: code 7 naming `field` (`endpoints`,
+    /// `certFile`, `caFile`).
+    case badSettings(field: String, reason: String)
 }
 
 final class CurlTransport: EtcdTransport {

@@ -371,7 +371,9 @@ struct StoreOptions: ParsableArguments {
     }
 
     func store(_ settings: ClusterSettings) throws -> ClusterStore {
-        try ClusterStore(settings.etcd, key: network == nil ? "--endpoints" : "etcd")
+        // Messages name the keys of a network's etcd section (--endpoints is etcd.endpoints, --cert
+        // etcd.certFile, --key etcd.keyFile, --cacert etcd.caFile).
+        try ClusterStore(settings.etcd)
     }
 }
 

@@ -55,11 +55,14 @@ private func refused(_ url: String) -> TransportOutcome { .unreachable("Couldn't
 
     @Test func badSettingsFromLibcurlAreCode7() throws {
         let client = try EtcdClient(
-            settings, transport: ScriptedTransport([{ _ in .badSettings("Problem with the local SSL certificate") }]))
+            settings,
+            transport: ScriptedTransport([
+                { _ in .badSettings(field: "certFile", reason: "Problem with the local SSL certificate") }
+            ]))
         #expect(
             throws: CNIError(
                 .invalidNetworkConfig,
-                "invalid etcd settings for http://10.0.0.1:2379: Problem with the local SSL certificate")
+                "invalid etcd.certFile for http://10.0.0.1:2379: Problem with the local SSL certificate")
         ) {
             try client.delete("/p/x")
         }
