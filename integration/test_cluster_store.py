@@ -380,3 +380,55 @@ def test_plugins_binary_does_not_link_libcurl():
     assert b"curl_easy_perform" not in plugins.read_bytes()
     assert b"curl_easy_perform" in CNICTL.read_bytes() or "libcurl" in subprocess.run(
         ["ldd", str(CNICTL)], capture_output=True, text=True).stdout
+
+
+def test_network_settings_and_check_against_the_local_record(etcd, prefix, tmp_path):
+    # The store settings, node and pools come from a network's cluster-ipam section.
+    conf_dir = tmp_path / "net.d"
+    conf_dir.mkdir()
+    data_dir = tmp_path / "data"
+    network = unique("cnet", 12)
+    ipam = {"type": "cluster-ipam", "etcd": {"endpoints": etcd.endpoints, "prefix": prefix}, "node": "node-n",
+            "nodeIPs": ["10.0.0.7"], "dataDir": str(data_dir), "pools": [{"subnet": "10.47.0.0/24"}]}
+    (conf_dir / "10-cluster.conflist").write_text(json.dumps({
+        "cniVersion": "1.0.0", "name": network, "plugins": [{"type": "bridge", "bridge": "cbr9", "ipam": ipam}]}))
+    common = ["--network", network, "--conf-dir", str(conf_dir)]
+    claim = cnictl_cli("claim", *common)
+    assert claim.returncode == 0, claim.stderr
+    held = blocks_in_store(etcd.endpoints, prefix)
+    assert list(held.values()) == ["node-n"] and list(held)[0].startswith("10.47.0.")
+    block = list(held)[0]
+    node, _ = store(etcd.endpoints, prefix + "nodes/")[prefix + "nodes/node-n"]
+    assert node["nodeIPs"] == ["10.0.0.7"]
+
+    # The plugin's record (<dataDir>/<network>/cluster-blocks.json) agrees: exit 0.
+    local = data_dir / network / "cluster-blocks.json"
+    local.parent.mkdir(parents=True)
+    local.write_text(json.dumps({"node": "node-n", "registeredAt": int(time.time()),
+                                 "blocks": [{"cidr": block, "pool": "10.47.0.0/24", "emptySince": None}]}))
+    check = cnictl_cli("check", *common)
+    assert check.returncode == 0 and f"ok {block}" in check.stdout, check.stdout + check.stderr
+    # A block held locally that the store does not give this node is the dangerous case.
+    local.write_text(json.dumps({"node": "node-n", "registeredAt": int(time.time()),
+                                 "blocks": [{"cidr": block, "pool": "10.47.0.0/24", "emptySince": None},
+                                            {"cidr": "10.47.0.192/26", "pool": "10.47.0.0/24", "emptySince": None}]}))
+    if "10.47.0.192/26" not in held:
+        check = cnictl_cli("check", *common)
+        assert check.returncode == 1 and "LOST 10.47.0.192/26" in check.stdout, check.stdout
+    # A claim of this node the record does not know (a reply lost) is reported too.
+    local.write_text(json.dumps({"node": "node-n", "registeredAt": 0, "blocks": []}))
+    check = cnictl_cli("check", *common)
+    assert check.returncode == 1 and f"UNKNOWN {block}" in check.stdout, check.stdout
+
+
+def test_a_block_of_another_size_overlapping_is_never_claimed(etcd, prefix):
+    # node-a uses /25 blocks of the pool, node-b /26: node-b must skip the halves of a's blocks.
+    pool = "10.48.0.0/24"
+    taken = []
+    for _ in range(2):
+        rc, reply, _ = cnictl("claim", request(etcd.endpoints, "node-a", prefix=prefix, pool=pool, block_size=25))
+        assert rc == 0, reply
+        taken += reply["claimed"]
+    rc, reply, _ = cnictl("claim", request(etcd.endpoints, "node-b", prefix=prefix, pool=pool, block_size=26))
+    assert rc != 0 and reply["code"] == 102, reply
+    assert blocks_in_store(etcd.endpoints, prefix) == {block: "node-a" for block in taken}

@@ -158,8 +158,14 @@ public final class ClusterStore {
                 claimed.append(held.block)
             }
             if claimed.count >= max(1, count) { break }
+            // Taken: the same block, or one of another size that overlaps it (a node configured
+            // with a different blockSize for the pool must not get addresses handed out twice).
             let taken = Set(blocks.map(\.block))
-            let candidates = Array(pool.candidates(for: identity.node).lazy.filter { !taken.contains($0) }.prefix(4))
+            let others = blocks.filter { $0.block.length != pool.blockSize && $0.block.overlaps(pool.subnet) }
+            let candidates = Array(
+                pool.candidates(for: identity.node).lazy.filter { candidate in
+                    !taken.contains(candidate) && !others.contains { $0.block.overlaps(candidate) }
+                }.prefix(4))
             if candidates.isEmpty {
                 // Still refresh the registration: the node is alive, only the pool is full.
                 if !registered { _ = try? client.txn(success: register) }
