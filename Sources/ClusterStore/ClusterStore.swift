@@ -147,7 +147,9 @@ public final class ClusterStore {
         let now = Self.now()
         var claimed: [IPPrefix] = []
         var registered = false
-        var blocks = parseBlocks(try client.range(prefix: blocksPrefix))
+        // The first view may be a little stale (serializable: no quorum round): it only picks
+        // candidates; the txn's compares decide, and its own read is linearizable.
+        var blocks = parseBlocks(try client.range(prefix: blocksPrefix, serializable: true))
         var register = try registration(identity, now: now)
         func mine(_ blocks: [HeldBlock]) -> [IPPrefix] {
             blocks.filter { $0.record.node == identity.node && IPPrefix($0.record.pool) == pool.subnet }.map(\.block)

@@ -285,8 +285,15 @@ public final class EtcdClient {
     }
 
     /// Every key under `prefix`.
-    public func range(prefix: String) throws(CNIError) -> [KeyValue] {
-        Self.keyValues(try call("/v3/kv/range", Self.rangeBody(prefix: prefix)))
+    /// Every key under `prefix`. `serializable`: answered by the member asked, without a quorum
+    /// round (possibly a little stale): for a view that a compare-guarded txn then checks.
+    public func range(prefix: String, serializable: Bool = false) throws(CNIError) -> [KeyValue] {
+        var body = Self.rangeBody(prefix: prefix)
+        if serializable, case .object(var fields) = body {
+            fields["serializable"] = .bool(true)
+            body = .object(fields)
+        }
+        return Self.keyValues(try call("/v3/kv/range", body))
     }
 
     /// One key, nil when absent.

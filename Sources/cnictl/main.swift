@@ -56,6 +56,14 @@ struct CNICtlCommand: ParsableCommand {
     /// As ArgumentParser's, but a failure is one line on stderr (usage goes only with --help):
     /// `cnictl: <what is wrong> (see 'cnictl <command> --help')`.
     static func main() {
+        // The plugin's exec (`cluster <verb> --json`) skips argument parsing: ArgumentParser's
+        // reflection is most of cnictl's start-up, and this path is on an ADD that claims.
+        let arguments = CommandLine.arguments.dropFirst()
+        if arguments.count == 3, arguments.first == "cluster", arguments.last == "--json",
+            let verb = ClaimVerb(rawValue: arguments[arguments.startIndex + 1])
+        {
+            serveJSON(verb)
+        }
         var command: any ParsableCommand
         do {
             command = try parseAsRoot()
