@@ -115,7 +115,7 @@ let package = Package(
             name: "TuningTests", dependencies: ["TuningPlugin", "HostNetwork", "JSON", "CNI", "NetAddress", "Netlink"]),
         .testTarget(
             name: "PTPTests", dependencies: ["PTPPlugin", "HostNetwork", "JSON", "CNI", "NetAddress", "Netlink"]),
-        .testTarget(name: "CNICtlTests", dependencies: ["CNICtl", "IPAM", "JSON", "NetAddress"]),
+        .testTarget(name: "CNICtlTests", dependencies: ["CNICtl", "ClusterIPAM", "IPAM", "JSON", "NetAddress"]),
         .testTarget(name: "ClusterIPAMTests", dependencies: ["ClusterIPAM", "CNI", "IPAM", "JSON", "NetAddress"]),
         .testTarget(
             name: "ClusterStoreTests", dependencies: ["ClusterStore", "ClusterIPAM", "CNI", "JSON", "NetAddress"]),
