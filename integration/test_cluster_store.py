@@ -432,3 +432,24 @@ def test_a_block_of_another_size_overlapping_is_never_claimed(etcd, prefix):
     rc, reply, _ = cnictl("claim", request(etcd.endpoints, "node-b", prefix=prefix, pool=pool, block_size=26))
     assert rc != 0 and reply["code"] == 102, reply
     assert blocks_in_store(etcd.endpoints, prefix) == {block: "node-a" for block in taken}
+
+
+def test_release_and_release_node_beyond_one_txn(etcd, prefix):
+    # etcd takes at most 128 operations per txn: 150 blocks are released in batches.
+    endpoints = etcd.endpoints
+    held = []
+    for _ in range(3):
+        rc, reply, _ = cnictl("claim", request(endpoints, "node-a", prefix=prefix, pool="10.49.0.0/16", count=50))
+        assert rc == 0, reply
+        assert len(reply["claimed"]) == 50
+        held += reply["claimed"]
+    assert len(set(held)) == 150
+    release = {"etcd": {"endpoints": endpoints, "prefix": prefix}, "node": "node-a", "blocks": held[:140]}
+    rc, reply, _ = cnictl("release", release)
+    assert rc == 0 and sorted(reply["released"]) == sorted(held[:140]) and reply["notOwned"] == [], reply
+    for _ in range(2):
+        assert cnictl("claim", request(endpoints, "node-a", prefix=prefix, pool="10.49.0.0/16", count=64))[0] == 0
+    assert len(blocks_in_store(endpoints, prefix)) == 138
+    out = cnictl_cli("release-node", "node-a", "--endpoints", ",".join(endpoints), "--prefix", prefix)
+    assert out.returncode == 0 and "released 138 blocks of node-a" in out.stdout, out.stdout + out.stderr
+    assert blocks_in_store(endpoints, prefix) == {}

@@ -246,11 +246,9 @@ public final class ClusterStore {
                     ],
                     success: [.delete(blockKey(block))], failure: []))
         }
-        if !operations.isEmpty {
-            let reply = try client.txn(success: operations)
-            for (index, block) in attempted.enumerated() {
-                if reply.txn(at: index)?.succeeded == true { released.append(block) } else { notOwned.append(block) }
-            }
+        let outcomes = try batched(operations)
+        for (index, block) in attempted.enumerated() {
+            if outcomes[index] { released.append(block) } else { notOwned.append(block) }
         }
         return ReleaseReply(released: released, notOwned: notOwned)
     }
@@ -326,10 +324,22 @@ public final class ClusterStore {
                     + (requireAbsent ? [.created(nodeKey(node), revision: 0)] : []),
                 success: [.delete(blockKey(held.block))], failure: [])
         }
-        let reply = try client.txn(success: operations)
-        return blocks.enumerated().compactMap { index, held in
-            reply.txn(at: index)?.succeeded == true ? (held.block, node) : nil
+        let outcomes = try batched(operations)
+        return blocks.enumerated().compactMap { index, held in outcomes[index] ? (held.block, node) : nil }
+    }
+
+    /// etcd refuses a txn of more than `--max-txn-ops` operations (128 by default): independent
+    /// nested txns go in batches of 100. Whether each one's compares held, in order.
+    func batched(_ operations: [EtcdClient.Operation]) throws(CNIError) -> [Bool] {
+        var outcomes: [Bool] = []
+        var start = 0
+        while start < operations.count {
+            let batch = Array(operations[start..<min(start + 100, operations.count)])
+            let reply = try client.txn(success: batch)
+            outcomes += batch.indices.map { reply.txn(at: $0)?.succeeded == true }
+            start += batch.count
         }
+        return outcomes
     }
 
     /// The operator's word that `node` is gone: its blocks, registration and absent record
