@@ -182,12 +182,19 @@ public final class ClusterStore {
                 JSONCodec.encode(
                     BlockRecord(node: identity.node, pool: pool.subnet.description, claimedAt: now, claim: token))
             }
+            // Per candidate: "unclaimed: take it; else already exactly ours: stop; else the next".
+            // The middle step makes the txn idempotent: a resend of it (the first try applied,
+            // its answer lost) stops at the block it took instead of taking another.
             var chain: EtcdClient.Operation? = nil
             for block in candidates.reversed() {
                 chain = .txn(
                     compare: [.created(blockKey(block), revision: 0)],
                     success: [.put(blockKey(block), value(block), lease: nil)],
-                    failure: chain.map { [$0] } ?? [])
+                    failure: [
+                        .txn(
+                            compare: [.value(blockKey(block), value(block))], success: [],
+                            failure: chain.map { [$0] } ?? [])
+                    ])
             }
             let operations = (registered ? [] : register) + [chain!, .range(prefix: blocksPrefix)]
             let reply: EtcdClient.TxnReply
@@ -204,12 +211,13 @@ public final class ClusterStore {
             let offset = operations.count - 2
             var level = reply.txn(at: offset)
             var depth = 0
-            while let current = level {
-                if current.succeeded {
-                    claimed.append(candidates[depth])
+            while let current = level, depth < candidates.count {
+                let ours = current.txn(at: 0)
+                if current.succeeded || ours?.succeeded == true {
+                    if !claimed.contains(candidates[depth]) { claimed.append(candidates[depth]) }
                     break
                 }
-                level = current.txn(at: 0)
+                level = ours?.txn(at: 0)
                 depth += 1
             }
             blocks = parseBlocks(reply.range(at: offset + 1))
