@@ -173,38 +173,44 @@ def test_ten_nodes_claim_until_the_pool_is_exhausted(etcd, prefix):
     assert blocks_in_store(etcd.endpoints, prefix) == owners
 
 
-def test_leader_killed_during_claims_fails_none(etcd_cluster, prefix):
-    # 4 nodes claiming back to back; the leader is SIGKILLed after the first claims.
-    pool = "10.45.0.0/18"
-    done = threading.Event()
+def claims_while_the_leader_dies(cluster, prefix, pool, nodes=4, per_node=8):
+    """`nodes` nodes claiming back to back; the leader SIGKILLed once each has claimed twice."""
     first_claims = threading.Semaphore(0)
 
     def node_loop(i):
         outcomes = []
-        for n in range(8):
-            outcomes.append(cnictl("claim", request(etcd_cluster.endpoints, f"node-{i}", prefix=prefix, pool=pool),
+        for n in range(per_node):
+            outcomes.append(cnictl("claim", request(cluster.endpoints, f"node-{i}", prefix=prefix, pool=pool),
                                    timeout=20))
             if n == 1:
                 first_claims.release()
         return outcomes
 
-    threads_result = {}
-    worker = threading.Thread(target=lambda: threads_result.update(r=run_parallel(4, node_loop)))
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(r=run_parallel(nodes, node_loop)))
     worker.start()
-    for _ in range(4):
+    for _ in range(nodes):
         first_claims.acquire(timeout=30)
-    leader = etcd_cluster.leader()
+    leader = cluster.leader()
     assert leader is not None
     leader.kill(signal.SIGKILL)
     worker.join()
-    done.set()
-    outcomes = [o for per_node in threads_result["r"] for o in per_node]
-    failures = [(rc, reply) for rc, reply, _ in outcomes if rc != 0]
-    assert failures == [], f"{len(failures)} of {len(outcomes)} claims failed with the leader killed"
-    claimed = [reply["claimed"][0] for _, reply, _ in outcomes]
-    assert len(set(claimed)) == len(claimed) == 32
-    alive = [m.client_url for m in etcd_cluster.members if m.running]
-    assert set(blocks_in_store(alive, prefix)) == set(claimed)
+    return leader, [o for per_node in result["r"] for o in per_node]
+
+
+def test_leader_killed_during_claims_fails_none(etcd_cluster, prefix):
+    pool = "10.45.0.0/18"
+    claimed = []
+    for round in range(2):
+        killed, outcomes = claims_while_the_leader_dies(etcd_cluster, prefix, pool)
+        failures = [(rc, reply) for rc, reply, _ in outcomes if rc != 0]
+        assert failures == [], f"{len(failures)} of {len(outcomes)} claims failed with the leader killed"
+        claimed += [reply["claimed"][0] for _, reply, _ in outcomes]
+        # The killed member comes back (its data kept) before the next leader is killed.
+        killed.restart()
+        etcd_cluster.wait_healthy()
+    assert len(set(claimed)) == len(claimed) == 64
+    assert set(blocks_in_store(etcd_cluster.endpoints, prefix)) == set(claimed)
 
 
 def test_store_down_is_code_11_within_the_deadline(etcd, prefix):
