@@ -151,6 +151,9 @@ public final class ClusterStore {
         // candidates; the txn's compares decide, and its own read is linearizable.
         var blocks = parseBlocks(try client.range(prefix: blocksPrefix, serializable: true))
         var register = try registration(identity, now: now)
+        // The same bytes in every candidate and every round: what the "exactly ours" compare checks.
+        let value = JSONCodec.encode(
+            BlockRecord(node: identity.node, pool: pool.subnet.description, claimedAt: now, claim: token))
         func mine(_ blocks: [HeldBlock]) -> [IPPrefix] {
             blocks.filter { $0.record.node == identity.node && IPPrefix($0.record.pool) == pool.subnet }.map(\.block)
         }
@@ -178,10 +181,6 @@ public final class ClusterStore {
                         + (claimed.isEmpty ? "" : "; claimed now: \(claimed.map(\.description).joined(separator: ","))")
                 )
             }
-            let value = { (block: IPPrefix) in
-                JSONCodec.encode(
-                    BlockRecord(node: identity.node, pool: pool.subnet.description, claimedAt: now, claim: token))
-            }
             // Per candidate: "unclaimed: take it; else already exactly ours: stop; else the next".
             // The middle step makes the txn idempotent: a resend of it (the first try applied,
             // its answer lost) stops at the block it took instead of taking another.
@@ -189,14 +188,15 @@ public final class ClusterStore {
             for block in candidates.reversed() {
                 chain = .txn(
                     compare: [.created(blockKey(block), revision: 0)],
-                    success: [.put(blockKey(block), value(block), lease: nil)],
+                    success: [.put(blockKey(block), value, lease: nil)],
                     failure: [
                         .txn(
-                            compare: [.value(blockKey(block), value(block))], success: [],
+                            compare: [.value(blockKey(block), value)], success: [],
                             failure: chain.map { [$0] } ?? [])
                     ])
             }
-            let operations = (registered ? [] : register) + [chain!, .range(prefix: blocksPrefix)]
+            guard let chain else { break }  // candidates is not empty: never taken
+            let operations = (registered ? [] : register) + [chain, .range(prefix: blocksPrefix)]
             let reply: EtcdClient.TxnReply
             do {
                 reply = try client.txn(success: operations)
