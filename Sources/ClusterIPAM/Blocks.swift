@@ -91,8 +91,10 @@ public struct BlockPool: Hashable, Sendable, CustomStringConvertible {
 
     /// The block's gateway: its first usable address unless the pool says otherwise.
     public func gateway(of block: IPPrefix) -> IPAddress {
-        // isBlock holds for every block this pool hands out; the offset is inside it.
-        IPAddress(family: family, value: block.networkAddress.value + gatewayOffset)!
+        // For every block of this pool (isBlock) the offset lands inside it; for anything else
+        // at the very end of the address space, the block's own address rather than a trap.
+        let (value, overflow) = block.networkAddress.value.addingReportingOverflow(gatewayOffset)
+        return overflow ? block.networkAddress : IPAddress(family: family, value: value) ?? block.networkAddress
     }
 
     /// The host-local range addresses are allocated from inside `block`: the block's usable
