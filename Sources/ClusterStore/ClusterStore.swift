@@ -294,9 +294,10 @@ public final class ClusterStore {
             let key = absentKey(node)
             guard let (record, revision) = snapshot.absent[node] else {
                 let fresh = AbsentRecord(since: now, seen: 1)
-                _ = try client.txn(
+                let marked = try client.txn(
                     compare: [.created(key, revision: 0)], success: [.put(key, JSONCodec.encode(fresh), lease: nil)])
-                report.absent.append((node, now, 1))
+                // Another node's gc marked it first: that record counts, ours is not written.
+                if marked.succeeded { report.absent.append((node, now, 1)) }
                 continue
             }
             let next = AbsentRecord(since: record.since, seen: record.seen + 1)
