@@ -503,3 +503,28 @@ def test_a_claim_whose_answer_is_lost_is_resent_and_takes_one_block(etcd, prefix
     assert rc == 0, reply
     assert len(reply["claimed"]) == 1 and reply["held"] == reply["claimed"], reply
     assert blocks_in_store(etcd.endpoints, prefix) == {reply["claimed"][0]: "node-a"}
+
+
+def test_gc_from_every_node_at_once_reclaims_each_dead_block_once(etcd, prefix):
+    endpoints = etcd.endpoints
+    dead = []
+    for _ in range(3):
+        rc, reply, _ = cnictl("claim", request(endpoints, "node-dead", prefix=prefix, ttl=1))
+        assert rc == 0
+        dead += reply["claimed"]
+    rc, live, _ = cnictl("claim", request(endpoints, "node-live", prefix=prefix, ttl=60))
+    assert rc == 0
+    deadline = time.monotonic() + 15
+    while prefix + "nodes/node-dead" in store(endpoints, prefix + "nodes/"):
+        assert time.monotonic() < deadline, "lease of node-dead never expired"
+        time.sleep(0.2)
+    gc = ["gc", "--endpoints", ",".join(endpoints), "--prefix", prefix, "--reclaim-after", "0"]
+    outputs = []
+    for _ in range(3):
+        runs = run_parallel(6, lambda i: cnictl_cli(*gc))
+        assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
+        outputs += [r.stdout for r in runs]
+    reclaimed = [line for out in outputs for line in out.splitlines() if line.startswith("reclaimed ")]
+    assert sorted(reclaimed) == sorted(f"reclaimed {block} of node-dead" for block in dead), reclaimed
+    assert blocks_in_store(endpoints, prefix) == {live["claimed"][0]: "node-live"}
+    assert store(endpoints, prefix + "absent/") == {}
