@@ -339,7 +339,9 @@ struct StoreOptions: ParsableArguments {
     @Option(help: ArgumentHelp("The network configs.", valueName: "dir"))
     var confDir = NetworkDiscovery.defaultConfDir
     @Option(help: "This node's name (default: the network's ipam.node, else the host name).") var node: String?
-    @Option(help: ArgumentHelp("This node's addresses, comma-separated.", valueName: "ips")) var nodeIPs: String?
+    @Option(
+        name: .customLong("node-ips"), help: ArgumentHelp("This node's addresses, comma-separated.", valueName: "ips"))
+    var nodeIPs: String?
     @Option(help: "Seconds a registration lives (default 60).") var leaseTTL: Int?
     @Option(help: "Seconds a node must be absent before gc reclaims its blocks (default 3600).")
     var reclaimAfter: Int?
