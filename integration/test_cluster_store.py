@@ -528,3 +528,14 @@ def test_gc_from_every_node_at_once_reclaims_each_dead_block_once(etcd, prefix):
     assert sorted(reclaimed) == sorted(f"reclaimed {block} of node-dead" for block in dead), reclaimed
     assert blocks_in_store(endpoints, prefix) == {live["claimed"][0]: "node-live"}
     assert store(endpoints, prefix + "absent/") == {}
+
+
+def test_a_count_beyond_what_is_left_claims_the_rest(etcd, prefix):
+    pool = "10.50.0.0/24"  # 4 blocks
+    rc, reply, _ = cnictl("claim", request(etcd.endpoints, "node-a", prefix=prefix, pool=pool, count=3))
+    assert rc == 0 and len(reply["claimed"]) == 3, reply
+    rc, reply, _ = cnictl("claim", request(etcd.endpoints, "node-b", prefix=prefix, pool=pool, count=3))
+    assert rc == 0 and len(reply["claimed"]) == 1 and reply["held"] == reply["claimed"], reply
+    rc, reply, _ = cnictl("claim", request(etcd.endpoints, "node-b", prefix=prefix, pool=pool, count=3))
+    assert rc != 0 and reply["code"] == 102, reply
+    assert len(blocks_in_store(etcd.endpoints, prefix)) == 4

@@ -140,7 +140,8 @@ public final class ClusterStore {
     /// One round: the candidates (up to 4 free blocks in the node's order) go into one txn as
     /// a chain — "if the first is unclaimed take it, else if the second…" — so exactly one block
     /// is taken per round whatever the others raced for, together with the registration and a
-    /// read of every block (the next round's view). Exhausted: code 102.
+    /// read of every block (the next round's view). Exhausted before any block: code 102; after
+    /// some, the reply has fewer than `count`.
     public func claim(_ identity: NodeIdentity, pool: BlockPool, count: Int = 1) throws(CNIError) -> ClaimReply {
         try Self.checkNode(identity.node)
         let token = String(UInt64.random(in: 1...UInt64.max), radix: 16)
@@ -171,15 +172,16 @@ public final class ClusterStore {
                 pool.candidates(for: identity.node).lazy.filter { candidate in
                     !taken.contains(candidate) && !others.contains { $0.block.overlaps(candidate) }
                 }.prefix(4))
+            // Some claimed, then the pool ran out: a reply with fewer than `count` (an error would
+            // hide blocks the node now holds).
+            if candidates.isEmpty && !claimed.isEmpty { break }
             if candidates.isEmpty {
                 // Still refresh the registration: the node is alive, only the pool is full.
                 if !registered { _ = try? client.txn(success: register) }
                 throw CNIError(
                     .addressUnavailable, "pool \(pool.subnet) exhausted: no free /\(pool.blockSize) block",
                     details:
-                        "all \(pool.blockCount) blocks are claimed (\(mine(blocks).count) by node \(identity.node))"
-                        + (claimed.isEmpty ? "" : "; claimed now: \(claimed.map(\.description).joined(separator: ","))")
-                )
+                        "all \(pool.blockCount) blocks are claimed (\(mine(blocks).count) by node \(identity.node))")
             }
             // Per candidate: "unclaimed: take it; else already exactly ours: stop; else the next".
             // The middle step makes the txn idempotent: a resend of it (the first try applied,
