@@ -3,7 +3,7 @@
 # what it needs first (make deps).
 
 SHELL := /bin/bash
-PLUGINS := bridge ptp host-local static loopback portmap firewall tuning bandwidth
+PLUGINS := bridge ptp host-local static loopback portmap firewall tuning bandwidth cluster-ipam
 DESTDIR ?=
 CNI_BIN_DIR ?= /opt/cni/bin
 SWIFT ?= swift

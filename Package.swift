@@ -66,6 +66,9 @@ let package = Package(
         // cluster-ipam's shared half (no libcurl): pools carved into blocks, the claim protocol
         // between the plugin and `cnictl cluster`; linked by both.
         .target(name: "ClusterIPAM", dependencies: ["CNI", "IPAM", "JSON", "NetAddress"]),
+        // The cluster-ipam plugin: leases inside the node's blocks (host-local's store), blocks
+        // claimed and released by exec'ing `cnictl cluster` (no store client in the plugins).
+        .target(name: "ClusterIPAMPlugin", dependencies: ["CNI", "ClusterIPAM", "IPAM", "JSON", "NetAddress", "Exec"]),
 
         // The multi-call executable: runs the plugin it is named as (argv[0]), and the IPAM
         // plugins the bridge delegates to in-process when CNI_PATH holds this very build.
@@ -73,7 +76,7 @@ let package = Package(
             name: "cni-plugins",
             dependencies: [
                 "CNI", "BridgePlugin", "PTPPlugin", "HostLocalPlugin", "StaticPlugin", "LoopbackPlugin",
-                "PortmapPlugin", "FirewallPlugin", "TuningPlugin", "BandwidthPlugin",
+                "PortmapPlugin", "FirewallPlugin", "TuningPlugin", "BandwidthPlugin", "ClusterIPAMPlugin",
             ],
             // Release builds are fully static (see the Makefile); only this executable, since
             // cnictl links the system's libcurl, which has no complete static form on Debian.
@@ -116,7 +119,9 @@ let package = Package(
         .testTarget(
             name: "PTPTests", dependencies: ["PTPPlugin", "HostNetwork", "JSON", "CNI", "NetAddress", "Netlink"]),
         .testTarget(name: "CNICtlTests", dependencies: ["CNICtl", "ClusterIPAM", "IPAM", "JSON", "NetAddress"]),
-        .testTarget(name: "ClusterIPAMTests", dependencies: ["ClusterIPAM", "CNI", "IPAM", "JSON", "NetAddress"]),
+        .testTarget(
+            name: "ClusterIPAMTests",
+            dependencies: ["ClusterIPAM", "ClusterIPAMPlugin", "CNI", "IPAM", "JSON", "NetAddress"]),
         .testTarget(
             name: "ClusterStoreTests", dependencies: ["ClusterStore", "ClusterIPAM", "CNI", "JSON", "NetAddress"]),
     ]

@@ -19,7 +19,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session", autouse=True)
 def built_plugins():
     missing = [
-        p for p in ("bridge", "ptp", "host-local", "static", "loopback", "portmap", "firewall", "tuning", "bandwidth")
+        p for p in ("bridge", "ptp", "host-local", "static", "loopback", "portmap", "firewall", "tuning", "bandwidth", "cluster-ipam")
         if not (BIN_DIR / p).exists()
     ]
     if missing and os.geteuid() == 0:

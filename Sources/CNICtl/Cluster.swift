@@ -36,7 +36,8 @@ public enum ClusterProtocol {
                 throw CNIError(.invalidNetworkConfig, "invalid count \(request.count ?? 1): expected 1 to 64")
             }
             let store = try ClusterStore(request.etcd, deadlineMS: deadlineMS)
-            return JSONCodec.encode(try store.claim(request.identity, pool: pool, count: request.count ?? 1))
+            return JSONCodec.encode(
+                try store.claim(request.identity, pool: pool, count: request.count ?? 1, block: request.block))
         case .release:
             let request = try ReleaseRequest.decode(request)
             let store = try ClusterStore(request.etcd, deadlineMS: deadlineMS)

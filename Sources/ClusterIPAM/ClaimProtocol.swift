@@ -83,14 +83,18 @@ public struct ClaimRequest: Codable, Hashable, Sendable {
     public var leaseTTL: Int?
     public var pool: PoolSpec
     public var count: Int?
+    /// This very block of the pool, not the next free one: the block of a requested address.
+    /// Held by another node, the claim fails with code 102 naming that node.
+    public var block: IPPrefix?
 
-    public init(identity: NodeIdentity, pool: PoolSpec, count: Int = 1) {
+    public init(identity: NodeIdentity, pool: PoolSpec, count: Int = 1, block: IPPrefix? = nil) {
         etcd = identity.etcd
         node = identity.node
         nodeIPs = identity.nodeIPs
         leaseTTL = identity.leaseTTL
         self.pool = pool
         self.count = count
+        self.block = block
     }
 
     public var identity: NodeIdentity {

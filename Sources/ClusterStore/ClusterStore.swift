@@ -142,8 +142,15 @@ public final class ClusterStore {
     /// is taken per round whatever the others raced for, together with the registration and a
     /// read of every block (the next round's view). Exhausted before any block: code 102; after
     /// some, the reply has fewer than `count`.
-    public func claim(_ identity: NodeIdentity, pool: BlockPool, count: Int = 1) throws(CNIError) -> ClaimReply {
+    public func claim(
+        _ identity: NodeIdentity, pool: BlockPool, count: Int = 1, block wanted: IPPrefix? = nil
+    ) throws(CNIError) -> ClaimReply {
         try Self.checkNode(identity.node)
+        if let wanted, !pool.isClaimable(wanted) {
+            throw CNIError(
+                .invalidNetworkConfig,
+                "block \(wanted) is not a claimable /\(pool.blockSize) block of pool \(pool.subnet)")
+        }
         let token = String(UInt64.random(in: 1...UInt64.max), radix: 16)
         let now = Self.now()
         var claimed: [IPPrefix] = []
@@ -168,10 +175,29 @@ public final class ClusterStore {
             // with a different blockSize for the pool must not get addresses handed out twice).
             let taken = Set(blocks.map(\.block))
             let others = blocks.filter { $0.block.length != pool.blockSize && $0.block.overlaps(pool.subnet) }
-            let candidates = Array(
-                pool.candidates(for: identity.node).lazy.filter { candidate in
-                    !taken.contains(candidate) && !others.contains { $0.block.overlaps(candidate) }
-                }.prefix(4))
+            let free = { (candidate: IPPrefix) in
+                !taken.contains(candidate) && !others.contains { $0.block.overlaps(candidate) }
+            }
+            if let wanted {
+                if mine(blocks).contains(wanted) {
+                    if !claimed.contains(wanted) { claimed.append(wanted) }
+                    break
+                }
+                if !free(wanted) {
+                    let holder =
+                        blocks.first { $0.block == wanted || $0.block.overlaps(wanted) }.map {
+                            "node \($0.record.node)"
+                        }
+                        ?? "another node"
+                    if !registered { _ = try? client.txn(success: register) }
+                    throw CNIError(
+                        .addressUnavailable, "block \(wanted) of pool \(pool.subnet) is held by \(holder)",
+                        details: "an address of it can only be given out on that node")
+                }
+            }
+            let candidates =
+                wanted.map { free($0) ? [$0] : [] }
+                ?? Array(pool.candidates(for: identity.node).lazy.filter(free).prefix(4))
             // Some claimed, then the pool ran out: a reply with fewer than `count` (an error would
             // hide blocks the node now holds).
             if candidates.isEmpty && !claimed.isEmpty { break }

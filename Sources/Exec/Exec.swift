@@ -131,6 +131,8 @@ public enum Exec {
         private var stderrFD: Int32
         private var output: Output?
         private var inputReleased = false
+        /// Whether `wait(killingAfter:)` had to kill it.
+        public private(set) var killed = false
 
         fileprivate init(pid: pid_t, input: [UInt8], stdinFD: Int32, stdoutFD: Int32, stderrFD: Int32) {
             self.pid = pid
@@ -171,17 +173,28 @@ public enum Exec {
 
         /// Reads its stdout and stderr to the end, then reaps it (sending stdin first if it was
         /// still held). Called again, the same output.
-        public func wait() -> Output {
+        public func wait() -> Output { wait(killingAfter: nil) }
+
+        /// As `wait()`, but a program still running `milliseconds` after this call is killed
+        /// (SIGKILL), so a hung helper (a store client whose server stopped answering) cannot
+        /// hang its caller; `killed` tells whether that happened.
+        public func wait(killingAfter milliseconds: Int?) -> Output {
             if let output { return output }
             // Still held: it gets its input now (a terminated one has no stdin left to send).
             if stdinFD >= 0 { inputReleased = true }
-            let (stdout, stderr) = pump()
+            let (stdout, stderr) = pump(deadline: milliseconds.map { Self.monotonicMS() + $0 })
             var status: Int32 = 0
             while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
             let exitStatus = status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
             let result = Output(status: exitStatus, stdout: stdout, stderr: stderr)
             output = result
             return result
+        }
+
+        static func monotonicMS() -> Int {
+            var now = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &now)
+            return now.tv_sec * 1000 + now.tv_nsec / 1_000_000
         }
 
         /// Writes what the pipe takes without blocking; closes stdin once all is written (or the
@@ -209,19 +222,29 @@ public enum Exec {
 
         // Writes the rest of stdin and drains stdout/stderr together so neither side can block
         // on a full pipe.
-        private func pump() -> ([UInt8], [UInt8]) {
+        private func pump(deadline: Int?) -> ([UInt8], [UInt8]) {
             var stdout: [UInt8] = []
             var stderr: [UInt8] = []
             var buffer = [UInt8](repeating: 0, count: 65536)
+            var deadline = deadline
             while stdinFD >= 0 || stdoutFD >= 0 || stderrFD >= 0 {
                 var fds = [
                     pollfd(fd: stdinFD, events: Int16(POLLOUT), revents: 0),
                     pollfd(fd: stdoutFD, events: Int16(POLLIN), revents: 0),
                     pollfd(fd: stderrFD, events: Int16(POLLIN), revents: 0),
                 ]
-                if poll(&fds, 3, -1) < 0 {
+                let timeout = deadline.map { Int32(clamping: max(0, $0 - Self.monotonicMS())) } ?? -1
+                let ready = poll(&fds, 3, timeout)
+                if ready < 0 {
                     if errno == EINTR { continue }
                     break
+                }
+                if ready == 0 && deadline != nil {
+                    // Past the deadline: kill it; its pipes close as it dies and the loop ends.
+                    kill(pid, SIGKILL)
+                    killed = true
+                    deadline = nil
+                    continue
                 }
                 if stdinFD >= 0 && fds[0].revents != 0 { writeAvailableInput() }
                 for slot in 1...2 {

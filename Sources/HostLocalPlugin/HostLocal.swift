@@ -57,28 +57,7 @@ public enum HostLocal {
         guard directoryExists(LeaseStore.directory(dataDir: config.dataDir, network: config.network)) else { return }
         let owner = LeaseOwner(containerID: request.containerID, ifname: request.ifName)
         try LeaseStore.withLock(dataDir: config.dataDir, network: config.network) { store throws(CNIError) in
-            // Legacy id-only leases count only when the interface holds none of its own (the reference's rule).
-            var exact = try store.leases(of: owner)
-            var legacy = exact.isEmpty ? try store.leases(of: owner.legacy) : []
-            if exact.isEmpty && legacy.isEmpty {
-                // The index is derived state: before "nothing to release", the lease files say.
-                let found = try store.unindexedLeases(of: [owner, owner.legacy])
-                exact = found[owner] ?? []
-                legacy = exact.isEmpty ? found[owner.legacy] ?? [] : []
-            }
-            let holder = exact.isEmpty ? owner.legacy : owner
-            let addresses = exact.isEmpty ? legacy : exact
-            var failures: [String] = []
-            for address in addresses {
-                do throws(CNIError) {
-                    try store.release(address, of: holder)
-                } catch {
-                    failures.append(error.message)
-                }
-            }
-            if !failures.isEmpty {
-                throw CNIError(.storeFailure, failures.joined(separator: "; "), details: "releasing \(owner)")
-            }
+            try store.releaseAll(of: owner)
         }
     }
 
@@ -137,7 +116,7 @@ public enum HostLocal {
         guard directoryExists(LeaseStore.directory(dataDir: config.dataDir, network: config.network)) else { return }
         let failures = try LeaseStore.withLock(dataDir: config.dataDir, network: config.network) {
             store throws(CNIError) in
-            try collectGarbage(store, keeping: valid)
+            try store.releaseLeases(keeping: valid)
         }
         if !failures.isEmpty {
             throw CNIError(
@@ -146,37 +125,12 @@ public enum HostLocal {
         }
     }
 
-    /// Releases every lease whose owner is not a valid attachment (a legacy lease stays when its
-    /// container has any valid attachment). Goes on after failures and returns them.
-    static func collectGarbage(_ store: LeaseStore, keeping valid: [Attachment]) throws(CNIError) -> [String] {
-        let keep = Set(valid.map { LeaseOwner(containerID: $0.containerID, ifname: $0.ifname) })
-        let keepLegacy = Set(keep.map(\.containerID))
-        var failures: [String] = []
-        for owner in try store.owners() {
-            if owner.isLegacy ? keepLegacy.contains(owner.containerID) : keep.contains(owner) { continue }
-            do throws(CNIError) {
-                for address in try store.leases(of: owner) {
-                    try store.release(address, of: owner)
-                }
-            } catch {
-                failures.append("\(owner): \(error.message)")
-            }
-        }
-        return failures
-    }
-
     static func status(_ request: PluginRequest) throws(CNIError) {
         let config = try HostLocalConfig.location(request)
         let directory = LeaseStore.directory(dataDir: config.dataDir, network: config.network)
         do throws(CNIError) {
             try LeaseStore.withLock(dataDir: config.dataDir, network: config.network) { store throws(CNIError) in
-                // Root passes permission checks; this catches read-only filesystems among others.
-                guard access(store.directory, W_OK) == 0 else {
-                    throw CNIError(
-                        .storeFailure, "\(store.directory) is not writable: \(String(cString: strerror(errno)))")
-                }
-                // A full or read-only filesystem: say so before an ADD fails on it.
-                if let shortage = store.shortage() { throw CNIError(.storeFailure, shortage) }
+                try store.checkWritable()
             }
         } catch {
             throw CNIError(

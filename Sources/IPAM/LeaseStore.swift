@@ -372,6 +372,89 @@ public final class LeaseStore {
         return scanned.values.flatMap(\.keys)
     }
 
+    /// DEL's release: every lease of `owner` (or, when it holds none of its own, of its legacy
+    /// id-only form: the reference's rule), found through the index and, when that finds none,
+    /// the lease files themselves (the index is derived state). Returns what was released;
+    /// throws after trying every lease when some could not be.
+    @discardableResult
+    public func releaseAll(of owner: LeaseOwner) throws(CNIError) -> [IPAddress] {
+        var exact = try leases(of: owner)
+        var legacy = exact.isEmpty ? try leases(of: owner.legacy) : []
+        if exact.isEmpty && legacy.isEmpty {
+            let found = try unindexedLeases(of: [owner, owner.legacy])
+            exact = found[owner] ?? []
+            legacy = exact.isEmpty ? found[owner.legacy] ?? [] : []
+        }
+        let holder = exact.isEmpty ? owner.legacy : owner
+        let addresses = exact.isEmpty ? legacy : exact
+        var failures: [String] = []
+        for address in addresses {
+            do throws(CNIError) {
+                try release(address, of: holder)
+            } catch {
+                failures.append(error.message)
+            }
+        }
+        if !failures.isEmpty {
+            throw CNIError(.storeFailure, failures.joined(separator: "; "), details: "releasing \(owner)")
+        }
+        return addresses
+    }
+
+    /// STATUS's question: can this store take an ADD now? Not when its directory is not
+    /// writable (root passes permission checks: this catches read-only filesystems) or when
+    /// it has less room or fewer inodes than one ADD needs.
+    public func checkWritable() throws(CNIError) {
+        guard access(directory, W_OK) == 0 else {
+            throw CNIError(.storeFailure, "\(directory) is not writable: \(String(cString: strerror(errno)))")
+        }
+        if let shortage = shortage() { throw CNIError(.storeFailure, shortage) }
+    }
+
+    /// Releases every lease whose owner is not a valid attachment (a legacy lease stays when its
+    /// container has any valid attachment): the lease half of GC, for every IPAM plugin that
+    /// keeps its leases here. Goes on after failures and returns them.
+    public func releaseLeases(keeping valid: [Attachment]) throws(CNIError) -> [String] {
+        let keep = Set(valid.map { LeaseOwner(containerID: $0.containerID, ifname: $0.ifname) })
+        let keepLegacy = Set(keep.map(\.containerID))
+        var failures: [String] = []
+        for owner in try owners() {
+            if owner.isLegacy ? keepLegacy.contains(owner.containerID) : keep.contains(owner) { continue }
+            do throws(CNIError) {
+                for address in try leases(of: owner) {
+                    try release(address, of: owner)
+                }
+            } catch {
+                failures.append("\(owner): \(error.message)")
+            }
+        }
+        return failures
+    }
+
+    // MARK: - State files of other components
+
+    /// A file another IPAM component keeps beside the leases (cluster-ipam's record of the
+    /// blocks it holds), read under the lock; nil when there is none. Its name must not be an
+    /// address (it would read as a lease).
+    public func readStateFile(_ name: String) throws(CNIError) -> [UInt8]? {
+        precondition(IPAddress(name) == nil, "a state file named like a lease")
+        return try leases.read(name)
+    }
+
+    /// Replaces that file crash-safely (a synced temp renamed over it), under the lock. Written
+    /// at once, not when the operation ends: what it records (a block claimed in a cluster
+    /// store) happened whether or not the operation then succeeds.
+    public func replaceStateFile(_ name: String, _ bytes: [UInt8]) throws(CNIError) {
+        precondition(IPAddress(name) == nil, "a state file named like a lease")
+        let temp = "~state." + name + Self.suffix
+        try leases.createFresh(temp, bytes, mode: 0o644, sync: true)
+        changed = true
+        guard try leases.rename(temp, to: name, in: leases) else {
+            try? leases.removeFile(temp)
+            throw Files.failure("rename", leases.pathOf(name), EXDEV)
+        }
+    }
+
     /// Whether STATUS should say the store cannot take an ADD now: a read-only filesystem, or
     /// less room or fewer inodes than one ADD needs. Nil when it can.
     public func shortage() -> String? {

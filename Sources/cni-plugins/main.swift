@@ -1,6 +1,7 @@
 import BandwidthPlugin
 import BridgePlugin
 import CNI
+import ClusterIPAMPlugin
 import FirewallPlugin
 import HostLocalPlugin
 import LoopbackPlugin
@@ -37,10 +38,11 @@ case "portmap": Plugin.main(name: invokedAs, handlers: Portmap.handlers)
 case "firewall": Plugin.main(name: invokedAs, handlers: Firewall.handlers)
 case "tuning": Plugin.main(name: invokedAs, handlers: Tuning.handlers)
 case "bandwidth": Plugin.main(name: invokedAs, handlers: Bandwidth.handlers)
+case "cluster-ipam": Plugin.main(name: invokedAs, handlers: ClusterIPAMPlugin.handlers)
 default:
     let message =
         "swift-cni: unknown plugin name \"\(invokedAs)\": this executable runs as bridge, ptp, host-local, "
-        + "static, loopback, portmap, firewall, tuning or bandwidth (install or link it under one of those names)\n"
+        + "static, loopback, portmap, firewall, tuning, bandwidth or cluster-ipam (install or link it under one of those names)\n"
     _ = message.withCString { write(2, $0, strlen($0)) }
     exit(1)
 }

@@ -1,10 +1,9 @@
 import CNI
-import IPAM
 
 /// resolv.conf as the reference reads it into a result's `dns`: `nameserver` (each one),
 /// `domain`, `search` and `options` (all their fields); lines starting with `#` or `;` skipped.
-enum ResolvConf {
-    static func parse(_ text: String) -> DNS {
+public enum ResolvConf {
+    public static func parse(_ text: String) -> DNS {
         var dns = DNS()
         for line in text.split(whereSeparator: \.isNewline) {
             let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
@@ -26,7 +25,7 @@ enum ResolvConf {
         return dns
     }
 
-    static func load(_ path: String) throws(CNIError) -> DNS {
+    public static func load(_ path: String) throws(CNIError) -> DNS {
         let bytes: [UInt8]?
         do {
             bytes = try Files.read(path)
