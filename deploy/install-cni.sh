@@ -50,7 +50,7 @@ NODE_NAME=${NODE_NAME:-}
 # image built before they existed still installs): the chained and other main plugins, which a
 # node's other conflists (podman's, a ptp network) name by type.
 PLUGINS="bridge host-local static loopback"
-OPTIONAL_PLUGINS="portmap ptp firewall tuning bandwidth"
+OPTIONAL_PLUGINS="portmap ptp firewall tuning bandwidth cluster-ipam"
 TMP_SUFFIX=".swift-cni-tmp"
 
 log() { echo "install-cni: $*"; }

@@ -21,7 +21,7 @@ INSTALLER = REPO / "deploy" / "install-cni.sh"
 MANIFEST = REPO / "deploy" / "daemonset.yaml"
 OUR_PLUGINS = ("bridge", "host-local", "static", "loopback")
 # Installed when present, by the installer image and `make install` alike.
-OPTIONAL_PLUGINS = ("portmap", "ptp", "firewall", "tuning", "bandwidth")
+OPTIONAL_PLUGINS = ("portmap", "ptp", "firewall", "tuning", "bandwidth", "cluster-ipam")
 INSTALLED = OUR_PLUGINS + OPTIONAL_PLUGINS
 
 
