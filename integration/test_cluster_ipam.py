@@ -311,3 +311,28 @@ def test_bad_config_is_code_7_naming_the_key_and_touches_nothing(prefix, data_ro
     run = add(conf, "bad")
     assert run.error_code() == 7 and key in run.json["msg"], run
     assert not (data_root / "clnet").exists()
+
+
+def test_conf_example_bridge_chain_in_a_namespace(etcd, prefix, data_root, netns):
+    """conf-examples/cluster-ipam-bridge.conflist's bridge, with its IPAM exec'd as a runtime's
+    bridge does, into a namespace of the test's own: the container gets the block's address and
+    gateway, and DEL leaves no lease."""
+    conflist = json.loads((Path(__file__).resolve().parent.parent / "conf-examples"
+                           / "cluster-ipam-bridge.conflist").read_text())
+    bridge = dict(conflist["plugins"][0], cniVersion=conflist["cniVersion"], name=conflist["name"])
+    bridge["bridge"] = unique("cbr", 12)
+    bridge["ipMasq"] = False  # no host NAT rule for a test
+    bridge["ipam"] = dict(bridge["ipam"], etcd={"endpoints": etcd.endpoints, "prefix": prefix}, dataDir=str(data_root),
+                          node="node-ns")
+    try:
+        run = run_plugin("bridge", "ADD", bridge, containerid="ns1", netns=netns.path)
+        assert run.ok, run
+        ip = ipaddress.ip_interface(run.json["ips"][0]["address"])
+        assert ip in ipaddress.ip_network("10.42.0.0/16") and ip.network.prefixlen == 26
+        shown = json.loads(netns.run("ip", "-j", "addr", "show", "eth0"))
+        assert str(ip.ip) in [a["local"] for a in shown[0]["addr_info"]]
+        assert list(blocks_in_store(etcd.endpoints, prefix).values()) == ["node-ns"]
+        assert run_plugin("bridge", "DEL", bridge, containerid="ns1", netns=netns.path).ok
+        assert leases(data_root, conflist["name"]) == {}
+    finally:
+        subprocess.run(["ip", "link", "del", bridge["bridge"]], capture_output=True)
