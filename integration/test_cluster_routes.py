@@ -3,12 +3,13 @@ through `cnictl cluster routes --apply` alone (flannel host-gw style).
 
 Layout: a segment namespace holds a bridge; each node namespace has an eth0 veth onto it
 (10.250.77.N/24) and its own container bridge made by our bridge plugin, with a container whose
-address comes from the node's block of the cluster pool (10.251.0.0/24, /26 blocks). etcd runs in
-the host namespace on loopback: cnictl runs in the host namespace for every store call, and
-`routes --apply --netns <node>` opens only its netlink socket inside the node's namespace (the
-same split a node agent in a pod without host networking would use).
+address cluster-ipam gives from the node's block of the cluster pool (10.251.0.0/24, /26 blocks).
+etcd runs in the host namespace on loopback: every store call (the node's first claim, and
+`routes --apply --netns <node>`, which opens only its netlink socket inside the node's namespace)
+runs there; the container's own ADD inside the node needs no store, its block having room.
 """
 
+import ipaddress
 import json
 import subprocess
 
@@ -47,21 +48,20 @@ def test_three_nodes_reach_each_others_containers(etcd, netns_factory, tmp_path)
         ns.run("ip", "addr", "add", node_ip + "/24", "dev", "eth0")
         ns.run("ip", "link", "set", "eth0", "up")
         name = unique(f"node-{letter}-", 16)
-        # The node's block, claimed through the plugin's protocol (as cluster-ipam would).
-        reply = json.loads(cnictl("claim", "--json", input=json.dumps({
-            "etcd": {"endpoints": etcd.endpoints, "prefix": prefix}, "node": name, "nodeIPs": [node_ip],
-            "leaseTTL": 60, "pool": {"subnet": POOL, "blockSize": 26}})))
-        block = reply["claimed"][0]
-        network, _ = block.split("/")
-        base = network.rsplit(".", 1)
-        gateway = f"{base[0]}.{int(base[1]) + 1}"
-        # A container on the node's own bridge, addressed from the block (host-local confined to it).
+        ipam = {"type": "cluster-ipam", "etcd": {"endpoints": etcd.endpoints, "prefix": prefix}, "node": name,
+                "nodeIPs": [node_ip], "pools": [{"subnet": POOL, "blockSize": 26}],
+                "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(tmp_path / letter)}
+        network = unique("net", 12)
+        # The node's first ADD claims its block; it runs in the host namespace, where etcd
+        # listens. The container's ADD below runs inside the node and needs no store at all:
+        # the held block has room (a steady ADD makes no store round trip).
+        first = run_plugin("cluster-ipam", "ADD", {"cniVersion": "1.0.0", "name": network, "ipam": ipam},
+                           containerid="node-reserve", netns="/var/run/netns/unused")
+        assert first.ok, str(first)
+        block = str(ipaddress.ip_interface(first.json["ips"][0]["address"]).network)
         container = netns_factory(f"swc{letter}")
-        config = {
-            "cniVersion": "1.0.0", "name": unique("net", 12), "type": "bridge", "bridge": "cbr0", "isGateway": True,
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": block, "gateway": gateway}]],
-                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(tmp_path / letter)},
-        }
+        config = {"cniVersion": "1.0.0", "name": network, "type": "bridge", "bridge": "cbr0", "isGateway": True,
+                  "ipam": ipam}
         run = run_plugin("bridge", "ADD", config, netns=container.path, wrapper=("ip", "netns", "exec", ns.name))
         assert run.ok, str(run)
         address = run.json["ips"][0]["address"].split("/")[0]

@@ -3,7 +3,7 @@
 #
 # What runs: a private etcd (Debian's etcd-server) on a free loopback port with its data in a
 # temporary directory; a segment namespace holding a bridge; three node namespaces, each with an
-# eth0 on the segment, a block of 10.251.0.0/24 claimed in etcd (`cnictl cluster claim`), a
+# eth0 on the segment, a block of 10.251.0.0/24 claimed in etcd by cluster-ipam, a
 # container bridge made by our bridge plugin and one container addressed from the node's block.
 # `cnictl cluster routes --apply` on each node installs the routes to the other nodes' blocks
 # (proto 201), and the container on node A pings the one on node C.
@@ -21,7 +21,7 @@ pool=10.251.0.0/24
 
 die() { echo "cluster-demo: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "needs root (it creates network namespaces); run: sudo make cluster-demo"
-for program in bridge host-local cnictl; do
+for program in bridge cluster-ipam cnictl; do
     [ -x "$bin_dir/$program" ] || die "$bin_dir/$program is missing; run: make build"
 done
 for tool in ip ping etcd python3; do
@@ -88,18 +88,20 @@ for index in 1 2 3; do
     ip -n "$ns" addr add "10.250.77.$index/24" dev eth0
     ip -n "$ns" link set eth0 up
 
-    request=$(printf '{"etcd":{"endpoints":["%s"],"prefix":"%s"},"node":"%s","nodeIPs":["10.250.77.%s"],"leaseTTL":600,"pool":{"subnet":"%s","blockSize":26}}' \
-        "$endpoint" "$prefix" "$node" "$index" "$pool")
-    reply=$(echo "$request" | "$bin_dir/cnictl" cluster claim --json)
-    block=$(echo "$reply" | python3 -c 'import json,sys; print(json.load(sys.stdin)["claimed"][0])')
-    gateway=$(python3 -c "import ipaddress,sys; print(ipaddress.ip_network('$block')[1])")
-    echo "== $node ($ns, 10.250.77.$index): claimed $block"
-
+    # The network config every step uses: our bridge with cluster-ipam, this node's name and IP.
     cat >"$work/$letter.json" <<EOF
 {"cniVersion": "1.0.0", "name": "cluster-demo", "type": "bridge", "bridge": "cbr0", "isGateway": true,
- "ipam": {"type": "host-local", "ranges": [[{"subnet": "$block", "gateway": "$gateway"}]],
+ "ipam": {"type": "cluster-ipam", "etcd": {"endpoints": ["$endpoint"], "prefix": "$prefix"}, "node": "$node",
+          "nodeIPs": ["10.250.77.$index"], "leaseTTL": 600, "pools": [{"subnet": "$pool", "blockSize": 26}],
           "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "$work/leases-$letter"}}
 EOF
+    # The node's first address claims its block; that runs here, in the host namespace, where
+    # etcd listens. The container's ADD inside the node then needs no store (the block has room).
+    first=$(env CNI_COMMAND=ADD CNI_CONTAINERID="reserve-$letter" CNI_NETNS=/run/netns/unused CNI_IFNAME=eth0 \
+        CNI_PATH="$bin_dir" "$bin_dir/cluster-ipam" <"$work/$letter.json")
+    block=$(echo "$first" | python3 -c 'import ipaddress,json,sys; print(ipaddress.ip_interface(json.load(sys.stdin)["ips"][0]["address"]).network)')
+    echo "== $node ($ns, 10.250.77.$index): claimed $block"
+
     result=$(ip netns exec "$ns" env CNI_COMMAND=ADD CNI_CONTAINERID="demo-$letter" CNI_NETNS="/run/netns/$ctr" \
         CNI_IFNAME=eth0 CNI_PATH="$bin_dir" "$bin_dir/bridge" <"$work/$letter.json")
     container_ip[$letter]=$(echo "$result" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])')
