@@ -81,6 +81,7 @@ format:
 # few minutes. bench/README.md explains the table.
 bench: deps build
 	$(PYTHON) bench/run.py $(if $(QUICK),--quick)
+	$(PYTHON) bench/cluster.py $(if $(QUICK),--quick)
 
 install: build
 	install -d $(DESTDIR)$(CNI_BIN_DIR)

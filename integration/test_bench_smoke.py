@@ -6,10 +6,14 @@ both sides and no failed plugin run. No assertion here looks at a duration.
 """
 
 import json
+import os
 import subprocess
 import sys
 
+import pytest
+
 from cnitest import BIN_DIR, REF_DIR, REPO
+from etcd import ETCD
 
 
 def test_bench_runs_every_row_once(tmp_path):
@@ -60,3 +64,21 @@ def test_bench_runs_every_row_once(tmp_path):
     # It cleaned up: no namespace of this run is left.
     leftover = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"cnibench-{report['meta']['pid']}-" not in leftover
+
+
+def test_cluster_bench_runs_every_row_once(tmp_path):
+    """bench/cluster.py (cluster-ipam against host-local, and claiming ADDs on a 3-member etcd),
+    once with tiny counts: every row has a value; the script itself checks that each claiming ADD
+    took exactly one block. No duration is asserted."""
+    if not os.path.exists(ETCD):
+        pytest.skip("etcd-server is not installed (make deps installs it)")
+    output = tmp_path / "cluster.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "cluster.py"), "--ours", str(BIN_DIR), "--quick",
+                           "--json", str(output)], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, f"bench/cluster.py failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    report = json.loads(output.read_text())
+    ids = [row["id"] for row in report["rows"]]
+    assert ids == ["cluster-steady-ADD", "cluster-steady-DEL", "cluster-claim-ADD-p50", "cluster-claim-ADD-p99"]
+    for row in report["rows"]:
+        assert row["ours"] > 0 and row["label"] in proc.stdout and row["met"] in (True, False)
+    assert len(report["samples"]["claim-ADD"]) == 10

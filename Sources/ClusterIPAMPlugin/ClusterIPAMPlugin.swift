@@ -79,11 +79,20 @@ public enum ClusterIPAMPlugin {
         let owner = LeaseOwner(containerID: request.containerID, ifname: request.ifName)
         try LeaseStore.withLock(dataDir: config.dataDir, network: config.network) { store throws(CNIError) in
             let released = try store.releaseAll(of: owner)
+            // Only a block this DEL emptied needs the record (the common DEL reads nothing more:
+            // its block still has a lease, found within a few lookups).
+            var emptied: [IPAddress] = []
+            for address in released {
+                guard let block = config.pools.lazy.compactMap({ $0.blocks.block(containing: address) }).first,
+                    try NodeBlocks.leaseCount(in: block, store, stopAtFirst: true) == 0
+                else { continue }
+                emptied.append(address)
+            }
             // A state file we cannot read must not stop the release that already happened.
-            guard !released.isEmpty, var node = try? NodeBlocks(config, store, makeSource(request), now()) else {
+            guard !emptied.isEmpty, var node = try? NodeBlocks(config, store, makeSource(request), now()) else {
                 return
             }
-            for address in released { try node.markIfEmpty(containing: address) }
+            for address in emptied { try node.markIfEmpty(containing: address) }
             try node.saveIfChanged()
         }
     }

@@ -235,11 +235,15 @@ struct NodeBlocks {
 
     // MARK: - Leases per block
 
-    func hasLeases(_ block: IPPrefix) throws(CNIError) -> Bool { try leaseCount(block, stopAtFirst: true) > 0 }
+    func hasLeases(_ block: IPPrefix) throws(CNIError) -> Bool {
+        try Self.leaseCount(in: block, store, stopAtFirst: true) > 0
+    }
 
-    /// Leases inside `block`, read address by address (a /26 or /122: 64 lookups, only on the
-    /// rare paths: a block emptied, GC, STATUS, the high-water check).
-    func leaseCount(_ block: IPPrefix, stopAtFirst: Bool = false) throws(CNIError) -> Int {
+    func leaseCount(_ block: IPPrefix) throws(CNIError) -> Int { try Self.leaseCount(in: block, store) }
+
+    /// Leases inside `block`, read address by address (a /26 or /122: 64 lookups at most, only on
+    /// the rare paths: a DEL that may have emptied it, GC, STATUS, the high-water check).
+    static func leaseCount(in block: IPPrefix, _ store: LeaseStore, stopAtFirst: Bool = false) throws(CNIError) -> Int {
         var count = 0
         var value = block.networkAddress.value
         let last = block.lastAddress.value
