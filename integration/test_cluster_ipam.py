@@ -140,7 +140,7 @@ def test_ten_nodes_in_parallel_never_share_an_address(etcd, prefix, tmp_path):
     nodes = [f"node-{n}" for n in range(10)]
     pool = [{"subnet": "10.42.0.0/24", "blockSize": 28}]
     if STRESS:
-        pool = [{"subnet": "10.40.0.0/18", "blockSize": 26}]
+        pool = [{"subnet": "10.40.0.0/19", "blockSize": 26}]  # 7,808 addresses for 10,000 ADDs
         per_node = 1000
 
     def one(job):
