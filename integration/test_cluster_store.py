@@ -543,3 +543,23 @@ def test_a_count_beyond_what_is_left_claims_the_rest(etcd, prefix):
     rc, reply, _ = cnictl("claim", request(etcd.endpoints, "node-b", prefix=prefix, pool=pool, count=3))
     assert rc != 0 and reply["code"] == 102, reply
     assert len(blocks_in_store(etcd.endpoints, prefix)) == 4
+
+
+
+
+def test_claim_of_one_named_block(etcd, prefix):
+    # The requested-IP path: the plugin asks for the block of the address, and nothing else.
+    pool = "10.51.0.0/24"
+    rc, reply, _ = cnictl("claim", request(etcd.endpoints, "node-a", prefix=prefix, pool=pool, block="10.51.0.128/26"))
+    assert rc == 0 and reply["claimed"] == ["10.51.0.128/26"], reply
+    # Again: already ours, counted.
+    rc, reply, _ = cnictl("claim", request(etcd.endpoints, "node-a", prefix=prefix, pool=pool, block="10.51.0.128/26"))
+    assert rc == 0 and reply["claimed"] == ["10.51.0.128/26"] and reply["held"] == ["10.51.0.128/26"], reply
+    # Another node's: code 102 naming the block and its node; nothing changed.
+    rc, reply, _ = cnictl("claim", request(etcd.endpoints, "node-b", prefix=prefix, pool=pool, block="10.51.0.128/26"))
+    assert rc != 0 and reply["code"] == 102, reply
+    assert "10.51.0.128/26" in reply["msg"] and "node-a" in reply["msg"], reply
+    # Not a block of the pool: code 7.
+    rc, reply, _ = cnictl("claim", request(etcd.endpoints, "node-b", prefix=prefix, pool=pool, block="10.51.0.128/25"))
+    assert rc != 0 and reply["code"] == 7 and "block" in reply["msg"], reply
+    assert blocks_in_store(etcd.endpoints, prefix) == {"10.51.0.128/26": "node-a"}

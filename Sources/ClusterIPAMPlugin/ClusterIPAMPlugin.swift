@@ -139,8 +139,10 @@ public enum ClusterIPAMPlugin {
         }
     }
 
-    /// GC: leases of attachments not in `cni.dev/valid-attachments`, then the node's empty
-    /// blocks seen empty twice `releaseGrace` apart (one release for all; never a pool's last).
+    /// GC: leases of attachments not in `cni.dev/valid-attachments`; then, after a renewal that
+    /// adopts any block the store says is ours, the blocks seen empty twice `releaseGrace` apart
+    /// go back (one release for all; never a pool's last). With the store down, the local part
+    /// is done and the failure reported.
     static func gc(_ request: PluginRequest) throws(CNIError) {
         let config = try ClusterIPAMConfig.location(request)
         let valid = try request.validAttachments()
@@ -150,9 +152,12 @@ public enum ClusterIPAMPlugin {
             var failures = try store.releaseLeases(keeping: valid)
             var node = try NodeBlocks(config, store, makeSource(request), now())
             do throws(CNIError) {
+                // The store's word first: a block whose claim reply was lost (the plugin killed
+                // while cnictl ran) is adopted here, so it is marked and given back like any other.
+                try node.renew()
                 try node.releaseEmptyBlocks(grace: config.releaseGrace)
             } catch {
-                failures.append("releasing empty blocks: \(error.message)")
+                failures.append("the node's blocks: \(error.message)")
             }
             try node.saveIfChanged()
             return failures
