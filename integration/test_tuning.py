@@ -192,3 +192,30 @@ def test_the_conf_example_applies_as_given(tmp_path, container):
     assert link["mtu"] == 1400 and link["txqlen"] == 500
     assert run("DEL", conf, container).ok
     assert container.link()["mtu"] == 1500
+
+
+def gc_config(data_dir, name, valid):
+    return {"cniVersion": "1.1.0", "name": name, "type": "tuning", "dataDir": str(data_dir),
+            "cni.dev/valid-attachments": [{"containerID": c, "ifname": i} for c, i in valid]}
+
+
+@pytest.mark.skipif(not REFERENCE_TUNING.exists(), reason="reference tuning not installed")
+def test_gc_removes_only_this_networks_stale_backups(tmp_path, netns_factory):
+    kept, stale, foreign = (Container(netns_factory("swtgc")) for _ in range(3))
+    conf = config(tmp_path, kept, mtu=1400)
+    name = conf["name"]
+    assert run("ADD", conf, kept, containerid="kept").ok
+    assert run("ADD", config(tmp_path, stale, mtu=1400, name=name), stale, containerid="stale").ok
+    # The reference writes no sidecar: GC cannot tell its backup's network, and keeps it.
+    assert run("ADD", config(tmp_path, foreign, mtu=1400, name=name), foreign, containerid="ref",
+               plugin=str(REFERENCE_TUNING)).ok
+    assert (tmp_path / "stale_eth0.net").read_text() == name
+
+    gc = run_plugin("tuning", "GC", gc_config(tmp_path, name, [("kept", "eth0")]))
+    assert gc.ok, str(gc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept_eth0.json", "kept_eth0.net", "ref_eth0.json"]
+    # GC restores nothing (it cannot know the namespace); the kept attachment's DEL still does.
+    assert stale.link()["mtu"] == 1400
+    assert run("DEL", conf, kept, containerid="kept").ok
+    assert kept.link()["mtu"] == 1500
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref_eth0.json"]

@@ -21,6 +21,13 @@ struct Backup: Equatable {
 
     static func fileName(containerID: String, ifName: String) -> String { "\(containerID)_\(ifName).json" }
 
+    /// Our own sidecar next to the backup, `<cid>_<ifname>.net`, holding the network's name. The
+    /// backup's name carries no network and the default `dataDir` is shared by every network,
+    /// so GC (which sees only its own network's valid attachments) removes only the backups
+    /// whose sidecar names its network; one without a sidecar (the reference's) is left alone.
+    /// `.net` is shorter than `.json`, so it fits wherever the backup's name fits.
+    static func ownerFileName(containerID: String, ifName: String) -> String { "\(containerID)_\(ifName).net" }
+
     /// The reference's bytes (no trailing newline).
     var encoded: [UInt8] {
         var fields: [String] = []
@@ -131,6 +138,23 @@ enum SmallFile {
         guard unlink(path) == 0 || errno == ENOENT else {
             throw FileError(operation: "remove", path: path, errno: errno)
         }
+    }
+
+    /// The names in a directory (without `.` and `..`); none when it does not exist.
+    static func list(_ directory: String) throws(FileError) -> [String] {
+        guard let handle = opendir(directory) else {
+            if errno == ENOENT { return [] }
+            throw FileError(operation: "open directory", path: directory, errno: errno)
+        }
+        defer { closedir(handle) }
+        var names: [String] = []
+        while let entry = readdir(handle) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names.sorted()
     }
 
     /// `mkdir -p` (mode 0700 for what it creates, as private as the reference's 0600).

@@ -19,7 +19,8 @@ import Netlink
 /// (the reference panics); a failed ADD puts the attributes back and removes its backup; the
 /// backup is created with O_EXCL|O_NOFOLLOW (an existing one, which holds the values from
 /// before the first ADD, is kept); DEL without the namespace or the interface removes the
-/// backup instead of leaking it; CHECK substitutes IFNAME as ADD does.
+/// backup instead of leaking it; CHECK substitutes IFNAME as ADD does; GC (the reference has
+/// none) removes the backups of this network's attachments that are gone.
 public enum Tuning {
     public static let handlers = handlers(host: { KernelHostNetwork() })
 
@@ -29,7 +30,8 @@ public enum Tuning {
         PluginHandlers(
             add: { request throws(CNIError) in try add(request, host: host(), allowlist: allowlist) },
             del: { request throws(CNIError) in try del(request, host: host(), allowlist: allowlist) },
-            check: { request throws(CNIError) in try check(request, host: host(), allowlist: allowlist) })
+            check: { request throws(CNIError) in try check(request, host: host(), allowlist: allowlist) },
+            gc: { request throws(CNIError) in try gc(request) })
     }
 
     static func add(_ request: PluginRequest, host: any HostNetwork, allowlist: String) throws(CNIError)
@@ -66,6 +68,14 @@ public enum Tuning {
             }
             link = found
             created = try saveBackup(original(of: found, for: config), dataDir: config.dataDir, path: backupPath)
+            if created {
+                do throws(CNIError) {
+                    try saveOwner(request.config.name, path: ownerPath(config.dataDir, request))
+                } catch {
+                    try? SmallFile.remove(backupPath)
+                    throw error
+                }
+            }
         }
         do throws(CNIError) {
             for sysctl in config.sysctls {
@@ -79,6 +89,7 @@ public enum Tuning {
             if created, let link {
                 _ = restore(original(of: link, for: config), link: link, in: namespace)
                 try? SmallFile.remove(backupPath)
+                try? SmallFile.remove(ownerPath(config.dataDir, request))
             }
             throw error
         }
@@ -100,6 +111,7 @@ public enum Tuning {
         let dir = (try? request.decode(Keys.self))?.dataDir ?? ""
         let dataDir = dir.isEmpty ? TuningConfig.defaultDataDir : dir
         let backupPath = path(dataDir, request)
+        let ownerPath = ownerPath(dataDir, request)
         // No ADD can have written a backup under a name longer than a file name may be.
         guard Backup.fileName(containerID: request.containerID, ifName: request.ifName).utf8.count <= 255 else {
             return
@@ -110,10 +122,14 @@ public enum Tuning {
         } catch {
             throw CNIError(.ioFailure, "failed to open file \"\(backupPath)\"", details: error.description)
         }
-        guard let bytes else { return }
+        guard let bytes else {
+            try? SmallFile.remove(ownerPath)
+            return
+        }
         let removeBackup = { () throws(CNIError) in
             do throws(FileError) {
                 try SmallFile.remove(backupPath)
+                try SmallFile.remove(ownerPath)
             } catch {
                 throw CNIError(.ioFailure, "failed to remove file \(backupPath)", details: error.description)
             }
@@ -180,7 +196,62 @@ public enum Tuning {
         }
     }
 
+    /// Spec 1.1 GC (the reference's tuning has none): the backups this network saved (their
+    /// sidecar names it, see `Backup.ownerFileName`) for attachments not in
+    /// `cni.dev/valid-attachments` are removed with their sidecars. Nothing is restored: a gone
+    /// attachment's interface went with its namespace, or, if the namespace lives on, GC has no
+    /// way to know which namespace that is (the path is not saved), so the files are just
+    /// dropped. Every file is tried; the first failure is reported with a count of the others.
+    static func gc(_ request: PluginRequest) throws(CNIError) {
+        let valid = try request.validAttachments()
+        struct Keys: Decodable { var dataDir: String? }
+        let dir = (try? request.decode(Keys.self))?.dataDir ?? ""
+        let dataDir = directory(dir.isEmpty ? TuningConfig.defaultDataDir : dir)
+        let keep = Set(valid.map { Backup.ownerFileName(containerID: $0.containerID, ifName: $0.ifname) })
+        let names: [String]
+        do {
+            names = try SmallFile.list(dataDir)
+        } catch {
+            throw CNIError(.ioFailure, "failed to list tuning's data directory", details: error.description)
+        }
+        var problems: [String] = []
+        for name in names where name.hasSuffix(".net") && !keep.contains(name) {
+            let owner = dataDir + "/" + name
+            do throws(FileError) {
+                guard try SmallFile.read(owner) == request.config.name else { continue }
+                try SmallFile.remove(String(owner.dropLast(".net".count)) + ".json")
+                try SmallFile.remove(owner)
+            } catch {
+                problems.append(error.description)
+            }
+        }
+        if let first = problems.first {
+            throw CNIError(
+                .ioFailure, "failed to remove a stale tuning backup",
+                details: first + (problems.count > 1 ? "; and \(problems.count - 1) more" : ""))
+        }
+    }
+
     // MARK: steps
+
+    static func directory(_ dataDir: String) -> String {
+        dataDir.hasSuffix("/") ? String(dataDir.dropLast()) : dataDir
+    }
+
+    static func ownerPath(_ dataDir: String, _ request: PluginRequest) -> String {
+        directory(dataDir) + "/" + Backup.ownerFileName(containerID: request.containerID, ifName: request.ifName)
+    }
+
+    /// Names the network that saved a backup (replacing a stale sidecar of an earlier attachment).
+    static func saveOwner(_ network: String, path: String) throws(CNIError) {
+        do {
+            try SmallFile.remove(path)
+            _ = try SmallFile.create(path, Array(network.utf8))
+        } catch {
+            throw CNIError(
+                .ioFailure, "failed to save the owner of the original link attributes", details: error.description)
+        }
+    }
 
     static func path(_ dataDir: String, _ request: PluginRequest) -> String {
         let dir = dataDir.hasSuffix("/") ? String(dataDir.dropLast()) : dataDir

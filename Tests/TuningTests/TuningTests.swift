@@ -292,3 +292,59 @@ extension JSONValue {
         #expect(h.run("ADD", h.config(""), args: "FOO=1").status != 0)
     }
 }
+
+@Suite struct TuningGCTests {
+    func gc(_ h: TuningHarness, network: String = "tn", valid: [(String, String)]) -> Int32 {
+        let attachments = valid.map { #"{"containerID":"\#($0.0)","ifname":"\#($0.1)"}"# }.joined(separator: ",")
+        let stdin =
+            #"{"cniVersion":"1.1.0","name":"\#(network)","type":"tuning","dataDir":"\#(h.dataDir)","#
+            + #""cni.dev/valid-attachments":[\#(attachments)]}"#
+        let environment = ["CNI_COMMAND": "GC", "CNI_PATH": "/opt/cni/bin"]
+        return Plugin.execute(name: "tuning", environment: environment, stdin: Array(stdin.utf8), handlers: h.handlers)
+            .status
+    }
+
+    func write(_ path: String, _ text: String) {
+        _ = try? SmallFile.create(path, Array(text.utf8))
+    }
+
+    @Test func addNamesTheNetworkAndDelRemovesBothFiles() {
+        let h = TuningHarness()
+        #expect(h.run("ADD", h.config(#""mtu":1400"#)).status == 0)
+        #expect((try? SmallFile.read(h.dataDir + "/c1_eth0.net")) == "tn")
+        #expect(h.run("DEL", h.config(#""mtu":1400"#)).status == 0)
+        #expect((try? SmallFile.list(h.dataDir)) == [])
+    }
+
+    @Test func gcRemovesOnlyThisNetworksStaleBackups() {
+        let h = TuningHarness()
+        #expect(h.run("ADD", h.config(#""mtu":1400"#)).status == 0)
+        // A stale attachment of this network, one of another network sharing the directory,
+        // and a backup the reference wrote (no sidecar).
+        write(h.dataDir + "/gone_eth0.json", "{\n \"mtu\": 1500\n}")
+        write(h.dataDir + "/gone_eth0.net", "tn")
+        write(h.dataDir + "/other_eth1.json", "{\n \"mtu\": 1500\n}")
+        write(h.dataDir + "/other_eth1.net", "othernet")
+        write(h.dataDir + "/ref_eth0.json", "{\n \"mtu\": 1500\n}")
+        #expect(gc(h, valid: [("c1", "eth0")]) == 0)
+        #expect(
+            (try? SmallFile.list(h.dataDir))
+                == ["c1_eth0.json", "c1_eth0.net", "other_eth1.json", "other_eth1.net", "ref_eth0.json"])
+        // Nothing changed in any namespace.
+        #expect(h.eth0.mtu == 1400)
+
+        #expect(gc(h, valid: []) == 0)
+        #expect((try? SmallFile.list(h.dataDir)) == ["other_eth1.json", "other_eth1.net", "ref_eth0.json"])
+    }
+
+    @Test func gcWithoutTheDirectoryOrTheListIsHandled() {
+        let h = TuningHarness()
+        #expect(gc(h, valid: []) == 0)
+        let stdin = #"{"cniVersion":"1.1.0","name":"tn","type":"tuning","dataDir":"\#(h.dataDir)"}"#
+        let (stdout, status) = Plugin.execute(
+            name: "tuning", environment: ["CNI_COMMAND": "GC", "CNI_PATH": "/opt/cni/bin"], stdin: Array(stdin.utf8),
+            handlers: h.handlers)
+        #expect(status != 0)
+        #expect(String(decoding: stdout, as: UTF8.self).contains("valid-attachments"))
+    }
+}
