@@ -199,6 +199,32 @@ def test_stable_bridge_mac(world):
     assert second["interfaces"][0]["mac"] == mac == link(world.host, world.bridge)["address"]
 
 
+def neighbour(ns, dev, address):
+    """The host's `ip -s -j neigh` entry of `address` on `dev`, or None."""
+    return next((e for e in ipj(ns, "-s", "neigh", "show", "dev", dev) if e.get("dst") == address), None)
+
+
+def test_a_later_add_keeps_the_hosts_neighbour_entries(world):
+    """Only the ADD that puts the gateway on the bridge pins its MAC: a MAC set is an address
+    change to the kernel, which flushes the neighbour entries of the whole bridge, so pinning on
+    every ADD would cost each running container its host ARP entry (issue #17, item 4)."""
+    config = world.config(isGateway=True)
+    first = world.container()
+    result = world.add(config, first, containerid="one")
+    address = result["ips"][0]["address"].split("/")[0]
+    mac = result["interfaces"][2]["mac"]
+    world.host.run("ping", "-c", "1", "-W", "2", address)
+    before = neighbour(world.host, world.bridge, address)
+    assert before and before["lladdr"] == mac, before
+    assert set(before["state"]) & {"REACHABLE", "STALE", "DELAY", "PROBE"}, before
+
+    world.add(config, world.container(), containerid="two")
+    after = neighbour(world.host, world.bridge, address)
+    # A flushed entry is gone (or left INCOMPLETE/FAILED until traffic asks again).
+    assert after and after["lladdr"] == mac, f"flushed by the second ADD: {before} -> {after}"
+    assert not set(after["state"]) & {"INCOMPLETE", "FAILED", "NONE"}, after
+
+
 def test_hairpin_and_port_isolation(world):
     container = world.container()
     result = world.add(world.config(hairpinMode=True, portIsolation=True), container)
