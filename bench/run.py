@@ -37,6 +37,12 @@ PORTMAP_SCENARIOS = ("portmap-iptables", "portmap-nftables")
 # podman's default chain (87-podman-bridge.conflist): bridge (ipMasq, hairpin) + portmap (one
 # mapping) + firewall + tuning; tuning only when both implementations have it.
 PODMAN_SCENARIO = "podman-default"
+# containerd's default (CRI): the loopback network on lo, then 10-containerd-net.conflist, bridge
+# (isGateway, ipMasq, promiscMode) + portmap (one mapping here); IPv4 only, in this column's range.
+CONTAINERD_SCENARIO = "containerd-default"
+CHAIN_SCENARIOS = PORTMAP_SCENARIOS + (PODMAN_SCENARIO, CONTAINERD_SCENARIO)
+# The kubelet-like burst: this many pod sandboxes started at once through containerd's chain.
+BURST_PODS = 30
 PORTMAP_MAPPINGS = [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"},
                     {"hostPort": 18081, "containerPort": 81, "protocol": "udp"}]
 PLUGIN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -49,7 +55,7 @@ MS_SLAVE = 1 << 19
 MNT_DETACH = 2
 RUN_TIMEOUT_S = 120
 IO_ROOT = "/dev/shm"
-GROUPS = ("startup", "single", "create-bridge", "leases", "rss", "throughput", "floor")
+GROUPS = ("startup", "single", "create-bridge", "leases", "rss", "throughput", "burst", "floor")
 
 libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 libc.mmap.restype = ctypes.c_void_p
@@ -187,6 +193,50 @@ class Spawner:
                     for fd in job[2]:
                         os.close(fd)
         return runs, (time.perf_counter_ns() - start) / 1e9
+
+    def run_chain(self, steps):
+        """Runs one chain's steps one after another: `steps` is a generator that yields
+        (argv, env, stdin), is sent each Run, and returns its result."""
+        try:
+            job = next(steps)
+            while True:
+                job = steps.send(self.run(*job))
+        except StopIteration as done:
+            return done.value
+
+    def run_chains(self, chains):
+        """All chains at once, each one step at a time (a runtime starting pods in parallel, each
+        pod's plugins in order); returns (each chain's result, wall seconds until the last ends)."""
+        results = [None] * len(chains)
+        running = {}
+        start = time.perf_counter_ns()
+
+        def advance(index, run):
+            try:
+                job = chains[index].send(run) if run is not None else next(chains[index])
+            except StopIteration as done:
+                results[index] = done.value
+                return
+            prepared = self._prepare(*job)
+            running[self._spawn(prepared)] = (index, prepared, time.perf_counter_ns())
+
+        try:
+            for index in range(len(chains)):
+                advance(index, None)
+            while running:
+                pid, status, rusage = os.wait4(-1, 0)
+                index, prepared, began = running.pop(pid)
+                advance(index, self._collect(prepared, status, (time.perf_counter_ns() - began) / 1e9, rusage))
+        finally:
+            for pid, (_, prepared, _) in running.items():  # only after an exception
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except OSError:
+                    pass
+                for fd in prepared[2]:
+                    os.close(fd)
+        return results, (time.perf_counter_ns() - start) / 1e9
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,6 +439,9 @@ class Implementation:
         if scenario == PODMAN_SCENARIO:
             config["ipMasq"] = True
             config["hairpinMode"] = True
+        if scenario == CONTAINERD_SCENARIO:
+            config["ipMasq"] = True
+            config["promiscMode"] = True
         if scenario.startswith("ptp"):
             # Its own range (no bridge, the gateway goes on every host veth as /32).
             config = {"cniVersion": CNI_VERSION, "name": f"{self.net}-ptp", "type": "ptp",
@@ -523,11 +576,13 @@ class Bench:
              {"ADD": ("ratio", "<=", 0.3), "DEL": ("ratio", "<=", 0.4)}),
             (PODMAN_SCENARIO, "podman default chain: bridge + " + " + ".join(self.podman_chain_plugins)
              + ", 1 mapping", {"ADD": ("ratio", "<=", 0.3), "DEL": ("ratio", "<=", 0.4)}),
+            (CONTAINERD_SCENARIO, "containerd chain: loopback + bridge + portmap",
+             {"ADD": ("ratio", "<=", 0.3), "DEL": ("ratio", "<=", 0.4)}),
         ]
         self.scenarios = [s[0] for s in scenarios]
         for key, label, targets in scenarios:
             # No CHECK row for portmap: the reference 1.1.1's CHECK fails on every IPv4 network.
-            chain = key in PORTMAP_SCENARIOS or key == PODMAN_SCENARIO
+            chain = key in CHAIN_SCENARIOS
             for command in ("ADD", "DEL") if chain else ("ADD", "CHECK", "DEL"):
                 rows.append(dict(id=f"{key}-{command}", label=f"{label}: {command}", unit="ms", kind="time",
                                  target=targets.get(command)))
@@ -541,6 +596,10 @@ class Bench:
             for phase in ("ADD", "DEL"):
                 rows.append(dict(id=f"throughput-{parallel}-{phase}", label=f"  ... {phase} phase only",
                                  unit="ctr/s", kind="rate", target=None))
+        rows.append(dict(id="burst-ADD", label=f"burst: {BURST_PODS} pods at once, containerd chain ADD",
+                         unit="ctr/s", kind="rate", target=("ratio", ">=", 1.0), cpu=True))
+        rows.append(dict(id="burst-DEL", label=f"  ... the {BURST_PODS} pods' DEL at once", unit="ctr/s",
+                         kind="rate", target=None, cpu=True))
         for leases in self.args.lease_counts:
             for command in ("ADD", "DEL"):
                 target = ("own-0-leases", "<=", 2.0) if leases == max(self.args.lease_counts) and leases > 0 else None
@@ -588,6 +647,8 @@ class Bench:
             self.peak_rss(impl)
         if "throughput" in groups:
             self.throughput(impl)
+        if "burst" in groups:
+            self.burst(impl)
         if "floor" in groups:
             self.floor_round()
         print(f"    {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
@@ -613,6 +674,8 @@ class Bench:
             return self.portmap_chain(impl, scenario)
         if scenario == PODMAN_SCENARIO:
             return self.podman_chain(impl)
+        if scenario == CONTAINERD_SCENARIO:
+            return self.containerd_chain(impl)
         config = impl.config(scenario)
         plugin = config["type"]
         netns = self.ns.path(self.ns.containers[0])
@@ -701,6 +764,79 @@ class Bench:
                 self.ns.clear_container(0)
             for config in chained:
                 config.pop("prevResult", None)
+
+    def containerd_add(self, impl, cid, netns, host_port=PORTMAP_MAPPINGS[0]["hostPort"]):
+        """containerd's CRI sandbox set-up as go-cni runs it: the loopback network on lo, then
+        the conflist, bridge then portmap with bridge's result. A chain for Spawner.run_chain:
+        returns the runs and the final result (None when a step failed)."""
+        bridge_config = impl.config(CONTAINERD_SCENARIO)
+        runs = [(yield ([impl.binary("loopback")], impl.env("ADD", cid, netns, "lo"),
+                        encode(self.loopback_config)))]
+        if runs[-1].ok:
+            runs.append((yield ([impl.binary("bridge")], impl.env("ADD", cid, netns), encode(bridge_config))))
+        if runs[-1].ok:
+            portmap = self.containerd_portmap(impl, host_port, runs[-1].stdout)
+            runs.append((yield ([impl.binary("portmap")], impl.env("ADD", cid, netns), encode(portmap))))
+        return runs, (runs[-1].stdout if len(runs) == 3 and runs[-1].ok else None)
+
+    def containerd_del(self, impl, cid, netns, final, host_port=PORTMAP_MAPPINGS[0]["hostPort"]):
+        """The sandbox's teardown in go-cni's order: loopback, then the conflist in reverse
+        (portmap, bridge), each with the cached final result (or none when the ADD failed)."""
+        bridge_config = impl.config(CONTAINERD_SCENARIO)
+        portmap = self.containerd_portmap(impl, host_port, final)
+        if final:
+            bridge_config["prevResult"] = json.loads(final)
+        runs = [(yield ([impl.binary("loopback")], impl.env("DEL", cid, netns, "lo"),
+                        encode(self.loopback_config)))]
+        runs.append((yield ([impl.binary("portmap")], impl.env("DEL", cid, netns), encode(portmap))))
+        runs.append((yield ([impl.binary("bridge")], impl.env("DEL", cid, netns), encode(bridge_config))))
+        return runs
+
+    loopback_config = {"cniVersion": CNI_VERSION, "name": "cni-loopback", "type": "loopback"}
+
+    @staticmethod
+    def containerd_portmap(impl, host_port, previous):
+        config = {"cniVersion": CNI_VERSION, "name": impl.net, "type": "portmap",
+                  "capabilities": {"portMappings": True},
+                  "runtimeConfig": {"portMappings": [dict(PORTMAP_MAPPINGS[0], hostPort=host_port)]}}
+        if previous:
+            config["prevResult"] = json.loads(previous)
+        return config
+
+    def containerd_chain(self, impl):
+        netns = self.ns.path(self.ns.containers[0])
+        for _ in range(self.args.iterations):
+            cid = self.unique_id("containerd")
+            runs, final = self.spawner.run_chain(self.containerd_add(impl, cid, netns))
+            ok = self.record(f"{CONTAINERD_SCENARIO}-ADD", impl, self.combined(runs), f"{CONTAINERD_SCENARIO} ADD")
+            deletes = self.spawner.run_chain(self.containerd_del(impl, cid, netns, final))
+            if ok:
+                self.record(f"{CONTAINERD_SCENARIO}-DEL", impl, self.combined(deletes), f"{CONTAINERD_SCENARIO} DEL")
+            if not (ok and all(run.ok for run in deletes)):
+                self.ns.clear_container(0)
+
+    def burst(self, impl):
+        """A kubelet-like burst: BURST_PODS sandboxes started at once through containerd's chain
+        (each pod's plugins in order, the pods in parallel; each its own host port), then all
+        torn down at once. Pods per second of wall time, until the last one is done."""
+        ids = [self.unique_id("burst") for _ in range(BURST_PODS)]
+        paths = [self.ns.path(self.ns.containers[i]) for i in range(BURST_PODS)]
+        ports = [PORTMAP_MAPPINGS[0]["hostPort"] + 100 + i for i in range(BURST_PODS)]
+        adds, add_s = self.spawner.run_chains(
+            [self.containerd_add(impl, ids[i], paths[i], ports[i]) for i in range(BURST_PODS)])
+        dels, del_s = self.spawner.run_chains(
+            [self.containerd_del(impl, ids[i], paths[i], adds[i][1], ports[i]) for i in range(BURST_PODS)])
+        for row, results, seconds in (("burst-ADD", [runs for runs, _ in adds], add_s), ("burst-DEL", dels, del_s)):
+            samples = self.sample(row, impl.key)
+            samples.add(BURST_PODS / seconds)
+            runs = [run for chain in results for run in chain]
+            self.sample(f"{row}:cpu", impl.key).add(sum(run.cpu_s for run in runs) * 1000 / BURST_PODS)
+            for run in runs:
+                if not run.ok:
+                    samples.fail(f"burst {row}: {run.describe()}")
+        if any(not run.ok for chain in [runs for runs, _ in adds] + dels for run in chain):
+            for i in range(BURST_PODS):
+                self.ns.clear_container(i)
 
     @staticmethod
     def combined(runs):
@@ -1023,10 +1159,10 @@ def parse_args(argv):
                              "rows of the others stay empty")
     parser.add_argument("--scenarios",
                         default="base,masq-iptables,masq-nftables,dual,static,ptp,ptp-dual,"
-                                "portmap-iptables,portmap-nftables,podman-default",
+                                "portmap-iptables,portmap-nftables,podman-default,containerd-default",
                         help="the single ADD/CHECK/DEL scenarios to run (default all: base,masq-iptables,"
                              "masq-nftables,dual,static,ptp,ptp-dual,portmap-iptables,portmap-nftables,"
-                             "podman-default); rows of the others stay empty")
+                             "podman-default,containerd-default); rows of the others stay empty")
     parser.add_argument("--json", type=Path,
                         help="where to write the JSON (default bench/results/latest.json; quick.json with --quick)")
     parser.add_argument("--workroot", type=Path, default=Path("/var/tmp/cnibench"),
@@ -1082,7 +1218,7 @@ def main(argv=None):
     workdir.mkdir(parents=True)
     # The harness's own stdin/stdout files: on tmpfs when there is one (see Spawner).
     io_dir = (Path(IO_ROOT) if os.path.isdir(IO_ROOT) else workdir) / f"{PREFIX}-io-{os.getpid()}"
-    namespaces = Namespaces(str(os.getpid()), max(args.containers, 1))
+    namespaces = Namespaces(str(os.getpid()), max(args.containers, BURST_PODS if "burst" in args.only else 1))
     signal.signal(signal.SIGTERM, _terminate)
     meta = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -29,7 +29,8 @@ def test_bench_runs_every_row_once(tmp_path):
         + [f"{s}-{c}" for s in ("base", "masq-iptables", "masq-nftables", "dual", "static", "ptp", "ptp-dual")
            for c in ("ADD", "CHECK", "DEL")]
         + [f"{s}-{c}" for s in ("portmap-iptables", "portmap-nftables") for c in ("ADD", "DEL")]
-        + [f"podman-default-{c}" for c in ("ADD", "DEL")]
+        + [f"{s}-{c}" for s in ("podman-default", "containerd-default") for c in ("ADD", "DEL")]
+        + ["burst-ADD", "burst-DEL"]
         + ["create-bridge-ADD", "rss-bridge-ADD", "rss-host-local-ADD"]
         + [f"throughput-{n}{phase}" for n in (1, 8, 16) for phase in ("", "-ADD", "-DEL")]
         + [f"leases-{n}-{c}" for n in (0, 10, 100) for c in ("ADD", "DEL")]
