@@ -81,11 +81,12 @@ def sh(*argv, check=True, input=None):
 
 
 class Run:
-    __slots__ = ("status", "elapsed_s", "cpu_s", "stdout", "stderr")
+    __slots__ = ("status", "elapsed_s", "cpu_s", "stdout", "stderr", "faults")
 
-    def __init__(self, status, elapsed_s, cpu_s, stdout, stderr):
+    def __init__(self, status, elapsed_s, cpu_s, stdout, stderr, faults=None):
         self.status, self.elapsed_s, self.cpu_s = status, elapsed_s, cpu_s
         self.stdout, self.stderr = stdout, stderr
+        self.faults = faults  # minor + major page faults of the run and the children it waited for
 
     @property
     def ok(self):
@@ -143,7 +144,7 @@ class Spawner:
             os.close(fd)
         code = os.waitstatus_to_exitcode(status)
         return Run(code, elapsed, rusage.ru_utime + rusage.ru_stime, job[3].read_text(errors="replace"),
-                   job[4].read_text(errors="replace"))
+                   job[4].read_text(errors="replace"), rusage.ru_minflt + rusage.ru_majflt)
 
     def run(self, argv, env, stdin=b""):
         job = self._prepare(argv, env, stdin)
@@ -241,6 +242,16 @@ class Spawner:
 
 # ---------------------------------------------------------------------------------------------
 # Page cache eviction.
+
+
+def stripped_size(path: Path, workdir: Path):
+    """Bytes of `path` once stripped (`strip` on a copy; its own size when strip fails)."""
+    copy = workdir / "stripped"
+    try:
+        done = subprocess.run(["strip", "-o", str(copy), str(path)], capture_output=True).returncode == 0
+        return copy.stat().st_size if done else path.stat().st_size
+    finally:
+        copy.unlink(missing_ok=True)
 
 
 def shared_libraries(binary: Path):
@@ -549,6 +560,7 @@ class Bench:
         self.counter = 0
         self.floor_bridge = f"cbr{os.getpid() % 100000}f"
         self.masq_seen = {}  # (impl, scenario) -> the firewall machinery an ADD actually used
+        self.notes = {}  # what the table prints below the rows (cnictl's size, file counts)
         with_tuning = all(os.access(impl.dir / "tuning", os.X_OK) for impl in implementations.values())
         self.podman_chain_plugins = ["portmap", "firewall"] + (["tuning"] if with_tuning else [])
         self.define_rows()
@@ -609,6 +621,14 @@ class Bench:
                          target=("ratio", "<=", 1.0)))
         rows.append(dict(id="rss-host-local-ADD", label="peak RSS: host-local ADD alone", unit="MiB", kind="rss",
                          target=None))
+        rows.append(dict(id="faults-bridge-VERSION", label="page faults (minor+major): bridge VERSION",
+                         unit="faults", kind="count", target=None))
+        rows.append(dict(id="faults-bridge-ADD", label="page faults: bridge + host-local ADD", unit="faults",
+                         kind="count", target=None))
+        rows.append(dict(id="size-bridge", label="size, stripped: the bridge executable", unit="MiB", kind="size",
+                         target=None))
+        rows.append(dict(id="size-plugins", label="size, stripped: all plugins, links once", unit="MiB",
+                         kind="size", target=None))
 
     def sample(self, row, impl_key):
         return self.samples.setdefault((row, impl_key), Samples())
@@ -873,8 +893,23 @@ class Bench:
 
     def peak_rss(self, impl):
         """Peak RSS of one ADD: the process tree's ru_maxrss, read by `floor peak-rss` (see there
-        why not straight from here). Separate runs, so the timed runs carry no launcher."""
+        why not straight from here). Separate runs, so the timed runs carry no launcher. Then
+        the page faults of a VERSION and of an ADD (direct runs: wait4's rusage), and once per
+        column the stripped sizes."""
         netns = self.ns.path(self.ns.containers[0])
+        for _ in range(self.args.iterations):
+            version = self.spawner.run([impl.binary("bridge")], impl.env("VERSION"))
+            self.record_faults("faults-bridge-VERSION", impl, version, "bridge VERSION")
+            cid = self.unique_id("faults")
+            config = impl.config("base")
+            add = self.spawner.run([impl.binary("bridge")], impl.env("ADD", cid, netns), encode(config))
+            self.record_faults("faults-bridge-ADD", impl, add, "bridge ADD")
+            after = with_prev_result(config, add.stdout) if add.ok else config
+            delete = self.spawner.run([impl.binary("bridge")], impl.env("DEL", cid, netns), encode(after))
+            if not (add.ok and delete.ok):
+                self.ns.clear_container(0)
+        if not self.sample("size-plugins", impl.key).values:
+            self.sizes(impl)
         report = self.workdir / "peak-rss"
         cases = (("rss-bridge-ADD", "bridge", encode(impl.config("base"))),
                  ("rss-host-local-ADD", "host-local", encode(impl.lease_config(0))))
@@ -892,6 +927,32 @@ class Bench:
                 delete = self.spawner.run([impl.binary(plugin)], impl.env("DEL", cid, netns), config)
                 if plugin == "bridge" and not (add.ok and delete.ok):
                     self.ns.clear_container(0)
+
+    def record_faults(self, row, impl, run, what):
+        if run.ok:
+            self.sample(row, impl.key).add(run.faults)
+        else:
+            self.sample(row, impl.key).fail(f"{what}: {run.describe()}")
+
+    def sizes(self, impl):
+        """Stripped sizes (MiB): the bridge executable, and every plugin both columns install,
+        each distinct file once (ours are hard links of one multi-call binary). cnictl, ours
+        only, goes below the table."""
+        ours, reference = self.impls["ours"].dir, self.impls["reference"].dir
+        names = sorted(p.name for p in ours.iterdir()
+                       if p.name != "cnictl" and os.access(p, os.X_OK) and (reference / p.name).is_file())
+        distinct = {}
+        for name in names:
+            path = impl.dir / name
+            info = path.stat()
+            distinct.setdefault((info.st_dev, info.st_ino), path)
+        self.sample("size-plugins", impl.key).add(sum(stripped_size(p, self.workdir) for p in distinct.values())
+                                                  / 2**20)
+        self.sample("size-bridge", impl.key).add(stripped_size(impl.dir / "bridge", self.workdir) / 2**20)
+        cnictl = impl.dir / "cnictl"
+        if impl.key == "ours" and cnictl.is_file():
+            self.notes["cnictl"] = stripped_size(cnictl, self.workdir) / 2**20
+        self.notes[f"plugins-{impl.key}"] = len(names), len(distinct)
 
     def throughput(self, impl):
         config = encode(impl.config("base"))
@@ -1047,6 +1108,8 @@ class Bench:
 def fmt(value, kind):
     if value is None:
         return "-"
+    if kind == "count":
+        return f"{value:.0f}"
     if kind == "rate":
         return f"{value:.1f}"
     if value >= 100:
@@ -1103,6 +1166,11 @@ def table(rows, floor, meta):
     if spawn["median"] is not None:
         lines.append(f"spawn overhead (posix_spawn + wait4 of a static no-op, included in every time above): "
                      f"{cell(spawn, 'time')} ms")
+    if meta.get("cnictl_mib") is not None:
+        counts = meta.get("plugin_files", {})
+        lines.append(f"size, stripped: cnictl (ours only) {meta['cnictl_mib']:.2f} MiB; plugins counted: "
+                     + ", ".join(f"{key} {names} names in {files} file(s)" for key, (names, files)
+                                 in sorted(counts.items())))
     if meta.get("masquerade_seen"):
         lines.append("firewall holding the ipMasq / portmap rules after ADD: " +
                      ", ".join(f"{k}: {v}" for k, v in sorted(meta["masquerade_seen"].items())))
@@ -1263,6 +1331,9 @@ def main(argv=None):
         for number, key in enumerate(meta["rounds"]):
             bench.round(implementations[key], number)
         rows, floor_results = bench.results()
+        meta["cnictl_mib"] = bench.notes.get("cnictl")
+        meta["plugin_files"] = {key: bench.notes[f"plugins-{key}"] for key in implementations
+                                if f"plugins-{key}" in bench.notes}
         meta["masquerade_seen"] = {f"{impl} {scenario}": used for (impl, scenario), used in bench.masq_seen.items()}
     finally:
         namespaces.destroy()
