@@ -317,6 +317,39 @@ def test_ipmasq(world, backend):
     assert [c for c in nft_comments(world.host, "inet") if c] == []
 
 
+def masquerade_base(ns):
+    """(handle, text) of each rule in the nftables masquerade table's postrouting chain."""
+    listing = json.loads(ns.run("nft", "-j", "-a", "list", "chain", "inet", "cni_plugins_masquerade", "postrouting"))
+    return [(item["rule"]["handle"], json.dumps(item["rule"]["expr"], sort_keys=True))
+            for item in listing["nftables"] if "rule" in item]
+
+
+def test_nftables_ipmasq_rewrites_its_base_chain_only_when_needed(world):
+    """A later nftables ipMasq ADD finds table, chains and postrouting's three rules intact and
+    adds only its own rule: the base keeps its rule handles (not flushed and re-added, which
+    leaves the kernel destroy work that our socket's close waits for). A tampered postrouting
+    is rewritten as before."""
+    config = world.config(ipMasq=True, isGateway=True, ipMasqBackend="nftables")
+    first, second, third = world.container(), world.container(), world.container()
+    world.add(config, first, containerid="one")
+    base = masquerade_base(world.host)
+    assert len(base) == 3
+    world.add(config, second, containerid="two")
+    assert masquerade_base(world.host) == base
+    mine = [c for c in nft_comments(world.host, "inet", "cni_plugins_masquerade") if c and "id: two" in c]
+    assert len(mine) == 1
+
+    world.host.run("nft", "delete", "rule", "inet", "cni_plugins_masquerade", "postrouting", "handle",
+                   str(base[1][0]))
+    world.add(config, third, containerid="three")
+    repaired = masquerade_base(world.host)
+    assert [text for _, text in repaired] == [text for _, text in base]
+    assert {handle for handle, _ in repaired}.isdisjoint(handle for handle, _ in base)
+    for cid, ns in (("one", first), ("two", second), ("three", third)):
+        assert world.run("DEL", config, ns, containerid=cid).ok
+    assert [c for c in nft_comments(world.host, "inet") if c] == []
+
+
 FIREWALL_TOOLS = {"iptables", "ip6tables", "iptables-save", "ip6tables-save", "iptables-restore",
                   "ip6tables-restore", "nft"}
 
