@@ -18,11 +18,11 @@ let package = Package(
     targets: [
         // C: Glibc declarations Swift's Glibc module lacks (setns, pipe2, CLONE_NEWNET, O_TMPFILE).
         .systemLibrary(name: "CSystem"),
-        // C: libnl-3 / libnl-route-3 headers, wrapped only by Netlink.
+        // C: libnl-3 headers (the socket and message layer), wrapped only by Netlink.
         .systemLibrary(
             name: "CNetlink",
-            pkgConfig: "libnl-route-3.0",
-            providers: [.apt(["libnl-3-dev", "libnl-route-3-dev"])]
+            pkgConfig: "libnl-3.0",
+            providers: [.apt(["libnl-3-dev"])]
         ),
 
         // JSON: a strict parser, a writer, and Codable over JSON values (no dependencies; no

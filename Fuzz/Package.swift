@@ -14,7 +14,7 @@ let package = Package(
         .target(name: "CNI", dependencies: ["JSON", "NetAddress", "Exec"]),
         .target(name: "IPAM", dependencies: ["CNI", "NetAddress", "CSystem"]),
         .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
-        .systemLibrary(name: "CNetlink", pkgConfig: "libnl-route-3.0"),
+        .systemLibrary(name: "CNetlink", pkgConfig: "libnl-3.0"),
         .target(name: "Netlink", dependencies: ["CNetlink", "CSystem", "NetAddress"]),
         .target(name: "PacketFilter", dependencies: ["JSON", "NetAddress", "Exec", "Netlink"]),
         .target(name: "HostNetwork", dependencies: ["CNI", "NetAddress", "Netlink", "PacketFilter"]),

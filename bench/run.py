@@ -37,6 +37,12 @@ PORTMAP_SCENARIOS = ("portmap-iptables", "portmap-nftables")
 # podman's default chain (87-podman-bridge.conflist): bridge (ipMasq, hairpin) + portmap (one
 # mapping) + firewall + tuning; tuning only when both implementations have it.
 PODMAN_SCENARIO = "podman-default"
+# containerd's default (CRI): the loopback network on lo, then 10-containerd-net.conflist, bridge
+# (isGateway, ipMasq, promiscMode) + portmap (one mapping here); IPv4 only, in this column's range.
+CONTAINERD_SCENARIO = "containerd-default"
+CHAIN_SCENARIOS = PORTMAP_SCENARIOS + (PODMAN_SCENARIO, CONTAINERD_SCENARIO)
+# The kubelet-like burst: this many pod sandboxes started at once through containerd's chain.
+BURST_PODS = 30
 PORTMAP_MAPPINGS = [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"},
                     {"hostPort": 18081, "containerPort": 81, "protocol": "udp"}]
 PLUGIN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -49,7 +55,7 @@ MS_SLAVE = 1 << 19
 MNT_DETACH = 2
 RUN_TIMEOUT_S = 120
 IO_ROOT = "/dev/shm"
-GROUPS = ("startup", "single", "create-bridge", "leases", "rss", "throughput", "floor")
+GROUPS = ("startup", "single", "create-bridge", "leases", "rss", "throughput", "burst", "floor")
 
 libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 libc.mmap.restype = ctypes.c_void_p
@@ -75,11 +81,12 @@ def sh(*argv, check=True, input=None):
 
 
 class Run:
-    __slots__ = ("status", "elapsed_s", "cpu_s", "stdout", "stderr")
+    __slots__ = ("status", "elapsed_s", "cpu_s", "stdout", "stderr", "faults")
 
-    def __init__(self, status, elapsed_s, cpu_s, stdout, stderr):
+    def __init__(self, status, elapsed_s, cpu_s, stdout, stderr, faults=None):
         self.status, self.elapsed_s, self.cpu_s = status, elapsed_s, cpu_s
         self.stdout, self.stderr = stdout, stderr
+        self.faults = faults  # minor + major page faults of the run and the children it waited for
 
     @property
     def ok(self):
@@ -137,7 +144,7 @@ class Spawner:
             os.close(fd)
         code = os.waitstatus_to_exitcode(status)
         return Run(code, elapsed, rusage.ru_utime + rusage.ru_stime, job[3].read_text(errors="replace"),
-                   job[4].read_text(errors="replace"))
+                   job[4].read_text(errors="replace"), rusage.ru_minflt + rusage.ru_majflt)
 
     def run(self, argv, env, stdin=b""):
         job = self._prepare(argv, env, stdin)
@@ -188,9 +195,63 @@ class Spawner:
                         os.close(fd)
         return runs, (time.perf_counter_ns() - start) / 1e9
 
+    def run_chain(self, steps):
+        """Runs one chain's steps one after another: `steps` is a generator that yields
+        (argv, env, stdin), is sent each Run, and returns its result."""
+        try:
+            job = next(steps)
+            while True:
+                job = steps.send(self.run(*job))
+        except StopIteration as done:
+            return done.value
+
+    def run_chains(self, chains):
+        """All chains at once, each one step at a time (a runtime starting pods in parallel, each
+        pod's plugins in order); returns (each chain's result, wall seconds until the last ends)."""
+        results = [None] * len(chains)
+        running = {}
+        start = time.perf_counter_ns()
+
+        def advance(index, run):
+            try:
+                job = chains[index].send(run) if run is not None else next(chains[index])
+            except StopIteration as done:
+                results[index] = done.value
+                return
+            prepared = self._prepare(*job)
+            running[self._spawn(prepared)] = (index, prepared, time.perf_counter_ns())
+
+        try:
+            for index in range(len(chains)):
+                advance(index, None)
+            while running:
+                pid, status, rusage = os.wait4(-1, 0)
+                index, prepared, began = running.pop(pid)
+                advance(index, self._collect(prepared, status, (time.perf_counter_ns() - began) / 1e9, rusage))
+        finally:
+            for pid, (_, prepared, _) in running.items():  # only after an exception
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except OSError:
+                    pass
+                for fd in prepared[2]:
+                    os.close(fd)
+        return results, (time.perf_counter_ns() - start) / 1e9
+
 
 # ---------------------------------------------------------------------------------------------
 # Page cache eviction.
+
+
+def stripped_size(path: Path, workdir: Path):
+    """Bytes of `path` once stripped (`strip` on a copy; its own size when strip fails)."""
+    copy = workdir / "stripped"
+    try:
+        done = subprocess.run(["strip", "-o", str(copy), str(path)], capture_output=True).returncode == 0
+        return copy.stat().st_size if done else path.stat().st_size
+    finally:
+        copy.unlink(missing_ok=True)
 
 
 def shared_libraries(binary: Path):
@@ -389,6 +450,12 @@ class Implementation:
         if scenario == PODMAN_SCENARIO:
             config["ipMasq"] = True
             config["hairpinMode"] = True
+        if scenario == CONTAINERD_SCENARIO:
+            # Its own bridge: promiscMode stays set on the bridge, which the other scenarios'
+            # CHECK would find differs from their config.
+            config["bridge"] = bridge or f"{self.bridge}k"
+            config["ipMasq"] = True
+            config["promiscMode"] = True
         if scenario.startswith("ptp"):
             # Its own range (no bridge, the gateway goes on every host veth as /32).
             config = {"cniVersion": CNI_VERSION, "name": f"{self.net}-ptp", "type": "ptp",
@@ -496,6 +563,7 @@ class Bench:
         self.counter = 0
         self.floor_bridge = f"cbr{os.getpid() % 100000}f"
         self.masq_seen = {}  # (impl, scenario) -> the firewall machinery an ADD actually used
+        self.notes = {}  # what the table prints below the rows (cnictl's size, file counts)
         with_tuning = all(os.access(impl.dir / "tuning", os.X_OK) for impl in implementations.values())
         self.podman_chain_plugins = ["portmap", "firewall"] + (["tuning"] if with_tuning else [])
         self.define_rows()
@@ -523,11 +591,13 @@ class Bench:
              {"ADD": ("ratio", "<=", 0.3), "DEL": ("ratio", "<=", 0.4)}),
             (PODMAN_SCENARIO, "podman default chain: bridge + " + " + ".join(self.podman_chain_plugins)
              + ", 1 mapping", {"ADD": ("ratio", "<=", 0.3), "DEL": ("ratio", "<=", 0.4)}),
+            (CONTAINERD_SCENARIO, "containerd chain: loopback + bridge + portmap",
+             {"ADD": ("ratio", "<=", 0.3), "DEL": ("ratio", "<=", 0.4)}),
         ]
         self.scenarios = [s[0] for s in scenarios]
         for key, label, targets in scenarios:
             # No CHECK row for portmap: the reference 1.1.1's CHECK fails on every IPv4 network.
-            chain = key in PORTMAP_SCENARIOS or key == PODMAN_SCENARIO
+            chain = key in CHAIN_SCENARIOS
             for command in ("ADD", "DEL") if chain else ("ADD", "CHECK", "DEL"):
                 rows.append(dict(id=f"{key}-{command}", label=f"{label}: {command}", unit="ms", kind="time",
                                  target=targets.get(command)))
@@ -541,6 +611,10 @@ class Bench:
             for phase in ("ADD", "DEL"):
                 rows.append(dict(id=f"throughput-{parallel}-{phase}", label=f"  ... {phase} phase only",
                                  unit="ctr/s", kind="rate", target=None))
+        rows.append(dict(id="burst-ADD", label=f"burst: {BURST_PODS} pods at once, containerd chain ADD",
+                         unit="ctr/s", kind="rate", target=("ratio", ">=", 1.0), cpu=True))
+        rows.append(dict(id="burst-DEL", label=f"  ... the {BURST_PODS} pods' DEL at once", unit="ctr/s",
+                         kind="rate", target=None, cpu=True))
         for leases in self.args.lease_counts:
             for command in ("ADD", "DEL"):
                 target = ("own-0-leases", "<=", 2.0) if leases == max(self.args.lease_counts) and leases > 0 else None
@@ -550,6 +624,14 @@ class Bench:
                          target=("ratio", "<=", 1.0)))
         rows.append(dict(id="rss-host-local-ADD", label="peak RSS: host-local ADD alone", unit="MiB", kind="rss",
                          target=None))
+        rows.append(dict(id="faults-bridge-VERSION", label="page faults (minor+major): bridge VERSION",
+                         unit="faults", kind="count", target=None))
+        rows.append(dict(id="faults-bridge-ADD", label="page faults: bridge + host-local ADD", unit="faults",
+                         kind="count", target=None))
+        rows.append(dict(id="size-bridge", label="size, stripped: the bridge executable", unit="MiB", kind="size",
+                         target=None))
+        rows.append(dict(id="size-plugins", label="size, stripped: all plugins, links once", unit="MiB",
+                         kind="size", target=None))
 
     def sample(self, row, impl_key):
         return self.samples.setdefault((row, impl_key), Samples())
@@ -588,6 +670,8 @@ class Bench:
             self.peak_rss(impl)
         if "throughput" in groups:
             self.throughput(impl)
+        if "burst" in groups:
+            self.burst(impl)
         if "floor" in groups:
             self.floor_round()
         print(f"    {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
@@ -613,6 +697,8 @@ class Bench:
             return self.portmap_chain(impl, scenario)
         if scenario == PODMAN_SCENARIO:
             return self.podman_chain(impl)
+        if scenario == CONTAINERD_SCENARIO:
+            return self.containerd_chain(impl)
         config = impl.config(scenario)
         plugin = config["type"]
         netns = self.ns.path(self.ns.containers[0])
@@ -702,6 +788,79 @@ class Bench:
             for config in chained:
                 config.pop("prevResult", None)
 
+    def containerd_add(self, impl, cid, netns, host_port=PORTMAP_MAPPINGS[0]["hostPort"]):
+        """containerd's CRI sandbox set-up as go-cni runs it: the loopback network on lo, then
+        the conflist, bridge then portmap with bridge's result. A chain for Spawner.run_chain:
+        returns the runs and the final result (None when a step failed)."""
+        bridge_config = impl.config(CONTAINERD_SCENARIO)
+        runs = [(yield ([impl.binary("loopback")], impl.env("ADD", cid, netns, "lo"),
+                        encode(self.loopback_config)))]
+        if runs[-1].ok:
+            runs.append((yield ([impl.binary("bridge")], impl.env("ADD", cid, netns), encode(bridge_config))))
+        if runs[-1].ok:
+            portmap = self.containerd_portmap(impl, host_port, runs[-1].stdout)
+            runs.append((yield ([impl.binary("portmap")], impl.env("ADD", cid, netns), encode(portmap))))
+        return runs, (runs[-1].stdout if len(runs) == 3 and runs[-1].ok else None)
+
+    def containerd_del(self, impl, cid, netns, final, host_port=PORTMAP_MAPPINGS[0]["hostPort"]):
+        """The sandbox's teardown in go-cni's order: loopback, then the conflist in reverse
+        (portmap, bridge), each with the cached final result (or none when the ADD failed)."""
+        bridge_config = impl.config(CONTAINERD_SCENARIO)
+        portmap = self.containerd_portmap(impl, host_port, final)
+        if final:
+            bridge_config["prevResult"] = json.loads(final)
+        runs = [(yield ([impl.binary("loopback")], impl.env("DEL", cid, netns, "lo"),
+                        encode(self.loopback_config)))]
+        runs.append((yield ([impl.binary("portmap")], impl.env("DEL", cid, netns), encode(portmap))))
+        runs.append((yield ([impl.binary("bridge")], impl.env("DEL", cid, netns), encode(bridge_config))))
+        return runs
+
+    loopback_config = {"cniVersion": CNI_VERSION, "name": "cni-loopback", "type": "loopback"}
+
+    @staticmethod
+    def containerd_portmap(impl, host_port, previous):
+        config = {"cniVersion": CNI_VERSION, "name": impl.net, "type": "portmap",
+                  "capabilities": {"portMappings": True},
+                  "runtimeConfig": {"portMappings": [dict(PORTMAP_MAPPINGS[0], hostPort=host_port)]}}
+        if previous:
+            config["prevResult"] = json.loads(previous)
+        return config
+
+    def containerd_chain(self, impl):
+        netns = self.ns.path(self.ns.containers[0])
+        for _ in range(self.args.iterations):
+            cid = self.unique_id("containerd")
+            runs, final = self.spawner.run_chain(self.containerd_add(impl, cid, netns))
+            ok = self.record(f"{CONTAINERD_SCENARIO}-ADD", impl, self.combined(runs), f"{CONTAINERD_SCENARIO} ADD")
+            deletes = self.spawner.run_chain(self.containerd_del(impl, cid, netns, final))
+            if ok:
+                self.record(f"{CONTAINERD_SCENARIO}-DEL", impl, self.combined(deletes), f"{CONTAINERD_SCENARIO} DEL")
+            if not (ok and all(run.ok for run in deletes)):
+                self.ns.clear_container(0)
+
+    def burst(self, impl):
+        """A kubelet-like burst: BURST_PODS sandboxes started at once through containerd's chain
+        (each pod's plugins in order, the pods in parallel; each its own host port), then all
+        torn down at once. Pods per second of wall time, until the last one is done."""
+        ids = [self.unique_id("burst") for _ in range(BURST_PODS)]
+        paths = [self.ns.path(self.ns.containers[i]) for i in range(BURST_PODS)]
+        ports = [PORTMAP_MAPPINGS[0]["hostPort"] + 100 + i for i in range(BURST_PODS)]
+        adds, add_s = self.spawner.run_chains(
+            [self.containerd_add(impl, ids[i], paths[i], ports[i]) for i in range(BURST_PODS)])
+        dels, del_s = self.spawner.run_chains(
+            [self.containerd_del(impl, ids[i], paths[i], adds[i][1], ports[i]) for i in range(BURST_PODS)])
+        for row, results, seconds in (("burst-ADD", [runs for runs, _ in adds], add_s), ("burst-DEL", dels, del_s)):
+            samples = self.sample(row, impl.key)
+            samples.add(BURST_PODS / seconds)
+            runs = [run for chain in results for run in chain]
+            self.sample(f"{row}:cpu", impl.key).add(sum(run.cpu_s for run in runs) * 1000 / BURST_PODS)
+            for run in runs:
+                if not run.ok:
+                    samples.fail(f"burst {row}: {run.describe()}")
+        if any(not run.ok for chain in [runs for runs, _ in adds] + dels for run in chain):
+            for i in range(BURST_PODS):
+                self.ns.clear_container(i)
+
     @staticmethod
     def combined(runs):
         """Consecutive plugin runs as one: times added, the first failure's status and output."""
@@ -737,8 +896,23 @@ class Bench:
 
     def peak_rss(self, impl):
         """Peak RSS of one ADD: the process tree's ru_maxrss, read by `floor peak-rss` (see there
-        why not straight from here). Separate runs, so the timed runs carry no launcher."""
+        why not straight from here). Separate runs, so the timed runs carry no launcher. Then
+        the page faults of a VERSION and of an ADD (direct runs: wait4's rusage), and once per
+        column the stripped sizes."""
         netns = self.ns.path(self.ns.containers[0])
+        for _ in range(self.args.iterations):
+            version = self.spawner.run([impl.binary("bridge")], impl.env("VERSION"))
+            self.record_faults("faults-bridge-VERSION", impl, version, "bridge VERSION")
+            cid = self.unique_id("faults")
+            config = impl.config("base")
+            add = self.spawner.run([impl.binary("bridge")], impl.env("ADD", cid, netns), encode(config))
+            self.record_faults("faults-bridge-ADD", impl, add, "bridge ADD")
+            after = with_prev_result(config, add.stdout) if add.ok else config
+            delete = self.spawner.run([impl.binary("bridge")], impl.env("DEL", cid, netns), encode(after))
+            if not (add.ok and delete.ok):
+                self.ns.clear_container(0)
+        if not self.sample("size-plugins", impl.key).values:
+            self.sizes(impl)
         report = self.workdir / "peak-rss"
         cases = (("rss-bridge-ADD", "bridge", encode(impl.config("base"))),
                  ("rss-host-local-ADD", "host-local", encode(impl.lease_config(0))))
@@ -756,6 +930,32 @@ class Bench:
                 delete = self.spawner.run([impl.binary(plugin)], impl.env("DEL", cid, netns), config)
                 if plugin == "bridge" and not (add.ok and delete.ok):
                     self.ns.clear_container(0)
+
+    def record_faults(self, row, impl, run, what):
+        if run.ok:
+            self.sample(row, impl.key).add(run.faults)
+        else:
+            self.sample(row, impl.key).fail(f"{what}: {run.describe()}")
+
+    def sizes(self, impl):
+        """Stripped sizes (MiB): the bridge executable, and every plugin both columns install,
+        each distinct file once (ours are hard links of one multi-call binary). cnictl, ours
+        only, goes below the table."""
+        ours, reference = self.impls["ours"].dir, self.impls["reference"].dir
+        names = sorted(p.name for p in ours.iterdir()
+                       if p.name != "cnictl" and os.access(p, os.X_OK) and (reference / p.name).is_file())
+        distinct = {}
+        for name in names:
+            path = impl.dir / name
+            info = path.stat()
+            distinct.setdefault((info.st_dev, info.st_ino), path)
+        self.sample("size-plugins", impl.key).add(sum(stripped_size(p, self.workdir) for p in distinct.values())
+                                                  / 2**20)
+        self.sample("size-bridge", impl.key).add(stripped_size(impl.dir / "bridge", self.workdir) / 2**20)
+        cnictl = impl.dir / "cnictl"
+        if impl.key == "ours" and cnictl.is_file():
+            self.notes["cnictl"] = stripped_size(cnictl, self.workdir) / 2**20
+        self.notes[f"plugins-{impl.key}"] = len(names), len(distinct)
 
     def throughput(self, impl):
         config = encode(impl.config("base"))
@@ -848,6 +1048,13 @@ class Bench:
             if not add.ok:
                 raise RuntimeError(f"{impl.label}: warm-up ADD failed: {add.describe()}")
             self.spawner.run([impl.binary("bridge")], impl.env("DEL", cid, netns), encode(config))
+            if CONTAINERD_SCENARIO in self.args.scenarios or "burst" in self.args.only:
+                cid = self.unique_id("warmup")  # creates containerd's bridge, untimed
+                runs, final = self.spawner.run_chain(self.containerd_add(impl, cid, netns))
+                if final is None:
+                    raise RuntimeError(f"{impl.label}: containerd chain warm-up ADD failed: "
+                                       f"{self.combined(runs).describe()}")
+                self.spawner.run_chain(self.containerd_del(impl, cid, netns, final))
         self.evictable = []
         for impl in self.impls.values():
             for plugin in PLUGINS + SCENARIO_PLUGINS:
@@ -911,6 +1118,8 @@ class Bench:
 def fmt(value, kind):
     if value is None:
         return "-"
+    if kind == "count":
+        return f"{value:.0f}"
     if kind == "rate":
         return f"{value:.1f}"
     if value >= 100:
@@ -967,6 +1176,11 @@ def table(rows, floor, meta):
     if spawn["median"] is not None:
         lines.append(f"spawn overhead (posix_spawn + wait4 of a static no-op, included in every time above): "
                      f"{cell(spawn, 'time')} ms")
+    if meta.get("cnictl_mib") is not None:
+        counts = meta.get("plugin_files", {})
+        lines.append(f"size, stripped: cnictl (ours only) {meta['cnictl_mib']:.2f} MiB; plugins counted: "
+                     + ", ".join(f"{key} {names} names in {files} file(s)" for key, (names, files)
+                                 in sorted(counts.items())))
     if meta.get("masquerade_seen"):
         lines.append("firewall holding the ipMasq / portmap rules after ADD: " +
                      ", ".join(f"{k}: {v}" for k, v in sorted(meta["masquerade_seen"].items())))
@@ -1023,10 +1237,10 @@ def parse_args(argv):
                              "rows of the others stay empty")
     parser.add_argument("--scenarios",
                         default="base,masq-iptables,masq-nftables,dual,static,ptp,ptp-dual,"
-                                "portmap-iptables,portmap-nftables,podman-default",
+                                "portmap-iptables,portmap-nftables,podman-default,containerd-default",
                         help="the single ADD/CHECK/DEL scenarios to run (default all: base,masq-iptables,"
                              "masq-nftables,dual,static,ptp,ptp-dual,portmap-iptables,portmap-nftables,"
-                             "podman-default); rows of the others stay empty")
+                             "podman-default,containerd-default); rows of the others stay empty")
     parser.add_argument("--json", type=Path,
                         help="where to write the JSON (default bench/results/latest.json; quick.json with --quick)")
     parser.add_argument("--workroot", type=Path, default=Path("/var/tmp/cnibench"),
@@ -1082,7 +1296,7 @@ def main(argv=None):
     workdir.mkdir(parents=True)
     # The harness's own stdin/stdout files: on tmpfs when there is one (see Spawner).
     io_dir = (Path(IO_ROOT) if os.path.isdir(IO_ROOT) else workdir) / f"{PREFIX}-io-{os.getpid()}"
-    namespaces = Namespaces(str(os.getpid()), max(args.containers, 1))
+    namespaces = Namespaces(str(os.getpid()), max(args.containers, BURST_PODS if "burst" in args.only else 1))
     signal.signal(signal.SIGTERM, _terminate)
     meta = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -1127,6 +1341,9 @@ def main(argv=None):
         for number, key in enumerate(meta["rounds"]):
             bench.round(implementations[key], number)
         rows, floor_results = bench.results()
+        meta["cnictl_mib"] = bench.notes.get("cnictl")
+        meta["plugin_files"] = {key: bench.notes[f"plugins-{key}"] for key in implementations
+                                if f"plugins-{key}" in bench.notes}
         meta["masquerade_seen"] = {f"{impl} {scenario}": used for (impl, scenario), used in bench.masq_seen.items()}
     finally:
         namespaces.destroy()

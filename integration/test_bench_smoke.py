@@ -33,8 +33,10 @@ def test_bench_runs_every_row_once(tmp_path):
         + [f"{s}-{c}" for s in ("base", "masq-iptables", "masq-nftables", "dual", "static", "ptp", "ptp-dual")
            for c in ("ADD", "CHECK", "DEL")]
         + [f"{s}-{c}" for s in ("portmap-iptables", "portmap-nftables") for c in ("ADD", "DEL")]
-        + [f"podman-default-{c}" for c in ("ADD", "DEL")]
+        + [f"{s}-{c}" for s in ("podman-default", "containerd-default") for c in ("ADD", "DEL")]
+        + ["burst-ADD", "burst-DEL"]
         + ["create-bridge-ADD", "rss-bridge-ADD", "rss-host-local-ADD"]
+        + ["faults-bridge-VERSION", "faults-bridge-ADD", "size-bridge", "size-plugins"]
         + [f"throughput-{n}{phase}" for n in (1, 8, 16) for phase in ("", "-ADD", "-DEL")]
         + [f"leases-{n}-{c}" for n in (0, 10, 100) for c in ("ADD", "DEL")]
     )
@@ -54,6 +56,10 @@ def test_bench_runs_every_row_once(tmp_path):
     targeted = [row for row in report["rows"] if row["target"]]
     assert targeted and all(row["met"] in (True, False) for row in targeted)
     assert "targets met:" in proc.stdout
+    # The size budget: cnictl's size, and our plugins counted as one file (hard links).
+    assert report["meta"]["cnictl_mib"] > 0 and "cnictl (ours only)" in proc.stdout
+    names, files = report["meta"]["plugin_files"]["ours"]
+    assert names >= 5 and files == 1, report["meta"]["plugin_files"]
     # The firewall detection saw rules for every ipMasq and portmap ADD in both columns, and our
     # portmap used the backend each row names (the reference 1.1.1 always writes iptables).
     seen = report["meta"]["masquerade_seen"]

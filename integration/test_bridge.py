@@ -199,6 +199,32 @@ def test_stable_bridge_mac(world):
     assert second["interfaces"][0]["mac"] == mac == link(world.host, world.bridge)["address"]
 
 
+def neighbour(ns, dev, address):
+    """The host's `ip -s -j neigh` entry of `address` on `dev`, or None."""
+    return next((e for e in ipj(ns, "-s", "neigh", "show", "dev", dev) if e.get("dst") == address), None)
+
+
+def test_a_later_add_keeps_the_hosts_neighbour_entries(world):
+    """Only the ADD that puts the gateway on the bridge pins its MAC: a MAC set is an address
+    change to the kernel, which flushes the neighbour entries of the whole bridge, so pinning on
+    every ADD would cost each running container its host ARP entry (issue #17, item 4)."""
+    config = world.config(isGateway=True)
+    first = world.container()
+    result = world.add(config, first, containerid="one")
+    address = result["ips"][0]["address"].split("/")[0]
+    mac = result["interfaces"][2]["mac"]
+    world.host.run("ping", "-c", "1", "-W", "2", address)
+    before = neighbour(world.host, world.bridge, address)
+    assert before and before["lladdr"] == mac, before
+    assert set(before["state"]) & {"REACHABLE", "STALE", "DELAY", "PROBE"}, before
+
+    world.add(config, world.container(), containerid="two")
+    after = neighbour(world.host, world.bridge, address)
+    # A flushed entry is gone (or left INCOMPLETE/FAILED until traffic asks again).
+    assert after and after["lladdr"] == mac, f"flushed by the second ADD: {before} -> {after}"
+    assert not set(after["state"]) & {"INCOMPLETE", "FAILED", "NONE"}, after
+
+
 def test_hairpin_and_port_isolation(world):
     container = world.container()
     result = world.add(world.config(hairpinMode=True, portIsolation=True), container)
@@ -288,6 +314,39 @@ def test_ipmasq(world, backend):
         assert f'name: \\"{world.network}\\" id: \\"ctr1\\"' in rules
     assert world.run("DEL", config, container).ok
     assert nat_rules(world.host) == []
+    assert [c for c in nft_comments(world.host, "inet") if c] == []
+
+
+def masquerade_base(ns):
+    """(handle, text) of each rule in the nftables masquerade table's postrouting chain."""
+    listing = json.loads(ns.run("nft", "-j", "-a", "list", "chain", "inet", "cni_plugins_masquerade", "postrouting"))
+    return [(item["rule"]["handle"], json.dumps(item["rule"]["expr"], sort_keys=True))
+            for item in listing["nftables"] if "rule" in item]
+
+
+def test_nftables_ipmasq_rewrites_its_base_chain_only_when_needed(world):
+    """A later nftables ipMasq ADD finds table, chains and postrouting's three rules intact and
+    adds only its own rule: the base keeps its rule handles (not flushed and re-added, which
+    leaves the kernel destroy work that our socket's close waits for). A tampered postrouting
+    is rewritten as before."""
+    config = world.config(ipMasq=True, isGateway=True, ipMasqBackend="nftables")
+    first, second, third = world.container(), world.container(), world.container()
+    world.add(config, first, containerid="one")
+    base = masquerade_base(world.host)
+    assert len(base) == 3
+    world.add(config, second, containerid="two")
+    assert masquerade_base(world.host) == base
+    mine = [c for c in nft_comments(world.host, "inet", "cni_plugins_masquerade") if c and "id: two" in c]
+    assert len(mine) == 1
+
+    world.host.run("nft", "delete", "rule", "inet", "cni_plugins_masquerade", "postrouting", "handle",
+                   str(base[1][0]))
+    world.add(config, third, containerid="three")
+    repaired = masquerade_base(world.host)
+    assert [text for _, text in repaired] == [text for _, text in base]
+    assert {handle for handle, _ in repaired}.isdisjoint(handle for handle, _ in base)
+    for cid, ns in (("one", first), ("two", second), ("three", third)):
+        assert world.run("DEL", config, ns, containerid=cid).ok
     assert [c for c in nft_comments(world.host, "inet") if c] == []
 
 

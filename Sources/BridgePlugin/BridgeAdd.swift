@@ -392,8 +392,8 @@ struct BridgeAdd {
     // MARK: Gateways
 
     /// Puts the gateway addresses on the bridge (or on the VLAN gateway interface), pins the
-    /// bridge's MAC and enables forwarding per family. Returns the VLAN gateway interface when
-    /// one is used, for the result.
+    /// bridge's MAC when it put one there, and enables forwarding per family. Returns the VLAN
+    /// gateway interface when one is used, for the result.
     private func configureGateways(
         _ gateways: GatewayPlan, bridge: Link, host: any NetworkNamespace
     ) throws(CNIError) -> CNIResult.Interface? {
@@ -404,12 +404,17 @@ struct BridgeAdd {
             target = try ensureVLANGatewayInterface(name, bridge: bridge, host: host)
             vlanInterface = .init(name: target.name, mac: target.mac?.description)
         }
+        var addedAddress = false
         for gateway in gateways.all {
-            try ensureAddress(gateway, on: target, host: host)
+            if try ensureAddress(gateway, on: target, host: host) { addedAddress = true }
         }
-        if vlanInterface == nil, let mac = bridge.mac {
+        if addedAddress, vlanInterface == nil, let mac = bridge.mac {
             // Otherwise the kernel gives the bridge the lowest MAC of its ports, which changes
-            // as containers come and go (cni#285).
+            // as containers come and go (cni#285). Only when an address was added, as the
+            // reference does: setting a MAC, even the same one, is an address change to the
+            // kernel, which flushes the host's neighbour entries of the whole bridge, so a
+            // pin on every ADD would cost every running container its ARP entries. Once
+            // pinned, the bridge keeps its MAC as ports come and go.
             try kernel("could not set bridge's mac", host.setMAC(index: bridge.index, mac))
         }
         if !gateways.v4.isEmpty {
@@ -426,12 +431,16 @@ struct BridgeAdd {
     }
 
     /// The reference's `ensureAddr`: an identical address is fine; another IPv4 address, or an
-    /// overlapping IPv6 one, is an error unless forceAddress (then it is replaced).
-    private func ensureAddress(_ gateway: IPPrefix, on link: Link, host: any NetworkNamespace) throws(CNIError) {
+    /// overlapping IPv6 one, is an error unless forceAddress (then it is replaced). Returns
+    /// whether it added the address (a lost race, EEXIST, counts as added, as in the reference);
+    /// false when the link already had it.
+    private func ensureAddress(
+        _ gateway: IPPrefix, on link: Link, host: any NetworkNamespace
+    ) throws(CNIError) -> Bool {
         let existing = try kernel(
             "could not get list of IP addresses", host.addresses(index: link.index, family: gateway.family))
         for address in existing.map(\.prefix) {
-            if address == gateway { return }
+            if address == gateway { return false }
             let conflicts =
                 gateway.family == .v4 || address.contains(gateway.address) || gateway.contains(address.address)
             guard conflicts else { continue }
@@ -452,6 +461,7 @@ struct BridgeAdd {
                     details: error.description)
             }
         }
+        return true
     }
 
     /// The reference's VLAN gateway: a veth pair in the host namespace, `<bridge>.<vlan>` carrying

@@ -1,5 +1,6 @@
-// libnl-3 / libnl-route-3 (Debian libnl-3-dev, libnl-route-3-dev): the headers the Netlink
-// module wraps. Nothing else in the project includes libnl.
+// libnl-3 (Debian libnl-3-dev): the socket and message layer the Netlink module wraps, and the
+// kernel's netlink headers. Nothing else in the project includes libnl. The messages themselves
+// are built with the kernel's constants, so no libnl-route-3 object is used (nm: no rtnl_*).
 #ifndef SWIFT_CNI_CNETLINK_SHIM_H
 #define SWIFT_CNI_CNETLINK_SHIM_H
 
@@ -7,12 +8,6 @@
 #include <netlink/msg.h>
 #include <netlink/attr.h>
 #include <netlink/errno.h>
-#include <netlink/route/link.h>
-#include <netlink/route/link/veth.h>
-#include <netlink/route/link/bridge.h>
-#include <netlink/route/addr.h>
-#include <netlink/route/route.h>
-#include <netlink/route/nexthop.h>
 #include <linux/if.h>
 #include <linux/if_link.h>
 #include <linux/if_bridge.h>

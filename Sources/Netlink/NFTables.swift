@@ -23,12 +23,19 @@ public final class NFTables {
         /// Packet mark values the rule sets or compares: iptables-nft's `-j MARK --set-xmark V/M`
         /// (an xt MARK target) and `-m mark --mark V/M` (native `meta mark & M == V`) give V.
         public var marks: [UInt32]
+        /// The rule's expressions as this module writes them; nil when one of them is of a kind
+        /// it does not write (so the rule is not one of ours as written).
+        public var expressions: [NFTables.Expression]?
 
-        public init(handle: UInt64, comment: String?, jumpTarget: String? = nil, marks: [UInt32] = []) {
+        public init(
+            handle: UInt64, comment: String?, jumpTarget: String? = nil, marks: [UInt32] = [],
+            expressions: [NFTables.Expression]? = nil
+        ) {
             self.handle = handle
             self.comment = comment
             self.jumpTarget = jumpTarget
             self.marks = marks
+            self.expressions = expressions
         }
     }
 
@@ -88,7 +95,77 @@ extension NFTables.Rule {
                 Self.comment(inUserData: $0.payload)
             },
             jumpTarget: expressions.flatMap { Self.jumpTarget(in: $0.nested) },
-            marks: expressions.map { Self.marks(in: $0.nested) } ?? [])
+            marks: expressions.map { Self.marks(in: $0.nested) } ?? [],
+            expressions: expressions.flatMap { Self.expressions(in: $0.nested) })
+    }
+
+    /// The dump's expressions read back into `NFTables.Expression` (registers and attributes the
+    /// kernel adds are not compared); nil at the first one `NFTablesBatch` does not write.
+    static func expressions(in list: Attributes) -> [NFTables.Expression]? {
+        func text(_ attribute: Attribute?) -> String? {
+            attribute.map { String(decoding: $0.payload.prefix { $0 != 0 }, as: UTF8.self) }
+        }
+        func u32(_ attribute: Attribute?) -> UInt32? {
+            guard let attribute, attribute.payload.count == 4 else { return nil }
+            return UInt32(bigEndian: attribute.payload.loadUnaligned(as: UInt32.self))
+        }
+        func value(_ attribute: Attribute?) -> [UInt8]? {
+            attribute?.nested.first(Int(NFTA_DATA_VALUE.rawValue)).map { Array($0.payload) }
+        }
+        var result: [NFTables.Expression] = []
+        for element in list where element.type == UInt16(NFTA_LIST_ELEM.rawValue) {
+            let expression = element.nested
+            let data = expression.first(Int(NFTA_EXPR_DATA.rawValue))?.nested
+            switch text(expression.first(Int(NFTA_EXPR_NAME.rawValue))) {
+            case "meta":
+                switch u32(data?.first(Int(NFTA_META_KEY.rawValue))) {
+                case NFT_META_NFPROTO.rawValue: result.append(.loadProtocol)
+                case NFT_META_L4PROTO.rawValue: result.append(.loadTransportProtocol)
+                default: return nil
+                }
+            case "payload":
+                guard let offset = u32(data?.first(Int(NFTA_PAYLOAD_OFFSET.rawValue))),
+                    let length = u32(data?.first(Int(NFTA_PAYLOAD_LEN.rawValue)))
+                else { return nil }
+                switch u32(data?.first(Int(NFTA_PAYLOAD_BASE.rawValue))) {
+                case NFT_PAYLOAD_NETWORK_HEADER.rawValue:
+                    result.append(.loadNetworkHeader(offset: offset, length: length))
+                case NFT_PAYLOAD_TRANSPORT_HEADER.rawValue:
+                    result.append(.loadTransportHeader(offset: offset, length: length))
+                default: return nil
+                }
+            case "bitwise":
+                guard let mask = value(data?.first(Int(NFTA_BITWISE_MASK.rawValue))),
+                    let xor = value(data?.first(Int(NFTA_BITWISE_XOR.rawValue)))
+                else { return nil }
+                result.append(.bitwise(mask: mask, xor: xor))
+            case "cmp":
+                guard let bytes = value(data?.first(Int(NFTA_CMP_DATA.rawValue))) else { return nil }
+                switch u32(data?.first(Int(NFTA_CMP_OP.rawValue))) {
+                case NFT_CMP_EQ.rawValue: result.append(.compare(equal: true, data: bytes))
+                case NFT_CMP_NEQ.rawValue: result.append(.compare(equal: false, data: bytes))
+                default: return nil
+                }
+            case "immediate":
+                guard
+                    let verdict = data?.first(Int(NFTA_IMMEDIATE_DATA.rawValue))?.nested
+                        .first(Int(NFTA_DATA_VERDICT.rawValue))?.nested,
+                    let code = u32(verdict.first(Int(NFTA_VERDICT_CODE.rawValue))).map(Int32.init(bitPattern:))
+                else { return nil }
+                let chain = text(verdict.first(Int(NFTA_VERDICT_CHAIN.rawValue)))
+                switch (code, chain) {
+                case (NFT_RETURN.rawValue, nil): result.append(.verdict(.return))
+                case (NFT_GOTO.rawValue, let chain?): result.append(.verdict(.goto(chain: chain)))
+                case (NFT_JUMP.rawValue, let chain?): result.append(.verdict(.jump(chain: chain)))
+                default: return nil
+                }
+            case "masq":
+                result.append(.masquerade)
+            default:
+                return nil
+            }
+        }
+        return result
     }
 
     /// The mark values of `marks`: an xt MARK target's info starts with the mark (host order);

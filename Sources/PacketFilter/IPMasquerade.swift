@@ -74,7 +74,7 @@ public struct IPMasquerade {
                     } ?? []
                 return NFTablesMasquerade.setup(
                     network: network, containerID: containerID, ifname: ifname, addresses: addresses,
-                    staleHandles: stale)
+                    staleHandles: stale, baseIntact: listing != nil && masqueradeBaseIntact())
             }
         }
     }
@@ -238,6 +238,17 @@ public struct IPMasquerade {
             rules: rules.map {
                 NFTListing.Rule(chain: NFTablesMasquerade.checksChain, handle: Int($0.handle), comment: $0.comment)
             })
+    }
+
+    /// Whether `masq_checks` exists and `postrouting` holds exactly the rules `setup` writes,
+    /// read over netlink; false when that cannot be read (then the whole base is rewritten).
+    private func masqueradeBaseIntact() -> Bool {
+        guard let ruleset,
+            (try? ruleset.chainExists(
+                family: .inet, table: NFTablesMasquerade.table, chain: NFTablesMasquerade.checksChain)) == true,
+            let rules = try? ruleset.rules(family: .inet, table: NFTablesMasquerade.table, chain: "postrouting")
+        else { return false }
+        return rules.map(\.expressions) == NFTablesMasquerade.postroutingRules.map { $0 }
     }
 
     private func attachment(_ network: String, _ containerID: String, _ ifname: String) -> String {

@@ -22,17 +22,36 @@ enum NFTablesMasquerade {
     }
 
     /// Ensure the table and chains, rewrite `postrouting`, drop this attachment's stale rules
-    /// (`staleHandles`), add one rule per address.
+    /// (`staleHandles`), add one rule per address. With `baseIntact` (a read showed `masq_checks`
+    /// and `postrouting` holding exactly `postroutingRules`) the first part is left out: re-adding
+    /// existing chains and flushing and refilling `postrouting` leaves the same ruleset, but each
+    /// such object is a transaction entry the kernel frees only after an RCU grace period, which
+    /// the closing of our netfilter socket at exit waits for (bench/PROFILE.md). A transaction of
+    /// new rules alone leaves nothing to free.
     static func setup(
-        network: String, containerID: String, ifname: String, addresses: [IPPrefix], staleHandles: [Int]
+        network: String, containerID: String, ifname: String, addresses: [IPPrefix], staleHandles: [Int],
+        baseIntact: Bool = false
     ) -> Transaction {
         let comment = Naming.nftComment(network: network, ifname: ifname, containerID: containerID)
         var seen: Set<IPAddress> = []
         let unique = addresses.filter { seen.insert($0.address).inserted }
         return Transaction(
-            commands: setupCommands(comment: comment, addresses: unique, staleHandles: staleHandles),
-            script: setupScript(comment: comment, addresses: unique, staleHandles: staleHandles))
+            commands: setupCommands(
+                comment: comment, addresses: unique, staleHandles: staleHandles, baseIntact: baseIntact),
+            script: setupScript(comment: comment, addresses: unique, staleHandles: staleHandles, baseIntact: baseIntact)
+        )
     }
+
+    /// The expressions of `postrouting`'s rules, in order, as `setup` writes them.
+    static let postroutingRules: [[NFTables.Expression]] = {
+        typealias Expression = NFTables.Expression
+        func skip(_ multicast: String) -> [Expression] {
+            let prefix = IPPrefix(multicast)!
+            return Expression.protocolIs(prefix.family) + Expression.address(.destination, in: prefix)
+                + [.verdict(.return)]
+        }
+        return [skip("224.0.0.0/4"), skip("ff00::/8"), [.verdict(.goto(chain: checksChain))]]
+    }()
 
     static func delete(handles: [Int]) -> Transaction {
         Transaction(
@@ -40,16 +59,21 @@ enum NFTablesMasquerade {
             script: handles.map { "delete rule inet \(table) \(checksChain) handle \($0)\n" }.joined())
     }
 
-    private static func setupScript(comment: String, addresses: [IPPrefix], staleHandles: [Int]) -> String {
-        var lines = [
-            "add table inet \(table) { comment \"\(tableComment)\" ; }",
-            "add chain inet \(table) \(checksChain) { comment \"\(checksChainComment)\" ; }",
-            "add chain inet \(table) postrouting { type nat hook postrouting priority srcnat ; }",
-            "flush chain inet \(table) postrouting",
-            "add rule inet \(table) postrouting ip daddr 224.0.0.0/4 return",
-            "add rule inet \(table) postrouting ip6 daddr ff00::/8 return",
-            "add rule inet \(table) postrouting goto \(checksChain)",
-        ]
+    private static func setupScript(
+        comment: String, addresses: [IPPrefix], staleHandles: [Int], baseIntact: Bool
+    ) -> String {
+        var lines =
+            baseIntact
+            ? []
+            : [
+                "add table inet \(table) { comment \"\(tableComment)\" ; }",
+                "add chain inet \(table) \(checksChain) { comment \"\(checksChainComment)\" ; }",
+                "add chain inet \(table) postrouting { type nat hook postrouting priority srcnat ; }",
+                "flush chain inet \(table) postrouting",
+                "add rule inet \(table) postrouting ip daddr 224.0.0.0/4 return",
+                "add rule inet \(table) postrouting ip6 daddr ff00::/8 return",
+                "add rule inet \(table) postrouting goto \(checksChain)",
+            ]
         lines += staleHandles.map { "delete rule inet \(table) \(checksChain) handle \($0)" }
         for address in addresses {
             let ip = address.family == .v4 ? "ip" : "ip6"
@@ -61,26 +85,22 @@ enum NFTablesMasquerade {
     }
 
     /// The script's commands, with the expressions nft makes of each rule.
-    private static func setupCommands(comment: String, addresses: [IPPrefix], staleHandles: [Int])
-        -> [NFTables.Command]
-    {
+    private static func setupCommands(
+        comment: String, addresses: [IPPrefix], staleHandles: [Int], baseIntact: Bool
+    ) -> [NFTables.Command] {
         typealias Expression = NFTables.Expression
-        func skip(_ multicast: String) -> [Expression] {
-            let prefix = IPPrefix(multicast)!
-            return Expression.protocolIs(prefix.family) + Expression.address(.destination, in: prefix)
-                + [.verdict(.return)]
+        var commands: [NFTables.Command] = []
+        if !baseIntact {
+            commands = [
+                .addTable(.inet, name: table, comment: tableComment),
+                .addChain(.inet, table: table, name: checksChain, comment: checksChainComment, hook: nil),
+                .addChain(.inet, table: table, name: "postrouting", comment: nil, hook: .natPostrouting),
+                .flushChain(.inet, table: table, chain: "postrouting"),
+            ]
+            commands += postroutingRules.map {
+                .addRule(.inet, table: table, chain: "postrouting", expressions: $0, comment: nil)
+            }
         }
-        var commands: [NFTables.Command] = [
-            .addTable(.inet, name: table, comment: tableComment),
-            .addChain(.inet, table: table, name: checksChain, comment: checksChainComment, hook: nil),
-            .addChain(.inet, table: table, name: "postrouting", comment: nil, hook: .natPostrouting),
-            .flushChain(.inet, table: table, chain: "postrouting"),
-            .addRule(.inet, table: table, chain: "postrouting", expressions: skip("224.0.0.0/4"), comment: nil),
-            .addRule(.inet, table: table, chain: "postrouting", expressions: skip("ff00::/8"), comment: nil),
-            .addRule(
-                .inet, table: table, chain: "postrouting", expressions: [.verdict(.goto(chain: checksChain))],
-                comment: nil),
-        ]
         commands += staleHandles.map { .deleteRule(.inet, table: table, chain: checksChain, handle: UInt64($0)) }
         for address in addresses {
             let host = IPPrefix(address: address.address, length: address.family.bitCount)!

@@ -105,6 +105,25 @@ final class BridgeHarness {
         #expect(harness.ipamLog == ["ADD c1"])
     }
 
+    /// The bridge's MAC is pinned by the ADD that puts the gateway address on it, not by later
+    /// ones: the kernel flushes the host's neighbour entries of the bridge on every MAC set.
+    @Test func onlyTheADDThatAddsTheGatewayPinsTheBridgeMAC() throws {
+        let harness = try BridgeHarness(ipMasq: false, macspoofchk: false)
+        #expect(harness.run("ADD").ok)
+        let pins = { harness.host.calls.filter { $0.hasPrefix("host: set cni-seam address") }.count }
+        #expect(pins() == 1)
+        harness.host.addNamespace("/run/netns/ctr2")
+        let second = harness.run("ADD", netns: "/run/netns/ctr2", containerID: "c2")
+        #expect(second.ok, "\(second.message)")
+        #expect(pins() == 1, "\(harness.host.calls)")
+
+        // Without isGateway nothing is pinned at all.
+        let plain = try BridgeHarness(ipMasq: false, macspoofchk: false)
+        plain.config["isGateway"] = .bool(false)
+        #expect(plain.run("ADD").ok)
+        #expect(!plain.host.calls.contains { $0.hasPrefix("host: set cni-seam address") })
+    }
+
     /// macFromIP on the seam: the MAC is set once IPAM answers, the spoof check written for it
     /// after; a failure setting it undoes the lease, veth and bridge.
     @Test func macFromIPSetsTheDerivedMACBeforeTheSpoofCheck() throws {

@@ -574,6 +574,46 @@ private let masqChecksListing = """
                     hook: NFTables.Hook(type: "nat", number: 4, priority: 100)))
     }
 
+    /// With the base intact (masq_checks there, postrouting holding exactly our three rules) the
+    /// batch only drops the stale rule and adds the container's: nothing the kernel must free
+    /// after a grace period. Anything else in postrouting, or no masq_checks, rewrites the base.
+    @Test func anIntactBaseIsNotRewritten() throws {
+        let postrouting = FakeRuleset.Key(family: .inet, table: "cni_plugins_masquerade", chain: "postrouting")
+        func intact() -> FakeRuleset {
+            let canned = ruleset()
+            canned.chains.insert(checks)
+            canned.rules[postrouting] = NFTablesMasquerade.postroutingRules.enumerated().map {
+                NFTables.Rule(handle: UInt64(2 + $0.offset), comment: nil, expressions: $0.element)
+            }
+            return canned
+        }
+        let fast = intact()
+        try setup(FakeRunner(), fast)
+        let batch = try #require(fast.batches.first)
+        #expect(
+            batch.map(\.description) == [
+                "delete rule inet cni_plugins_masquerade masq_checks handle 6",
+                "add rule inet cni_plugins_masquerade masq_checks",
+            ])
+
+        let tampered = intact()
+        tampered.rules[postrouting]?[1].expressions = nil  // a rule of a kind we do not write
+        try setup(FakeRunner(), tampered)
+        #expect(tampered.batches.first?.count == 9)
+        let noChecks = intact()
+        noChecks.chains.remove(checks)
+        try setup(FakeRunner(), noChecks)
+        #expect(noChecks.batches.first?.count == 9)
+
+        let script = NFTablesMasquerade.setup(
+            network: "mynet", containerID: "abc123", ifname: "eth0", addresses: [prefix("10.1.0.5/24")],
+            staleHandles: [], baseIntact: true
+        ).script
+        #expect(
+            script.split(separator: "\n").count == 1
+                && script.hasPrefix("add rule inet cni_plugins_masquerade masq_checks"))
+    }
+
     @Test func setupCommandsAndScriptSayTheSame() {
         let transaction = NFTablesMasquerade.setup(
             network: "mynet", containerID: "abc123", ifname: "eth0",
@@ -632,7 +672,8 @@ private let masqChecksListing = """
             errno: ENOENT)
         let error = #expect(throws: FirewallError.self) { try setup(runner, ruleset) }
         #expect(ruleset.batches.count == 2)
-        #expect(ruleset.reads == 2)
+        // Per attempt: masq_checks' rules, and whether the base is intact (masq_checks exists).
+        #expect(ruleset.reads == 4)
         #expect(runner.calls.isEmpty)
         #expect(error?.backend == .nftables)
         #expect(error?.description.hasPrefix("nftables: failed to set up masquerading for network \"mynet\"") == true)
