@@ -242,7 +242,9 @@ def test_ctr_run_cni_with_tuning_and_bandwidth_leaves_nothing(containerd, shaped
                         f"plugin calls: {containerd.calls()}\n{containerd.log_tail()}")
         time.sleep(0.1)
         assert "mtu 1400" in (sync / "link").read_text()
-        assert [p.name for p in shaped_network["data_dir"].iterdir()] == [f"{runtime_id}_eth0.json"]
+        # The backup in the reference's format, and our sidecar naming the network (for GC).
+        assert sorted(p.name for p in shaped_network["data_dir"].iterdir()) == [f"{runtime_id}_eth0.json",
+                                                                              f"{runtime_id}_eth0.net"]
         links = {l["ifname"]: l for l in json.loads(subprocess.run(
             ["ip", "-j", "-d", "link", "show"], capture_output=True, text=True, check=True).stdout)}
         assert links[ifb]["linkinfo"]["info_kind"] == "ifb"
