@@ -108,11 +108,8 @@ public struct ClusterSettings: Sendable {
 
     public var identity: NodeIdentity { NodeIdentity(etcd: etcd, node: node, nodeIPs: nodeIPs, leaseTTL: leaseTTL) }
 
-    public static func hostName() -> String {
-        var buffer = [CChar](repeating: 0, count: 256)
-        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
-        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
+    /// The node name when none is configured: the host name, as the plugin takes it.
+    public static func hostName() -> String { ClusterIPAMConfig.hostName() }
 }
 
 /// `cnictl cluster check`: the store's view of this node's blocks against the plugin's local

@@ -196,7 +196,7 @@ public struct ClusterIPAMConfig: Sendable {
         }
         let leaseTTL = try seconds(ipam.leaseTTL, key: "leaseTTL", default: defaultLeaseTTL, minimum: 2)
         var config = ClusterIPAMConfig(
-            network: request.config.name, dataDir: try dataDir(ipam.dataDir),
+            network: request.config.name, dataDir: try LeaseStore.dataDir(fromConfig: ipam.dataDir),
             identity: NodeIdentity(etcd: etcd, node: node, nodeIPs: nodeIPs, leaseTTL: leaseTTL))
         config.reclaimAfter = try seconds(ipam.reclaimAfter, key: "reclaimAfter", default: 3600, minimum: 1)
         guard config.reclaimAfter > leaseTTL else {
@@ -264,16 +264,6 @@ public struct ClusterIPAMConfig: Sendable {
         return value
     }
 
-    private static func dataDir(_ value: String?) throws(CNIError) -> String {
-        guard let value, !value.isEmpty else { return LeaseStore.defaultDataDir }
-        guard value.hasPrefix("/") else {
-            throw CNIError(
-                .invalidNetworkConfig, "invalid ipam.dataDir \"\(value)\": not an absolute path",
-                details: "the default is \(LeaseStore.defaultDataDir)")
-        }
-        return value
-    }
-
     private static func parseAddress(
         _ text: String, key: String, code: CNIError.Code = .invalidNetworkConfig
     ) throws(CNIError) -> IPAddress {
@@ -282,7 +272,8 @@ public struct ClusterIPAMConfig: Sendable {
         throw CNIError(code, "invalid \(key) \"\(text)\": not an IP address")
     }
 
-    static func hostName() -> String {
+    /// The host name (gethostname), the default `ipam.node`.
+    public static func hostName() -> String {
         var buffer = [CChar](repeating: 0, count: 256)
         guard gethostname(&buffer, buffer.count - 1) == 0 else { return "localhost" }
         return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)

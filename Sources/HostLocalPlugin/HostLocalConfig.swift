@@ -54,14 +54,15 @@ struct HostLocalConfig {
     static func location(_ request: PluginRequest) throws(CNIError) -> HostLocalConfig {
         let keys = try request.decode(Keys.self)
         guard let ipam = keys.ipam else { throw missingIPAM }
-        return HostLocalConfig(network: request.config.name, dataDir: try dataDir(ipam.dataDir))
+        return HostLocalConfig(network: request.config.name, dataDir: try LeaseStore.dataDir(fromConfig: ipam.dataDir))
     }
 
     /// Everything ADD needs, validated.
     static func load(_ request: PluginRequest) throws(CNIError) -> HostLocalConfig {
         let keys = try request.decode(Keys.self)
         guard let ipam = keys.ipam else { throw missingIPAM }
-        var config = HostLocalConfig(network: request.config.name, dataDir: try dataDir(ipam.dataDir))
+        var config = HostLocalConfig(
+            network: request.config.name, dataDir: try LeaseStore.dataDir(fromConfig: ipam.dataDir))
         config.routes = ipam.routes ?? []
         config.resolvConf = ipam.resolvConf.flatMap { $0.isEmpty ? nil : $0 }
 
@@ -175,17 +176,6 @@ struct HostLocalConfig {
 
     private static let missingIPAM = CNIError(
         .invalidNetworkConfig, "IPAM config missing 'ipam' key", details: "host-local reads its settings from \"ipam\"")
-
-    private static func dataDir(_ value: String?) throws(CNIError) -> String {
-        guard let value, !value.isEmpty else { return LeaseStore.defaultDataDir }
-        guard value.hasPrefix("/") else {
-            // A relative path would depend on the runtime's working directory.
-            throw CNIError(
-                .invalidNetworkConfig, "invalid ipam.dataDir \"\(value)\": not an absolute path",
-                details: "the default is \(LeaseStore.defaultDataDir)")
-        }
-        return value
-    }
 
     private static func parseRange(_ keys: Keys.RangeKeys, key: String) throws(CNIError) -> IPRange {
         guard let subnetText = keys.subnet, !subnetText.isEmpty else {
