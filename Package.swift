@@ -62,7 +62,10 @@ let package = Package(
         .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
         .target(name: "StaticPlugin", dependencies: ["CNI", "IPAM"]),
         .target(name: "PortmapPlugin", dependencies: ["CNI", "IPAM", "NetAddress", "Netlink", "PacketFilter"]),
-        .target(name: "FirewallPlugin", dependencies: ["CNI", "NetAddress", "PacketFilter"]),
+        // A minimal D-Bus client (unix socket, EXTERNAL auth, method calls of basic types, a
+        // deadline per call): firewall's firewalld backend; no libdbus, no Foundation.
+        .target(name: "DBus"),
+        .target(name: "FirewallPlugin", dependencies: ["CNI", "NetAddress", "PacketFilter", "DBus"]),
 
         // The multi-call executable: runs the plugin it is named as (argv[0]), and the IPAM
         // plugins the bridge delegates to in-process when CNI_PATH holds this very build.
@@ -81,6 +84,7 @@ let package = Package(
             dependencies: ["CNICtl", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
+        .testTarget(name: "DBusTests", dependencies: ["DBus"]),
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),
         .testTarget(name: "CNITests", dependencies: ["CNI", "JSON", "Exec"]),
         .testTarget(name: "IPAMTests", dependencies: ["IPAM", "JSON", "HostLocalPlugin", "StaticPlugin"]),
@@ -90,7 +94,8 @@ let package = Package(
             name: "PortmapTests",
             dependencies: ["PortmapPlugin", "PacketFilter", "CNI", "IPAM", "JSON", "NetAddress", "Netlink"]),
         .testTarget(
-            name: "FirewallTests", dependencies: ["FirewallPlugin", "PacketFilter", "CNI", "JSON", "NetAddress"]),
+            name: "FirewallTests",
+            dependencies: ["FirewallPlugin", "PacketFilter", "CNI", "JSON", "NetAddress", "DBus"]),
         .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "JSON", "CNI", "NetAddress", "HostNetwork"]),
         .testTarget(
             name: "BandwidthTests",
