@@ -10,9 +10,10 @@ SWIFT ?= swift
 PYTHON ?= /usr/bin/python3
 # Debian packages: libnl for the build; iproute2, nftables, iptables for the plugins; the
 # reference plugins and pytest for the integration tests and benchmarks; etcd-server (3.4) for the
-# cluster-ipam tests and libcurl for cnictl's etcd client.
+# cluster-ipam tests and libcurl for cnictl's etcd client; dbus-daemon and python3-dbus/gi for the
+# fake firewalld the firewalld backend is tested against.
 DEB_PACKAGES := pkg-config libnl-3-dev iproute2 nftables iptables containernetworking-plugins \
-	python3 python3-pytest procps util-linux \
+	python3 python3-pytest python3-dbus python3-gi dbus-daemon procps util-linux \
 	podman runc conmon containerd golang-go golang-github-appc-cni-dev busybox-static python3-yaml curl iputils-ping \
 	gcc libc6-dev time etcd-server libcurl4-openssl-dev
 # Release binaries are fully static executables (Swift runtime, libnl, libstdc++ and glibc

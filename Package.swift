@@ -62,7 +62,10 @@ let package = Package(
         .target(name: "HostLocalPlugin", dependencies: ["CNI", "IPAM"]),
         .target(name: "StaticPlugin", dependencies: ["CNI", "IPAM"]),
         .target(name: "PortmapPlugin", dependencies: ["CNI", "IPAM", "NetAddress", "Netlink", "PacketFilter"]),
-        .target(name: "FirewallPlugin", dependencies: ["CNI", "NetAddress", "PacketFilter"]),
+        // A minimal D-Bus client (unix socket, EXTERNAL auth, method calls of basic types, a
+        // deadline per call): firewall's firewalld backend; no libdbus, no Foundation.
+        .target(name: "DBus"),
+        .target(name: "FirewallPlugin", dependencies: ["CNI", "NetAddress", "PacketFilter", "DBus"]),
         // cluster-ipam's shared half (no libcurl): pools carved into blocks, the claim protocol
         // between the plugin and `cnictl cluster`; linked by both.
         .target(name: "ClusterIPAM", dependencies: ["CNI", "IPAM", "JSON", "NetAddress"]),
@@ -100,6 +103,7 @@ let package = Package(
             ]),
 
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
+        .testTarget(name: "DBusTests", dependencies: ["DBus"]),
         .testTarget(name: "NetAddressTests", dependencies: ["NetAddress", "Exec"]),
         .testTarget(name: "CNITests", dependencies: ["CNI", "JSON", "Exec"]),
         .testTarget(name: "IPAMTests", dependencies: ["IPAM", "JSON", "HostLocalPlugin", "StaticPlugin"]),
@@ -109,7 +113,8 @@ let package = Package(
             name: "PortmapTests",
             dependencies: ["PortmapPlugin", "PacketFilter", "CNI", "IPAM", "JSON", "NetAddress", "Netlink"]),
         .testTarget(
-            name: "FirewallTests", dependencies: ["FirewallPlugin", "PacketFilter", "CNI", "JSON", "NetAddress"]),
+            name: "FirewallTests",
+            dependencies: ["FirewallPlugin", "PacketFilter", "CNI", "JSON", "NetAddress", "DBus"]),
         .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "JSON", "CNI", "NetAddress", "HostNetwork"]),
         .testTarget(
             name: "BandwidthTests",

@@ -1,4 +1,5 @@
 import CNI
+import DBus
 import NetAddress
 import PacketFilter
 
@@ -20,8 +21,8 @@ import PacketFilter
 /// ADD removes what it wrote; DEL without prevResult still removes the container's rules (ADD
 /// records the addresses it allowed under /run/cni/firewall, see `AttachmentRecords`); GC
 /// removes the rules of attachments not in `cni.dev/valid-attachments`; STATUS says whether
-/// iptables is usable. The firewalld backend is not implemented: it is detected and refused
-/// with a clear error rather than silently replaced by rules firewalld would wipe.
+/// the backend is usable. With the firewalld backend (configured, or firewalld runs here), the
+/// addresses become sources of a firewalld zone over D-Bus instead (`FirewalldRules`).
 public enum Firewall {
     public static let handlers = PluginHandlers(
         add: { request throws(CNIError) in try add(request) },
@@ -43,24 +44,21 @@ public enum Firewall {
                 .invalidNetworkConfig, "missing prevResult from earlier plugin",
                 details: "firewall is a chained plugin: put it after the interface plugin (bridge, ptp) in a conflist")
         }
-        try requireIPTables(config)
+        let backend = try backend(for: config)
         let isolation = try isolatedBridge(config, previous)
         let addresses = previous.ips.map(\.address.address)
         let name = attachment(request)
         let lock = AttachmentRecords.lock(directory: recordDirectory)
         defer { AttachmentRecords.unlock(lock) }
         do throws(CNIError) {
-            try firewall { () throws(FirewallError) in
-                try rules.setup(
-                    adminChain: config.adminChain, addresses: addresses, isolation: isolation, attachment: name)
-            }
+            try backend.setup(config, addresses: addresses, isolation: isolation, attachment: name)
             if !addresses.isEmpty {
                 try records(request).save(
                     .init(containerID: request.containerID, ifName: request.ifName, addresses: addresses))
             }
         } catch {
             // A failed ADD leaves none of this container's rules (the runtime may never call DEL).
-            try? firewall { () throws(FirewallError) in try rules.teardown(addresses: addresses, attachment: name) }
+            try? backend.teardown(config, addresses: addresses, attachment: name)
             throw error
         }
         return previous
@@ -84,9 +82,10 @@ public enum Firewall {
         let others = store.all().filter { $0.containerID != request.containerID || $0.ifName != request.ifName }
         let held = Set(others.flatMap(\.addresses))
         addresses.removeAll { held.contains($0) }
-        if !addresses.isEmpty {
-            let name = attachment(request)
-            try firewall { () throws(FirewallError) in try rules.teardown(addresses: addresses, attachment: name) }
+        // A configured firewalld that is not running holds no runtime sources any more.
+        let config = (try? FirewallConfig(request)) ?? .defaults
+        if !addresses.isEmpty, let backend = try? backend(for: config) {
+            try backend.teardown(config, addresses: addresses, attachment: attachment(request))
         }
         store.remove(request.containerID, request.ifName)
     }
@@ -98,12 +97,9 @@ public enum Firewall {
             throw CNIError(
                 .invalidNetworkConfig, "missing prevResult from earlier plugin", details: "CHECK needs the prevResult")
         }
-        try requireIPTables(config)
+        let backend = try backend(for: config)
         let addresses = previous.ips.map(\.address.address)
-        let name = attachment(request)
-        let problem = try firewall { () throws(FirewallError) in
-            try rules.check(adminChain: config.adminChain, addresses: addresses, attachment: name)
-        }
+        let problem = try backend.check(config, addresses: addresses, attachment: attachment(request))
         if let problem { throw CNIError(.checkFailed, problem, details: "run ADD again to restore the rules") }
     }
 
@@ -117,14 +113,16 @@ public enum Firewall {
             valid.contains { $0.containerID == record.containerID && $0.ifname == record.ifName }
         }
         let kept = Set(all.filter(isValid).flatMap(\.addresses))
+        let config = (try? FirewallConfig(request)) ?? .defaults
+        let stale = all.filter { !isValid($0) }
+        guard !stale.isEmpty else { return }
+        let backend = try backend(for: config)
         var errors: [CNIError] = []
-        for record in all where !isValid(record) {
-            let stale = record.addresses.filter { !kept.contains($0) }
+        for record in stale {
             do throws(CNIError) {
-                try firewall { () throws(FirewallError) in
-                    try rules.teardown(
-                        addresses: stale, attachment: "\"\(request.config.name)\" container \"\(record.containerID)\"")
-                }
+                try backend.teardown(
+                    config, addresses: record.addresses.filter { !kept.contains($0) },
+                    attachment: "\"\(request.config.name)\" container \"\(record.containerID)\"")
                 store.remove(record.containerID, record.ifName)
             } catch {
                 errors.append(error)
@@ -140,7 +138,16 @@ public enum Firewall {
     }
 
     static func status(_ request: PluginRequest) throws(CNIError) {
-        _ = try FirewallConfig(request)
+        let config = try FirewallConfig(request)
+        if config.backend == .firewalld || (config.backend == nil && firewalldRunning()) {
+            guard firewalldRunning() else {
+                throw CNIError(
+                    .notAvailable, "firewalld is not running",
+                    details: "no owner of \(FirewalldRules.service) on the D-Bus system bus "
+                        + "(\(Connection.systemBusAddress)); start firewalld or set \"backend\": \"iptables\"")
+            }
+            return
+        }
         guard FirewallBackend.iptables.isUsable(runner: rules.runner) else {
             throw CNIError(
                 .notAvailable, "no usable firewall backend", details: "iptables cannot list its tables here")
@@ -157,29 +164,6 @@ public enum Firewall {
             .incompatibleVersion, "incompatible CNI versions",
             details: "config is \"\(request.config.cniVersion)\", plugin supports [\(supported)]")
     }
-
-    /// The reference uses firewalld when configured or when it runs here. We have no D-Bus
-    /// client: say which, rather than writing iptables rules firewalld would not know of.
-    static func requireIPTables(_ config: FirewallConfig) throws(CNIError) {
-        switch config.backend {
-        case .iptables: return
-        case .firewalld:
-            guard firewalldRunning() else {
-                throw CNIError(
-                    .notAvailable, "firewalld backend requested but firewalld is not running",
-                    details: "no owner of org.fedoraproject.FirewallD1 on the D-Bus system bus; set \"backend\": "
-                        + "\"iptables\" or start firewalld")
-            }
-            throw firewalldUnsupported
-        case nil:
-            if firewalldRunning() { throw firewalldUnsupported }
-        }
-    }
-
-    static let firewalldUnsupported = CNIError(
-        .notAvailable, "the firewalld backend is not supported by this build",
-        details: "firewalld runs here, so the reference would add the container's addresses to its zone over D-Bus; "
-            + "set \"backend\": \"iptables\" (rules in CNI-FORWARD) or use the reference firewall plugin")
 
     /// The bridge to isolate: the first interface of prevResult (the bridge plugin's bridge).
     static func isolatedBridge(_ config: FirewallConfig, _ previous: CNIResult) throws(CNIError)
@@ -217,32 +201,5 @@ public enum Firewall {
 
     static func attachment(_ request: PluginRequest) -> String {
         "\"\(request.config.name)\" container \"\(request.containerID)\" \(request.ifName)"
-    }
-
-    /// firewalld is taken as running when the system bus exists and firewalld's pid file names a
-    /// live process: no D-Bus round trip (or exec) on the hosts without it.
-    static func detectFirewalld() -> Bool {
-        guard access("/run/dbus/system_bus_socket", F_OK) == 0 || access("/var/run/dbus/system_bus_socket", F_OK) == 0
-        else { return false }
-        for path in ["/run/firewalld.pid", "/var/run/firewalld.pid"] {
-            let fd = open(path, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { continue }
-            var buffer = [UInt8](repeating: 0, count: 32)
-            let count = read(fd, &buffer, buffer.count)
-            close(fd)
-            guard count > 0 else { continue }
-            let text = String(decoding: buffer[0..<count], as: UTF8.self).split(whereSeparator: \.isWhitespace).first
-            if let text, let pid = Int32(text), pid > 0, kill(pid, 0) == 0 || errno == EPERM { return true }
-        }
-        return false
-    }
-
-    private static func firewall<T>(_ body: () throws(FirewallError) -> T) throws(CNIError) -> T {
-        do {
-            return try body()
-        } catch {
-            throw CNIError(
-                .firewallFailure, "\(error.backend.rawValue): failed to \(error.operation)", details: error.description)
-        }
     }
 }

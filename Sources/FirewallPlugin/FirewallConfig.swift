@@ -21,6 +21,9 @@ struct FirewallConfig {
         var ingressPolicy: String?
     }
 
+    /// What an empty config means: DEL and GC use it when the config is unreadable.
+    static let defaults = try! FirewallConfig(Keys())
+
     init(_ request: PluginRequest) throws(CNIError) {
         try self.init(request.decode(Keys.self))
     }
@@ -43,6 +46,7 @@ struct FirewallConfig {
         try Self.checkChainName(adminChain)
         let zone = keys.firewalldZone ?? ""
         firewalldZone = zone.isEmpty ? "trusted" : zone
+        try Self.checkZoneName(firewalldZone)
         switch keys.ingressPolicy ?? "" {
         case "", "open": isolation = nil
         case let value:

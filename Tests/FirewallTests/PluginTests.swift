@@ -1,4 +1,5 @@
 import CNI
+import DBus
 import JSON
 import NetAddress
 import Testing
@@ -134,16 +135,69 @@ private func run(
         #expect(runner.calls.isEmpty)
     }
 
-    @Test func firewalldIsDetectedAndRefusedClearly() {
+    @Test func firewalldIsChosenWhenConfiguredOrRunning() {
         let runner = RecordingRunner()
+        let zone = FakeZone()
+        defer { Firewall.firewalldCall = nil }
+        Firewall.firewalldCall = zone.call
         let absent = run("ADD", stdin(#""backend":"firewalld""#), runner: runner, records: temporaryDirectory())
         #expect(absent.json?["code"]?.intValue == 50)
         #expect(absent.json?["msg"]?.stringValue == "firewalld backend requested but firewalld is not running")
+        #expect(zone.calls.isEmpty)
         let running = run("ADD", stdin(), runner: runner, records: temporaryDirectory(), firewalld: true)
-        #expect(running.json?["msg"]?.stringValue == "the firewalld backend is not supported by this build")
+        #expect(running.status == 0)
+        #expect(
+            zone.calls == [["addSource", "trusted", "10.204.1.2/32"], ["addSource", "trusted", "fd00::2/128"]],
+            "each address as a host prefix, to the default zone")
+        #expect(runner.calls.isEmpty, "no iptables rule with firewalld")
         let forced = run(
             "ADD", stdin(#""backend":"iptables""#), runner: runner, records: temporaryDirectory(), firewalld: true)
         #expect(forced.status == 0, "an explicit iptables backend is used even where firewalld runs")
+        #expect(zone.calls.count == 2)
+    }
+
+    @Test func firewalldAddCheckDelAndItsErrors() {
+        let runner = RecordingRunner()
+        let records = temporaryDirectory()
+        let zone = FakeZone()
+        defer { Firewall.firewalldCall = nil }
+        Firewall.firewalldCall = zone.call
+        let keys = #""backend":"firewalld","firewalldZone":"internal""#
+        zone.sources = ["10.204.1.2/32"]  // a repeated ADD: ZONE_ALREADY_SET is success
+        #expect(run("ADD", stdin(keys), runner: runner, records: records, firewalld: true).status == 0)
+        #expect(zone.sources == ["10.204.1.2/32", "fd00::2/128"])
+        #expect(run("CHECK", stdin(keys), runner: runner, records: records, firewalld: true).status == 0)
+        zone.sources.remove("fd00::2/128")
+        let check = run("CHECK", stdin(keys), runner: runner, records: records, firewalld: true)
+        #expect(check.json?["code"]?.intValue == 105)
+        #expect(check.json?["msg"]?.stringValue?.contains("fd00::2/128") == true)
+        // DEL without prevResult: the record names both; the missing one (UNKNOWN_SOURCE) is no error.
+        #expect(run("DEL", stdin(keys, prev: false), runner: runner, records: records, firewalld: true).status == 0)
+        #expect(zone.sources.isEmpty)
+        #expect(zone.calls.filter { $0[0] == "removeSource" }.count == 2)
+        // A refused addSource: the code names what to fix, and the sources added before go.
+        zone.refuse = "ZONE_CONFLICT"
+        zone.sources = []
+        let failed = run("ADD", stdin(keys), runner: runner, records: records, firewalld: true)
+        #expect(failed.json?["code"]?.intValue == 104)
+        #expect(failed.json?["msg"]?.stringValue == "failed to add the address 10.204.1.2/32 to internal zone")
+        #expect(failed.json?["details"]?.stringValue?.contains("another zone") == true)
+        #expect(zone.sources.isEmpty)
+        let isolated = run(
+            "ADD", stdin(keys + #","ingressPolicy":"isolated""#), runner: runner, records: records, firewalld: true)
+        #expect(isolated.json?["code"]?.intValue == 7)
+        #expect(runner.calls.isEmpty)
+    }
+
+    @Test func badFirewalldZoneIsRefused() {
+        for zone in ["a b", "a/b", String(repeating: "z", count: 65)] {
+            let runner = RecordingRunner()
+            let (json, status) = run(
+                "ADD", stdin(#""firewalldZone":"\#(zone)""#), runner: runner, records: temporaryDirectory())
+            #expect(status == 1)
+            #expect(json?["code"]?.intValue == 7)
+            #expect(json?["msg"]?.stringValue == "invalid firewalldZone \"\(zone)\"")
+        }
     }
 
     @Test func aFailedAddRemovesWhatItWrote() {
@@ -246,5 +300,32 @@ private func run(
         #expect(json?["msg"]?.stringValue == "expected rule [-s 10.204.1.2/32 -j ACCEPT] not found")
         runner.saved["iptables-save"] = referenceListing
         #expect(run("CHECK", v4Only, runner: runner, records: temporaryDirectory()).status == 0)
+    }
+}
+
+/// firewalld's zone interface with one zone's runtime sources, answering as firewalld does.
+final class FakeZone: @unchecked Sendable {
+    var sources: Set<String> = []
+    var calls: [[String]] = []
+    /// A code addSource answers with instead of adding.
+    var refuse: String?
+
+    func call(_ member: String, _ arguments: [String]) throws(DBusError) -> [Message.Value] {
+        calls.append([member] + arguments)
+        let source = arguments[1]
+        func fail(_ code: String) -> DBusError {
+            .remote(name: "org.fedoraproject.FirewallD1.Exception", message: "\(code): \(source)")
+        }
+        switch member {
+        case "addSource":
+            if let refuse { throw fail(refuse) }
+            guard sources.insert(source).inserted else { throw fail("ZONE_ALREADY_SET") }
+            return [.string(arguments[0])]
+        case "removeSource":
+            guard sources.remove(source) != nil else { throw fail("UNKNOWN_SOURCE") }
+            return [.string(arguments[0])]
+        case "querySource": return [.boolean(sources.contains(source))]
+        default: throw .remote(name: "org.freedesktop.DBus.Error.UnknownMethod", message: member)
+        }
     }
 }
