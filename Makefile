@@ -11,11 +11,11 @@ PYTHON ?= /usr/bin/python3
 # Debian packages: libnl for the build; iproute2, nftables, iptables for the plugins; the
 # reference plugins and pytest for the integration tests and benchmarks; etcd-server (3.4) for the
 # cluster-ipam tests and libcurl for cnictl's etcd client; dbus-daemon and python3-dbus/gi for the
-# fake firewalld the firewalld backend is tested against.
+# fake firewalld the firewalld backend is tested against; openssl makes the etcd TLS test certificates.
 DEB_PACKAGES := pkg-config libnl-3-dev iproute2 nftables iptables containernetworking-plugins \
 	python3 python3-pytest python3-dbus python3-gi dbus-daemon procps util-linux \
 	podman runc conmon containerd golang-go golang-github-appc-cni-dev busybox-static python3-yaml curl iputils-ping \
-	gcc libc6-dev time etcd-server libcurl4-openssl-dev
+	gcc libc6-dev time etcd-server libcurl4-openssl-dev openssl
 # Release binaries are fully static executables (Swift runtime, libnl, libstdc++ and glibc
 # linked in): no dynamic loader work at each start (a third of a plugin's start-up CPU when
 # linked dynamically), and they run on a node without libnl, like the reference's Go binaries.
