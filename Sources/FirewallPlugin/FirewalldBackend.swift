@@ -59,7 +59,9 @@ struct IPTablesRules: ContainerRules {
 /// prefix (`10.0.0.2/32`, `fd00::2/128`), becomes a source of the configured zone (default
 /// `trusted`) in firewalld's runtime configuration, over D-Bus (`org.fedoraproject.FirewallD1`,
 /// object `/org/fedoraproject/FirewallD1`, interface `.zone`: `addSource`, `removeSource`,
-/// `querySource`). firewalld writes the packet filter itself; we write no rule.
+/// `querySource`). firewalld writes the packet filter itself; we write no rule for the addresses,
+/// only an `ingressPolicy`'s bridge isolation, which the reference writes with iptables whatever
+/// the backend.
 ///
 /// Where we differ: DEL fails on errors other than "not (or no longer) there" rather than
 /// ignoring all of them, so the runtime retries; CHECK fails when a source is missing (the
@@ -86,13 +88,20 @@ struct FirewalldRules: ContainerRules {
 
     /// One method of the zone interface with string arguments; replaced in tests.
     var call: (_ member: String, _ arguments: [String]) throws(DBusError) -> [Message.Value]
+    /// Writes an ingress policy's isolation (iptables).
+    var isolationRules: ContainerFirewall
 
-    init(call: @escaping (_ member: String, _ arguments: [String]) throws(DBusError) -> [Message.Value]) {
+    init(
+        isolationRules: ContainerFirewall,
+        call: @escaping (_ member: String, _ arguments: [String]) throws(DBusError) -> [Message.Value]
+    ) {
+        self.isolationRules = isolationRules
         self.call = call
     }
 
     /// Over a system-bus connection.
-    init(connection: Connection) {
+    init(isolationRules: ContainerFirewall, connection: Connection) {
+        self.isolationRules = isolationRules
         call = { (member: String, arguments: [String]) throws(DBusError) -> [Message.Value] in
             try connection.call(
                 destination: Self.service, path: Self.objectPath, interface: Self.zoneInterface, member: member,
@@ -113,15 +122,6 @@ struct FirewalldRules: ContainerRules {
         _ config: FirewallConfig, addresses: [IPAddress], isolation: (bridge: String, BridgeIsolation)?,
         attachment: String
     ) throws(CNIError) {
-        // The reference writes the isolation as iptables rules beside firewalld's; we do not
-        // mix the two: say so before anything changes.
-        if let (_, policy) = isolation {
-            throw CNIError(
-                .invalidNetworkConfig,
-                "ingressPolicy \"\(policy.rawValue)\" is not supported with the firewalld backend",
-                details: "key ingressPolicy: use \"open\" with firewalld (isolate with firewalld zones or policies), "
-                    + "or set \"backend\": \"iptables\"")
-        }
         for address in addresses {
             let source = Self.source(address)
             do {
@@ -129,6 +129,14 @@ struct FirewalldRules: ContainerRules {
             } catch {
                 if Self.code(error) == Code.zoneAlreadySet { continue }
                 throw Self.failure("failed to add the address \(source) to \(config.firewalldZone) zone", error, config)
+            }
+        }
+        // The ingress policy is iptables whatever the backend, as in the reference (firewalld's
+        // zones know no bridge isolation); like there, DEL leaves it (the bridge has others).
+        if let (bridge, policy) = isolation {
+            let families = [IPAddress.Family.v4, .v6].filter { family in addresses.contains { $0.family == family } }
+            try IPTablesRules.mapped { () throws(FirewallError) in
+                try isolationRules.isolate(bridge: bridge, policy, families: families, attachment: attachment)
             }
         }
     }
@@ -244,9 +252,9 @@ extension Firewall {
 
     /// The firewalld backend over the system bus, or the test's seam.
     static func firewalld() throws(CNIError) -> any ContainerRules {
-        if let firewalldCall { return FirewalldRules(call: firewalldCall) }
+        if let firewalldCall { return FirewalldRules(isolationRules: rules, call: firewalldCall) }
         switch systemBus() {
-        case .success(let connection): return FirewalldRules(connection: connection)
+        case .success(let connection): return FirewalldRules(isolationRules: rules, connection: connection)
         case .failure(let error):
             throw CNIError(
                 .notAvailable, "cannot connect to the D-Bus system bus",

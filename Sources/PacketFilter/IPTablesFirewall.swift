@@ -125,6 +125,19 @@ struct IPTablesFirewall {
             chains += [Self.stage1Chain, Self.stage2Chain]
             wanted += Self.isolationRules(bridge: bridge, policy)
         }
+        return script(current: current, chains: chains, wanted: wanted)
+    }
+
+    /// Only the isolation of `bridge`: what the reference writes with iptables whatever the
+    /// backend, so beside firewalld too (which has no notion of it); nil when all is there.
+    func isolationScript(current: SavedNATTable, bridge: String, _ isolation: BridgeIsolation) -> String? {
+        script(
+            current: current, chains: [Self.stage1Chain, Self.stage2Chain],
+            wanted: Self.isolationRules(bridge: bridge, isolation))
+    }
+
+    /// The chains and rules of `wanted` that `current` lacks, as one restore script.
+    private func script(current: SavedNATTable, chains: [String], wanted: [Wanted]) -> String? {
         var lines: [String] = []
         var known = Set(current.chains)
         for chain in chains where !known.contains(chain) {
@@ -225,6 +238,23 @@ public struct ContainerFirewall {
                 save: rules.saveCommand, restore: rules.restoreCommand, table: "filter", whenUnusable: .fail
             ) {
                 rules.setupScript(current: $0, adminChain: adminChain, addresses: addresses, isolation: isolation)
+            }
+        }
+    }
+
+    /// Isolates `bridge` as `setup` does, without any container rule, for each of `families`
+    /// (the families of the container's addresses, as the reference's ingress policy does).
+    public func isolate(
+        bridge: String, _ isolation: BridgeIsolation, families: [IPAddress.Family], attachment: String
+    ) throws(FirewallError) {
+        for family in families {
+            let rules = IPTablesFirewall(family: family)
+            let tool = FirewallTool(
+                runner: runner, backend: .iptables, operation: "isolate bridge \(bridge) for \(attachment)")
+            try tool.applyIPTables(
+                save: rules.saveCommand, restore: rules.restoreCommand, table: "filter", whenUnusable: .fail
+            ) {
+                rules.isolationScript(current: $0, bridge: bridge, isolation)
             }
         }
     }

@@ -183,10 +183,20 @@ private func run(
         #expect(failed.json?["msg"]?.stringValue == "failed to add the address 10.204.1.2/32 to internal zone")
         #expect(failed.json?["details"]?.stringValue?.contains("another zone") == true)
         #expect(zone.sources.isEmpty)
+        #expect(runner.calls.isEmpty, "no iptables rule for the addresses with firewalld")
+        // An ingress policy is iptables whatever the backend (the reference's): the bridge's
+        // isolation, per family of the addresses, and no CNI-FORWARD rule beside firewalld's sources.
+        zone.refuse = nil
         let isolated = run(
             "ADD", stdin(keys + #","ingressPolicy":"isolated""#), runner: runner, records: records, firewalld: true)
-        #expect(isolated.json?["code"]?.intValue == 7)
-        #expect(runner.calls.isEmpty)
+        #expect(isolated.status == 0, "\(String(describing: isolated.json))")
+        #expect(zone.sources == ["10.204.1.2/32", "fd00::2/128"])
+        for tool in ["iptables-restore", "ip6tables-restore"] {
+            let script = runner.scripts(tool).joined()
+            #expect(script.contains("-N CNI-ISOLATION-STAGE-1"), "\(tool): \(script)")
+            #expect(script.contains("-i cni0 -o cni0"), "isolated drops traffic within the bridge")
+            #expect(!script.contains("CNI-FORWARD"), "no container rule with firewalld")
+        }
     }
 
     @Test func badFirewalldZoneIsRefused() {
