@@ -87,21 +87,8 @@ public struct ClusterIPAMConfig: Sendable {
         config.chosen = try choice.select(
             config.pools.map { AddressChoice.Candidate(family: $0.blocks.family, subnets: [$0.blocks.subnet]) },
             what: "pool")
-        var requested: [IPAddress] = []
-        if let text = args["IP"], !text.isEmpty {
-            for item in text.split(separator: ",") {
-                requested.append(try parseAddress(String(item), key: "CNI_ARGS IP", code: .invalidEnvironment))
-            }
-        }
-        for (i, text) in (keys.args?.cni?.ips ?? []).enumerated() {
-            requested.append(try parseAddress(text, key: "args.cni.ips[\(i)]"))
-        }
-        for (i, text) in (keys.runtimeConfig?.ips ?? []).enumerated() {
-            requested.append(try parseAddress(text, key: "runtimeConfig.ips[\(i)]"))
-        }
-        for address in requested where !config.requested.contains(address) {
-            config.requested.append(address)
-        }
+        config.requested = try RequestedAddresses.collect(
+            cniArgs: args, argsIPs: keys.args?.cni?.ips, runtimeIPs: keys.runtimeConfig?.ips)
         return config
     }
 
@@ -192,7 +179,7 @@ public struct ClusterIPAMConfig: Sendable {
         }
         var nodeIPs: [IPAddress] = []
         for (i, text) in (ipam.nodeIPs ?? []).enumerated() {
-            nodeIPs.append(try parseAddress(text, key: "ipam.nodeIPs[\(i)]"))
+            nodeIPs.append(try RequestedAddresses.parse(text, key: "ipam.nodeIPs[\(i)]"))
         }
         let leaseTTL = try seconds(ipam.leaseTTL, key: "leaseTTL", default: defaultLeaseTTL, minimum: 2)
         var config = ClusterIPAMConfig(
@@ -240,7 +227,9 @@ public struct ClusterIPAMConfig: Sendable {
                 throw CNIError(.invalidNetworkConfig, "invalid \(key).subnet \"\(text)\": not a CIDR")
             }
             var gateway: IPAddress?
-            if let text = keys.gateway, !text.isEmpty { gateway = try parseAddress(text, key: "\(key).gateway") }
+            if let text = keys.gateway, !text.isEmpty {
+                gateway = try RequestedAddresses.parse(text, key: "\(key).gateway")
+            }
             let spec = PoolSpec(subnet: subnet, blockSize: keys.blockSize, exclude: keys.exclude, gateway: gateway)
             let blocks = try BlockPool(spec, key: key)
             for (j, other) in pools.enumerated() where other.blocks.subnet.overlaps(subnet) {
@@ -262,14 +251,6 @@ public struct ClusterIPAMConfig: Sendable {
                 details: "the default is \(fallback)")
         }
         return value
-    }
-
-    private static func parseAddress(
-        _ text: String, key: String, code: CNIError.Code = .invalidNetworkConfig
-    ) throws(CNIError) -> IPAddress {
-        let trimmed = String(text.drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
-        if let address = IPAddress(trimmed) ?? IPPrefix(trimmed)?.address { return address }
-        throw CNIError(code, "invalid \(key) \"\(text)\": not an IP address")
     }
 
     /// The host name (gethostname), the default `ipam.node`.

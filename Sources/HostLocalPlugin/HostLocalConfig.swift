@@ -117,22 +117,8 @@ struct HostLocalConfig {
             }
         }
 
-        var requested: [(IPAddress, String)] = []
-        if let text = args["IP"], !text.isEmpty {
-            for item in text.split(separator: ",") {
-                requested.append(
-                    (try parseRequested(String(item), key: "CNI_ARGS IP", code: .invalidEnvironment), "CNI_ARGS IP"))
-            }
-        }
-        for (i, text) in (keys.args?.cni?.ips ?? []).enumerated() {
-            requested.append((try parseRequested(text, key: "args.cni.ips[\(i)]"), "args.cni.ips[\(i)]"))
-        }
-        for (i, text) in (keys.runtimeConfig?.ips ?? []).enumerated() {
-            requested.append((try parseRequested(text, key: "runtimeConfig.ips[\(i)]"), "runtimeConfig.ips[\(i)]"))
-        }
-        for (address, _) in requested where !config.requested.contains(address) {
-            config.requested.append(address)
-        }
+        config.requested = try RequestedAddresses.collect(
+            cniArgs: args, argsIPs: keys.args?.cni?.ips, runtimeIPs: keys.runtimeConfig?.ips)
         return config
     }
 
@@ -208,20 +194,5 @@ struct HostLocalConfig {
             throw CNIError(.invalidNetworkConfig, "invalid \(key) \"\(text)\": not an IP address")
         }
         return address
-    }
-
-    /// A requested address, with or without a prefix length (`10.1.2.11` or `10.1.2.11/24`).
-    private static func parseRequested(
-        _ text: String, key: String, code: CNIError.Code = .invalidNetworkConfig
-    ) throws(CNIError) -> IPAddress {
-        let trimmed = text.trimmingCharacters(in: " ")
-        if let address = IPAddress(trimmed) ?? IPPrefix(trimmed)?.address { return address }
-        throw CNIError(code, "invalid \(key) \"\(text)\": not an IP address")
-    }
-}
-
-extension String {
-    fileprivate func trimmingCharacters(in set: Character) -> String {
-        String(drop { $0 == set }.reversed().drop { $0 == set }.reversed())
     }
 }

@@ -148,3 +148,37 @@ public struct AddressChoice: Sendable {
         return prefix
     }
 }
+
+/// The addresses a request asks for, in the reference's order and with duplicates dropped:
+/// CNI_ARGS `IP` (comma-separated), `args.cni.ips`, `runtimeConfig.ips` (the `ips` capability).
+/// Each may carry a prefix length (`10.1.2.11/24`), which is ignored.
+public enum RequestedAddresses {
+    public static func collect(
+        cniArgs: CNIArgs, argsIPs: [String]?, runtimeIPs: [String]?
+    ) throws(CNIError) -> [IPAddress] {
+        var found: [IPAddress] = []
+        if let text = cniArgs["IP"], !text.isEmpty {
+            for item in text.split(separator: ",") {
+                found.append(try parse(String(item), key: "CNI_ARGS IP", code: .invalidEnvironment))
+            }
+        }
+        for (i, text) in (argsIPs ?? []).enumerated() {
+            found.append(try parse(text, key: "args.cni.ips[\(i)]"))
+        }
+        for (i, text) in (runtimeIPs ?? []).enumerated() {
+            found.append(try parse(text, key: "runtimeConfig.ips[\(i)]"))
+        }
+        var unique: [IPAddress] = []
+        for address in found where !unique.contains(address) { unique.append(address) }
+        return unique
+    }
+
+    /// One address, with or without a prefix length; `key` names it in the error.
+    public static func parse(
+        _ text: String, key: String, code: CNIError.Code = .invalidNetworkConfig
+    ) throws(CNIError) -> IPAddress {
+        let trimmed = text.trimmingWhitespace()
+        if let address = IPAddress(trimmed) ?? IPPrefix(trimmed)?.address { return address }
+        throw CNIError(code, "invalid \(key) \"\(text)\": not an IP address")
+    }
+}
