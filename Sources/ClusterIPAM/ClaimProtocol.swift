@@ -75,8 +75,23 @@ public struct NodeIdentity: Hashable, Sendable {
     }
 }
 
+/// What every request of the protocol carries, flat in its JSON: who asks and how long its
+/// registration lives.
+public protocol NodeRequest {
+    var etcd: EtcdSettings { get }
+    var node: String { get }
+    var nodeIPs: [IPAddress]? { get }
+    var leaseTTL: Int? { get }
+}
+
+extension NodeRequest {
+    public var identity: NodeIdentity {
+        NodeIdentity(etcd: etcd, node: node, nodeIPs: nodeIPs ?? [], leaseTTL: leaseTTL ?? NodeIdentity.defaultLeaseTTL)
+    }
+}
+
 /// `claim`: take `count` new blocks of `pool` for the node (and refresh its registration).
-public struct ClaimRequest: Codable, Hashable, Sendable {
+public struct ClaimRequest: NodeRequest, Codable, Hashable, Sendable {
     public var etcd: EtcdSettings
     public var node: String
     public var nodeIPs: [IPAddress]?
@@ -96,10 +111,6 @@ public struct ClaimRequest: Codable, Hashable, Sendable {
         self.count = count
         self.block = block
     }
-
-    public var identity: NodeIdentity {
-        NodeIdentity(etcd: etcd, node: node, nodeIPs: nodeIPs ?? [], leaseTTL: leaseTTL ?? NodeIdentity.defaultLeaseTTL)
-    }
 }
 
 public struct ClaimReply: Codable, Hashable, Sendable {
@@ -118,7 +129,7 @@ public struct ClaimReply: Codable, Hashable, Sendable {
 }
 
 /// `release`: give blocks back. A block that is not the node's (or is gone) is no error.
-public struct ReleaseRequest: Codable, Hashable, Sendable {
+public struct ReleaseRequest: NodeRequest, Codable, Hashable, Sendable {
     public var etcd: EtcdSettings
     public var node: String
     public var nodeIPs: [IPAddress]?
@@ -131,10 +142,6 @@ public struct ReleaseRequest: Codable, Hashable, Sendable {
         nodeIPs = identity.nodeIPs
         leaseTTL = identity.leaseTTL
         self.blocks = blocks
-    }
-
-    public var identity: NodeIdentity {
-        NodeIdentity(etcd: etcd, node: node, nodeIPs: nodeIPs ?? [], leaseTTL: leaseTTL ?? NodeIdentity.defaultLeaseTTL)
     }
 }
 
@@ -149,7 +156,7 @@ public struct ReleaseReply: Codable, Hashable, Sendable {
 }
 
 /// `renew`: refresh the node's registration; the reply lists every block it holds.
-public struct RenewRequest: Codable, Hashable, Sendable {
+public struct RenewRequest: NodeRequest, Codable, Hashable, Sendable {
     public var etcd: EtcdSettings
     public var node: String
     public var nodeIPs: [IPAddress]?
@@ -160,10 +167,6 @@ public struct RenewRequest: Codable, Hashable, Sendable {
         node = identity.node
         nodeIPs = identity.nodeIPs
         leaseTTL = identity.leaseTTL
-    }
-
-    public var identity: NodeIdentity {
-        NodeIdentity(etcd: etcd, node: node, nodeIPs: nodeIPs ?? [], leaseTTL: leaseTTL ?? NodeIdentity.defaultLeaseTTL)
     }
 }
 
