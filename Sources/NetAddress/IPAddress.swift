@@ -51,9 +51,13 @@ public struct IPAddress: Hashable, Comparable, Sendable, CustomStringConvertible
 
     /// Parses the textual forms Go's `net.ParseIP` accepts (no zone, no leading zeros in IPv4).
     public init?(_ text: some StringProtocol) {
-        let utf8 = Array(text.utf8)
+        self.init(utf8: Array(text.utf8)[...])
+    }
+
+    /// The same, from UTF-8 bytes.
+    init?(utf8: ArraySlice<UInt8>) {
         if utf8.contains(UInt8(ascii: ":")) {
-            guard let v6 = Self.parseV6(utf8) else { return nil }
+            guard let v6 = Self.parseV6(Array(utf8)) else { return nil }
             // An IPv4-mapped address is IPv4 to Go (net.IP.To4), and so to us.
             if v6 >> 32 == 0xffff {
                 self.init(v4: UInt32(truncatingIfNeeded: v6))
@@ -61,7 +65,7 @@ public struct IPAddress: Hashable, Comparable, Sendable, CustomStringConvertible
                 self.init(v6: v6)
             }
         } else {
-            guard let v4 = Self.parseV4(utf8[...]) else { return nil }
+            guard let v4 = Self.parseV4(utf8) else { return nil }
             self.init(v4: v4)
         }
     }

@@ -12,15 +12,15 @@ public struct IPPrefix: Hashable, Sendable, CustomStringConvertible {
 
     /// Parses `ADDRESS/LENGTH`; the length is decimal without sign or leading zeros.
     public init?(_ text: some StringProtocol) {
-        guard let slash = text.firstIndex(of: "/") else { return nil }
-        let lengthText = text[text.index(after: slash)...]
-        guard let address = IPAddress(text[..<slash]),
-            (1...3).contains(lengthText.count),
-            lengthText.allSatisfy(\.isASCII), lengthText.allSatisfy(\.isNumber),
-            lengthText.count == 1 || lengthText.first != "0",
-            let length = Int(lengthText)
+        // Over the UTF-8 bytes, not Characters: a store's reply holds hundreds of these.
+        let utf8 = Array(text.utf8)
+        guard let slash = utf8.firstIndex(of: UInt8(ascii: "/")) else { return nil }
+        let digits = utf8[(slash + 1)...]
+        guard (1...3).contains(digits.count), digits.allSatisfy({ (48...57).contains($0) }),
+            digits.count == 1 || digits.first != UInt8(ascii: "0"),
+            let address = IPAddress(utf8: utf8[..<slash])
         else { return nil }
-        self.init(address: address, length: length)
+        self.init(address: address, length: digits.reduce(0) { $0 * 10 + Int($1 - 48) })
     }
 
     public var family: IPAddress.Family { address.family }
