@@ -69,9 +69,16 @@ let package = Package(
         // cluster-ipam's shared half (no libcurl): pools carved into blocks, the claim protocol
         // between the plugin and `cnictl cluster`; linked by both.
         .target(name: "ClusterIPAM", dependencies: ["CNI", "IPAM", "JSON", "NetAddress"]),
-        // The cluster-ipam plugin: leases inside the node's blocks (host-local's store), blocks
-        // claimed and released by exec'ing `cnictl cluster` (no store client in the plugins).
-        .target(name: "ClusterIPAMPlugin", dependencies: ["CNI", "ClusterIPAM", "IPAM", "JSON", "NetAddress", "Exec"]),
+        // The etcd v3 client (JSON gateway, over a transport) and cluster-ipam's store operations:
+        // block claims and releases, node registration, dead-node reclaim. Its own transport is
+        // plain HTTP over a socket; no libcurl here, so the plugins may link it.
+        .target(name: "ClusterStore", dependencies: ["CNI", "ClusterIPAM", "JSON", "NetAddress"]),
+        // The cluster-ipam plugin: leases inside the node's blocks (host-local's store); blocks
+        // claimed and released in-process over plain HTTP, or by exec'ing `cnictl cluster` where
+        // the store needs TLS or a host name (libcurl, which stays out of the plugins).
+        .target(
+            name: "ClusterIPAMPlugin",
+            dependencies: ["CNI", "ClusterIPAM", "ClusterStore", "IPAM", "JSON", "NetAddress", "Exec"]),
 
         // The multi-call executable: runs the plugin it is named as (argv[0]), and the IPAM
         // plugins the bridge delegates to in-process when CNI_PATH holds this very build.
@@ -87,18 +94,20 @@ let package = Package(
 
         // cnictl's logic: network discovery as libcni does it, the on-disk and kernel state of
         // each attachment, the consistency check, release and GC (no argument parsing here).
-        // C: libcurl (system library), wrapped only by ClusterStore; only cnictl links it.
+        // C: libcurl (system library), wrapped only by ClusterStoreCurl; only cnictl links it.
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
-        // The etcd v3 client (JSON gateway over libcurl) and cluster-ipam's store operations:
-        // block claims and releases, node registration, dead-node reclaim. Only cnictl links it.
-        .target(name: "ClusterStore", dependencies: ["CCurl", "CNI", "ClusterIPAM", "JSON", "NetAddress"]),
+        // The store's libcurl transport (TLS, client certificates, host names). Only cnictl links it.
+        .target(name: "ClusterStoreCurl", dependencies: ["CCurl", "CNI", "ClusterIPAM", "ClusterStore"]),
         .target(
             name: "CNICtl",
-            dependencies: ["CNI", "IPAM", "JSON", "NetAddress", "Netlink", "Exec", "ClusterIPAM", "ClusterStore"]),
+            dependencies: [
+                "CNI", "IPAM", "JSON", "NetAddress", "Netlink", "Exec", "ClusterIPAM", "ClusterStore",
+                "ClusterStoreCurl",
+            ]),
         .executableTarget(
             name: "cnictl",
             dependencies: [
-                "CNICtl", "CNI", "ClusterIPAM", "ClusterStore", "IPAM", "JSON", "NetAddress",
+                "CNICtl", "CNI", "ClusterIPAM", "ClusterStore", "ClusterStoreCurl", "IPAM", "JSON", "NetAddress",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 

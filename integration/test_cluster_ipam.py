@@ -1,5 +1,6 @@
-"""cluster-ipam, the plugin: leases inside the node's blocks, blocks claimed through cnictl
-from a private etcd (integration/etcd.py), exactly as a runtime execs an IPAM plugin.
+"""cluster-ipam, the plugin: leases inside the node's blocks, blocks claimed from a private etcd
+(integration/etcd.py; in-process over plain HTTP, through cnictl for TLS), exactly as a runtime
+execs an IPAM plugin.
 
 Every uniqueness claim is checked on what is on disk (the lease files of every simulated
 node) and in etcd (read over its own gateway), not on what the plugin answered. Bounded for
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from cnitest import BIN_DIR, run_plugin, unique
-from etcd import etcd, etcd_cluster  # noqa: F401 (fixtures)
+from etcd import etcd, etcd_cluster, etcd_tls  # noqa: F401 (fixtures)
 from test_cluster_store import blocks_in_store
 
 STRESS = os.environ.get("SWCNI_STRESS") == "1"
@@ -345,3 +346,79 @@ def test_conf_example_bridge_chain_in_a_namespace(etcd, prefix, data_root, netns
         assert leases(data_root, conflist["name"]) == {}
     finally:
         subprocess.run(["ip", "link", "del", bridge["bridge"]], capture_output=True)
+
+
+def test_plain_http_claims_in_process_and_tls_goes_through_cnictl(etcd, etcd_tls, prefix, tmp_path):
+    # CNI_PATH without cnictl: a plain-HTTP store is reached by the plugin itself...
+    empty_path = tmp_path / "no-cnictl"
+    empty_path.mkdir()
+    conf = config(etcd, prefix, tmp_path / "plain", "node-plain")
+    result = add(conf, "plain1", path=str(empty_path))
+    assert result.rc == 0, result.stdout
+    claimed = blocks_in_store(etcd.endpoints, prefix)
+    assert list(claimed.values()) == ["node-plain"], claimed
+    assert ipaddress.ip_address(result.json["ips"][0]["address"].split("/")[0]) in ipaddress.ip_network(
+        next(iter(claimed)))
+    # ...and so is localhost, by name.
+    local = config(etcd, prefix, tmp_path / "local", "node-local")
+    local["ipam"]["etcd"]["endpoints"] = [e.replace("127.0.0.1", "localhost") for e in etcd.endpoints]
+    assert add(local, "local1", path=str(empty_path)).rc == 0
+    assert sorted(blocks_in_store(etcd.endpoints, prefix).values()) == ["node-local", "node-plain"]
+    # A TLS store needs cnictl (libcurl): without it, a clear error and no lease...
+    tls = etcd_tls.tls
+    secure = config(etcd_tls, prefix, tmp_path / "tls", "node-tls")
+    secure["ipam"]["etcd"].update(caFile=tls["ca"], certFile=tls["client_cert"], keyFile=tls["client_key"])
+    refused = add(secure, "tls1", path=str(empty_path))
+    assert refused.rc != 0 and "cnictl" in refused.json["msg"] and "CNI_PATH" in refused.json["msg"], refused.stdout
+    assert leases(tmp_path / "tls") == {}
+    # ...with it, the claim goes through.
+    through = add(secure, "tls1")
+    assert through.rc == 0, through.stdout
+    held = [ipaddress.ip_network(b["cidr"]) for b in state(tmp_path / "tls")["blocks"]]
+    assert len(held) == 1 and ipaddress.ip_address(through.json["ips"][0]["address"].split("/")[0]) in held[0]
+
+
+def test_a_lost_answer_in_process_is_resent_and_takes_one_block(etcd, prefix, tmp_path):
+    # The plugin's own HTTP client behind a proxy that applies the claim's txn and then closes
+    # the connection without answering: the kept connection is reopened and the txn resent,
+    # which must find the block already taken instead of taking a second one.
+    import http.server
+    import urllib.request
+
+    dropped = []
+
+    class LosingProxy(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            upstream = urllib.request.Request(etcd.endpoints[0] + self.path, data=body, method="POST")
+            with urllib.request.urlopen(upstream, timeout=2) as reply:
+                answer = reply.read()
+            if self.path == "/v3/kv/txn" and b"request_put" in body and not dropped:
+                dropped.append(self.path)
+                self.close_connection = True
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LosingProxy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        conf = config(etcd, prefix, tmp_path, "node-lossy")
+        conf["ipam"]["etcd"]["endpoints"] = [f"http://127.0.0.1:{server.server_address[1]}"]
+        result = add(conf, "lossy1", path=str(tmp_path))  # no cnictl there: in-process only
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert dropped, "the proxy never saw the claim's txn"
+    assert result.rc == 0, result.stdout
+    assert list(blocks_in_store(etcd.endpoints, prefix).values()) == ["node-lossy"]
+    assert len(state(tmp_path)["blocks"]) == 1

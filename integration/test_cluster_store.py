@@ -563,3 +563,33 @@ def test_claim_of_one_named_block(etcd, prefix):
     rc, reply, _ = cnictl("claim", request(etcd.endpoints, "node-b", prefix=prefix, pool=pool, block="10.51.0.128/25"))
     assert rc != 0 and reply["code"] == 7 and "block" in reply["msg"], reply
     assert blocks_in_store(etcd.endpoints, prefix) == {"10.51.0.128/26": "node-a"}
+
+
+def test_a_fresh_registration_is_kept_by_claims_and_a_lost_one_renewed(etcd, prefix):
+    # A claim does not grant a new lease while the registration is at most half its lease old:
+    # the record and its lease stay, and the reply carries its registeredAt.
+    req = request(etcd.endpoints, "node-a", prefix=prefix, ttl=4)
+    rc, first, _ = cnictl("claim", req)
+    assert rc == 0, first
+    record, lease = store(etcd.endpoints, prefix + "nodes/")[prefix + "nodes/node-a"]
+    rc, second, _ = cnictl("claim", req)
+    assert rc == 0, second
+    assert len(second["held"]) == 2
+    assert store(etcd.endpoints, prefix + "nodes/")[prefix + "nodes/node-a"] == (record, lease)
+    assert second["registeredAt"] == first["registeredAt"] == record["registeredAt"]
+    # The lease revoked (the registration gone, as if it expired): the claim registers anew.
+    revoke = urllib.request.Request(etcd.endpoints[0] + "/v3/lease/revoke",
+                                    data=json.dumps({"ID": lease}).encode(), method="POST")
+    urllib.request.urlopen(revoke, timeout=2).read()
+    assert prefix + "nodes/node-a" not in store(etcd.endpoints, prefix + "nodes/")
+    rc, third, _ = cnictl("claim", req)
+    assert rc == 0, third
+    assert len(third["held"]) == 3
+    _, renewed_lease = store(etcd.endpoints, prefix + "nodes/")[prefix + "nodes/node-a"]
+    assert renewed_lease and renewed_lease != lease
+    # Past half the lease, a claim renews it too.
+    time.sleep(2.2)
+    rc, fourth, _ = cnictl("claim", req)
+    assert rc == 0, fourth
+    _, later_lease = store(etcd.endpoints, prefix + "nodes/")[prefix + "nodes/node-a"]
+    assert later_lease != renewed_lease and fourth["registeredAt"] > third["registeredAt"]

@@ -1,6 +1,7 @@
 import CNI
 import ClusterIPAM
 import ClusterStore
+import ClusterStoreCurl
 import JSON
 import NetAddress
 import Netlink
@@ -31,21 +32,19 @@ public enum ClusterProtocol {
         switch verb {
         case .claim:
             let request = try ClaimRequest.decode(request)
-            let pool = try BlockPool(request.pool, key: "pool")
-            guard (1...64).contains(request.count ?? 1) else {
-                throw CNIError(.invalidNetworkConfig, "invalid count \(request.count ?? 1): expected 1 to 64")
-            }
-            let store = try ClusterStore(request.etcd, deadlineMS: deadlineMS)
-            return JSONCodec.encode(
-                try store.claim(request.identity, pool: pool, count: request.count ?? 1, block: request.block))
+            let reply = try ClusterStore.answer(
+                request, transport: try CurlTransport(request.etcd), deadlineMS: deadlineMS)
+            return JSONCodec.encode(reply)
         case .release:
             let request = try ReleaseRequest.decode(request)
-            let store = try ClusterStore(request.etcd, deadlineMS: deadlineMS)
-            return JSONCodec.encode(try store.release(request.identity, blocks: request.blocks))
+            let reply = try ClusterStore.answer(
+                request, transport: try CurlTransport(request.etcd), deadlineMS: deadlineMS)
+            return JSONCodec.encode(reply)
         case .renew:
             let request = try RenewRequest.decode(request)
-            let store = try ClusterStore(request.etcd, deadlineMS: deadlineMS)
-            return JSONCodec.encode(try store.renew(request.identity))
+            let reply = try ClusterStore.answer(
+                request, transport: try CurlTransport(request.etcd), deadlineMS: deadlineMS)
+            return JSONCodec.encode(reply)
         }
     }
 }

@@ -118,7 +118,8 @@ public struct ClaimReply: Codable, Hashable, Sendable {
     public var claimed: [IPPrefix]
     /// Every block the node holds in the pool, the new ones included.
     public var held: [IPPrefix]
-    /// Unix seconds of the registration this call refreshed (the plugin's self-fencing clock).
+    /// Unix seconds of the node's registration: refreshed by this call, or an earlier one at most
+    /// half its lease old that was kept (the plugin's self-fencing clock).
     public var registeredAt: Int
 
     public init(claimed: [IPPrefix], held: [IPPrefix], registeredAt: Int) {

@@ -1,19 +1,49 @@
 import CNI
 import ClusterIPAM
+import ClusterStore
 import Exec
 import JSON
 
-/// Where cluster-ipam gets and returns blocks: the cluster store, reached through
-/// `cnictl cluster <verb> --json` (`ExecBlockSource`), or a fake in tests. Only claims,
-/// releases and renewals go through it; addresses inside held blocks never do.
+/// Where cluster-ipam gets and returns blocks: the cluster store, reached in-process over plain
+/// HTTP (`StoreBlockSource`) or through `cnictl cluster <verb> --json` (`ExecBlockSource`), or a
+/// fake in tests. Only claims, releases and renewals go through it; addresses inside held
+/// blocks never do.
 public protocol BlockSource {
     func claim(_ request: ClaimRequest) throws(CNIError) -> ClaimReply
     func release(_ request: ReleaseRequest) throws(CNIError) -> ReleaseReply
     func renew(_ request: RenewRequest) throws(CNIError) -> RenewReply
 }
 
+/// The store for `etcd` settings: in-process where `PlainHTTPTransport` can reach every endpoint
+/// (plain HTTP by address: no exec, no libcurl), else cnictl, whose libcurl speaks TLS with
+/// client certificates and resolves host names.
+public func blockSource(for etcd: EtcdSettings, cniPath: [String]) -> BlockSource {
+    PlainHTTPTransport.canServe(etcd) ? StoreBlockSource() : ExecBlockSource(cniPath: cniPath)
+}
+
+/// The store's operations run in the plugin's own process (`ClusterStore.answer`, exactly what
+/// `cnictl cluster <verb> --json` runs), over one kept plain-HTTP connection. Each call has the
+/// same overall 2 s deadline as cnictl's.
+public final class StoreBlockSource: BlockSource {
+    private let transport = PlainHTTPTransport()
+
+    public init() {}
+
+    public func claim(_ request: ClaimRequest) throws(CNIError) -> ClaimReply {
+        try ClusterStore.answer(request, transport: transport)
+    }
+
+    public func release(_ request: ReleaseRequest) throws(CNIError) -> ReleaseReply {
+        try ClusterStore.answer(request, transport: transport)
+    }
+
+    public func renew(_ request: RenewRequest) throws(CNIError) -> RenewReply {
+        try ClusterStore.answer(request, transport: transport)
+    }
+}
+
 /// Runs `cnictl` from `CNI_PATH` (installed beside the plugins), so the plugin's own binary
-/// links no HTTP or TLS library and its everyday start-up loads nothing for the store.
+/// links no TLS library and its everyday start-up loads nothing for the store.
 public struct ExecBlockSource: BlockSource {
     public var cniPath: [String]
     /// cnictl's own deadline is 2 s; past this it is taken as hung and killed.

@@ -11,11 +11,12 @@ import NetAddress
 
 /// The `cluster-ipam` IPAM plugin: addresses unique across every node sharing a pool.
 ///
-/// The cluster store (etcd, through cnictl) knows only which node holds which block of a pool.
-/// Addresses are leased inside the node's blocks with host-local's allocator and lease files
-/// (same directory, format and flock), so a steady ADD or DEL makes no store round trip and
-/// keeps working while the store is down. ADD claims a block (one exec of cnictl, under the
-/// lock) only when every held block of the pool is full, or ahead of need past `highWater`.
+/// The cluster store (etcd) knows only which node holds which block of a pool. Addresses are
+/// leased inside the node's blocks with host-local's allocator and lease files (same
+/// directory, format and flock), so a steady ADD or DEL makes no store round trip and keeps
+/// working while the store is down. ADD claims a block (under the lock; in-process over plain
+/// HTTP, or through cnictl where the store needs TLS or a host name) only when every held block
+/// of the pool is full, or ahead of need past `highWater`.
 /// A block is given back only by GC, after it was seen empty twice `releaseGrace` apart, and
 /// never the node's last block of a pool. A node whose registration the store has not
 /// confirmed for nearly `reclaimAfter` stops handing out addresses (other nodes may reclaim
@@ -24,8 +25,8 @@ public enum ClusterIPAMPlugin {
     public static let handlers = PluginHandlers(add: add, del: del, check: check, status: status, gc: gc)
 
     /// The store's side; replaced in tests by a fake.
-    nonisolated(unsafe) public static var makeSource: (PluginRequest) -> BlockSource = {
-        ExecBlockSource(cniPath: $0.cniPath)
+    nonisolated(unsafe) public static var makeSource: (PluginRequest, ClusterIPAMConfig) -> BlockSource = {
+        blockSource(for: $1.identity.etcd, cniPath: $0.cniPath)
     }
     /// Unix seconds; replaced in tests.
     nonisolated(unsafe) public static var now: () -> Int = { Int(time(nil)) }
@@ -48,7 +49,7 @@ public enum ClusterIPAMPlugin {
                     "\(existing) has been allocated to \(owner.containerID), duplicate allocation is not allowed",
                     details: "\(owner) already holds \(existing); DEL it before adding it again")
             }
-            var node = try NodeBlocks(config, store, makeSource(request), now())
+            var node = try NodeBlocks(config, store, makeSource(request, config), now())
             try node.fenceCheck()
             var taken: [IPAddress] = []
             var ips: [CNIResult.IPConfig] = []
@@ -89,7 +90,7 @@ public enum ClusterIPAMPlugin {
                 emptied.append(address)
             }
             // A state file we cannot read must not stop the release that already happened.
-            guard !emptied.isEmpty, var node = try? NodeBlocks(config, store, makeSource(request), now()) else {
+            guard !emptied.isEmpty, var node = try? NodeBlocks(config, store, makeSource(request, config), now()) else {
                 return
             }
             for address in emptied { try node.markIfEmpty(containing: address) }
@@ -150,7 +151,7 @@ public enum ClusterIPAMPlugin {
         let failures = try LeaseStore.withLock(dataDir: config.dataDir, network: config.network) {
             store throws(CNIError) in
             var failures = try store.releaseLeases(keeping: valid)
-            var node = try NodeBlocks(config, store, makeSource(request), now())
+            var node = try NodeBlocks(config, store, makeSource(request, config), now())
             do throws(CNIError) {
                 // The store's word first: a block whose claim reply was lost (the plugin killed
                 // while cnictl ran) is adopted here, so it is marked and given back like any other.
@@ -176,7 +177,7 @@ public enum ClusterIPAMPlugin {
         do throws(CNIError) {
             try LeaseStore.withLock(dataDir: config.dataDir, network: config.network) { store throws(CNIError) in
                 try store.checkWritable()
-                var node = try NodeBlocks(config, store, makeSource(request), now())
+                var node = try NodeBlocks(config, store, makeSource(request, config), now())
                 let full = try node.familiesWithoutRoom()
                 guard !full.isEmpty else { return }
                 do throws(CNIError) {

@@ -9,7 +9,7 @@ import NetAddress
     import Musl
 #endif
 
-/// `blocks/<cidr>`: which node owns a block. `claim` is a token of the cnictl run that wrote it,
+/// `blocks/<cidr>`: which node owns a block. `claim` is a token of the claim call that wrote it,
 /// so a retry of a claim whose reply was lost (the txn applied, the answer timed out) finds the
 /// block already its own and counts it, instead of claiming a second one.
 public struct BlockRecord: Codable, Hashable, Sendable {
@@ -17,6 +17,20 @@ public struct BlockRecord: Codable, Hashable, Sendable {
     public var pool: String
     public var claimedAt: Int
     public var claim: String?
+}
+
+extension BlockRecord {
+    /// Read from its JSON directly: a claim reads every block of the store twice, and Codable's
+    /// generic decoding costs several times this per record.
+    init?(json bytes: [UInt8]) {
+        guard let value = try? JSONCodec.parse(bytes), let node = value["node"]?.stringValue,
+            let pool = value["pool"]?.stringValue, let claimedAt = value["claimedAt"]?.intValue
+        else { return nil }
+        self.node = node
+        self.pool = pool
+        self.claimedAt = claimedAt
+        claim = value["claim"]?.stringValue
+    }
 }
 
 /// `nodes/<node>`, on an etcd lease of `leaseTTL` seconds: the node is alive, and where its
@@ -46,8 +60,38 @@ public final class ClusterStore {
         prefix = client.settings.effectivePrefix
     }
 
-    public convenience init(_ settings: EtcdSettings, key: String = "etcd", deadlineMS: Int = 2000) throws(CNIError) {
-        self.init(client: try EtcdClient(settings, key: key, deadlineMS: deadlineMS))
+    public convenience init(
+        _ settings: EtcdSettings, key: String = "etcd", deadlineMS: Int = 2000, transport: any EtcdTransport
+    ) throws(CNIError) {
+        self.init(client: try EtcdClient(settings, key: key, deadlineMS: deadlineMS, transport: transport))
+    }
+
+    // MARK: - The claim protocol's requests
+
+    /// A `claim` request (ClaimProtocol.swift) answered: served by `cnictl cluster claim --json`
+    /// and, in-process, by the cluster-ipam plugin; the same checks either way.
+    public static func answer(
+        _ request: ClaimRequest, transport: any EtcdTransport, deadlineMS: Int = 2000
+    ) throws(CNIError) -> ClaimReply {
+        let pool = try BlockPool(request.pool, key: "pool")
+        guard (1...64).contains(request.count ?? 1) else {
+            throw CNIError(.invalidNetworkConfig, "invalid count \(request.count ?? 1): expected 1 to 64")
+        }
+        let store = try ClusterStore(request.etcd, deadlineMS: deadlineMS, transport: transport)
+        return try store.claim(request.identity, pool: pool, count: request.count ?? 1, block: request.block)
+    }
+
+    public static func answer(
+        _ request: ReleaseRequest, transport: any EtcdTransport, deadlineMS: Int = 2000
+    ) throws(CNIError) -> ReleaseReply {
+        try ClusterStore(request.etcd, deadlineMS: deadlineMS, transport: transport)
+            .release(request.identity, blocks: request.blocks)
+    }
+
+    public static func answer(
+        _ request: RenewRequest, transport: any EtcdTransport, deadlineMS: Int = 2000
+    ) throws(CNIError) -> RenewReply {
+        try ClusterStore(request.etcd, deadlineMS: deadlineMS, transport: transport).renew(request.identity)
     }
 
     var blocksPrefix: String { prefix + "blocks/" }
@@ -97,7 +141,7 @@ public final class ClusterStore {
     func parseBlocks(_ kvs: [EtcdClient.KeyValue]) -> [HeldBlock] {
         kvs.compactMap { kv in
             guard kv.key.hasPrefix(blocksPrefix), let block = IPPrefix(kv.key.dropFirst(blocksPrefix.count)),
-                let record = try? JSONCodec.decode(BlockRecord.self, from: kv.value)
+                let record = BlockRecord(json: kv.value)
             else { return nil }
             return HeldBlock(block: block, record: record, modRevision: kv.modRevision)
         }
@@ -139,8 +183,8 @@ public final class ClusterStore {
     ///
     /// One round: the candidates (up to 4 free blocks in the node's order) go into one txn as
     /// a chain — "if the first is unclaimed take it, else if the second…" — so exactly one block
-    /// is taken per round whatever the others raced for, together with the registration and a
-    /// read of every block (the next round's view). Exhausted before any block: code 102; after
+    /// is taken per round whatever the others raced for, together with the registration (unless
+    /// it is fresh) and a read of every block (the next round's view). Exhausted before any block: code 102; after
     /// some, the reply has fewer than `count`.
     public func claim(
         _ identity: NodeIdentity, pool: BlockPool, count: Int = 1, block wanted: IPPrefix? = nil
@@ -154,11 +198,31 @@ public final class ClusterStore {
         let token = String(UInt64.random(in: 1...UInt64.max), radix: 16)
         let now = Self.now()
         var claimed: [IPPrefix] = []
-        var registered = false
         // The first view may be a little stale (serializable: no quorum round): it only picks
-        // candidates; the txn's compares decide, and its own read is linearizable.
-        var blocks = parseBlocks(try client.range(prefix: blocksPrefix, serializable: true))
-        var register = try registration(identity, now: now)
+        // candidates and sees the registration; the txn's compares decide, and its own read is
+        // linearizable.
+        let view = try client.txn(success: [
+            .range(prefix: blocksPrefix, serializable: true), .get(nodeKey(identity.node), serializable: true),
+        ])
+        var blocks = parseBlocks(view.range(at: 0))
+        // A registration at most half its lease old is not renewed here (a lease grant is one more
+        // consensus round): the claim txn only compares that it is still on that lease, and if
+        // not (expired, replaced) the round is run again with a new registration. The reply then
+        // carries the older `registeredAt`, so the plugin renews on time.
+        var register: [EtcdClient.Operation] = []
+        var stillRegistered: [EtcdClient.Compare] = []
+        var registeredAt = now
+        if let current = view.range(at: 1).first, current.lease != 0,
+            let record = try? JSONCodec.decode(NodeRecord.self, from: current.value),
+            record.nodeIPs == identity.nodeIPs, record.registeredAt <= now,
+            now - record.registeredAt <= max(1, identity.leaseTTL) / 2
+        {
+            stillRegistered = [.lease(nodeKey(identity.node), id: current.lease)]
+            registeredAt = record.registeredAt
+        } else {
+            register = try registration(identity, now: now)
+        }
+        var registered = register.isEmpty
         // The same bytes in every candidate and every round: what the "exactly ours" compare checks.
         let value = JSONCodec.encode(
             BlockRecord(node: identity.node, pool: pool.subnet.description, claimedAt: now, claim: token))
@@ -227,12 +291,20 @@ public final class ClusterStore {
             let operations = (registered ? [] : register) + [chain, .range(prefix: blocksPrefix)]
             let reply: EtcdClient.TxnReply
             do {
-                reply = try client.txn(success: operations)
+                reply = try client.txn(compare: stillRegistered, success: operations)
             } catch {
                 // A lease can expire between grant and use only if the txn came very late;
                 // "requested lease not found" is permanent for that lease: grant another.
                 guard error.details.contains("lease not found") else { throw error }
                 register = try registration(identity, now: now)
+                continue
+            }
+            guard reply.succeeded else {
+                // The registration seen first is gone: this round again, registering anew.
+                register = try registration(identity, now: now)
+                registered = false
+                registeredAt = now
+                stillRegistered = []
                 continue
             }
             registered = true
@@ -251,7 +323,7 @@ public final class ClusterStore {
             blocks = parseBlocks(reply.range(at: offset + 1))
         }
         if !registered { _ = try client.txn(success: register) }
-        return ClaimReply(claimed: claimed, held: mine(blocks).sorted(by: Self.order), registeredAt: now)
+        return ClaimReply(claimed: claimed, held: mine(blocks).sorted(by: Self.order), registeredAt: registeredAt)
     }
 
     static func order(_ a: IPPrefix, _ b: IPPrefix) -> Bool { a.address < b.address }

@@ -9,7 +9,9 @@ import JSON
 #endif
 
 /// The etcd v3 JSON gateway (`/v3/kv/range`, `/v3/kv/txn`, `/v3/kv/deleterange`,
-/// `/v3/lease/grant`, `/v3/lease/keepalive`; etcd 3.4) over libcurl.
+/// `/v3/lease/grant`, `/v3/lease/keepalive`; etcd 3.4) over a transport: libcurl in cnictl
+/// (ClusterStoreCurl: TLS, client certificates, host names), or `PlainHTTPTransport`, which the
+/// cluster-ipam plugin uses in-process for plain-HTTP endpoints named by address.
 ///
 /// Every request is tried on the endpoints in turn, each try with a short timeout, until one
 /// answers or the overall deadline passes (code 11: the caller tries again later). A try that
@@ -30,7 +32,7 @@ public final class EtcdClient {
     /// that each certificate, key and CA file can be read.
     public init(
         _ settings: EtcdSettings, key: String = "etcd", deadlineMS: Int = 2000, perTryMS: Int = 350,
-        transport: (any EtcdTransport)? = nil
+        transport: any EtcdTransport
     ) throws(CNIError) {
         guard !settings.endpoints.isEmpty else {
             throw CNIError(.invalidNetworkConfig, "invalid \(key).endpoints: no endpoint given")
@@ -53,18 +55,9 @@ public final class EtcdClient {
                 .invalidNetworkConfig, "invalid \(key).\(settings.certFile == nil ? "certFile" : "keyFile"): missing",
                 details: "a client certificate needs both certFile and keyFile")
         }
-        let made: any EtcdTransport
-        if let transport {
-            made = transport
-        } else {
-            guard let curl = CurlTransport(settings) else {
-                throw CNIError(.tryAgainLater, "cannot initialise libcurl")
-            }
-            made = curl
-        }
         self.settings = settings
         self.urls = urls
-        self.transport = made
+        self.transport = transport
         self.deadline = Deadline(milliseconds: deadlineMS)
         self.key = key
         self.perTryMS = perTryMS
@@ -174,9 +167,15 @@ public final class EtcdClient {
         case created(String, revision: Int64)  // create_revision == revision (0: the key is absent)
         case modified(String, revision: Int64)  // mod_revision == revision
         case value(String, [UInt8])
+        case lease(String, id: Int64)  // the key is attached to lease `id`
 
         var json: JSONValue {
             switch self {
+            case .lease(let key, let id):
+                .object([
+                    "key": .string(Base64.encode(key)), "target": .string("LEASE"), "result": .string("EQUAL"),
+                    "lease": .string(String(id)),
+                ])
             case .created(let key, let revision):
                 .object([
                     "key": .string(Base64.encode(key)), "target": .string("CREATE"), "result": .string("EQUAL"),
@@ -200,7 +199,10 @@ public final class EtcdClient {
     public indirect enum Operation {
         case put(String, [UInt8], lease: Int64?)
         case delete(String)
-        case range(prefix: String)
+        /// Every key under `prefix`; `serializable` as in `EtcdClient.range`.
+        case range(prefix: String, serializable: Bool = false)
+        /// One key.
+        case get(String, serializable: Bool = false)
         case txn(compare: [Compare], success: [Operation], failure: [Operation])
 
         var json: JSONValue {
@@ -213,8 +215,12 @@ public final class EtcdClient {
                 return .object(["request_put": .object(put)])
             case .delete(let key):
                 return .object(["request_delete_range": .object(["key": .string(Base64.encode(key))])])
-            case .range(let prefix):
-                return .object(["request_range": EtcdClient.rangeBody(prefix: prefix)])
+            case .range(let prefix, let serializable):
+                return .object(["request_range": EtcdClient.rangeBody(prefix: prefix, serializable: serializable)])
+            case .get(let key, let serializable):
+                var range: [String: JSONValue] = ["key": .string(Base64.encode(key))]
+                if serializable { range["serializable"] = .bool(true) }
+                return .object(["request_range": .object(range)])
             case .txn(let compare, let success, let failure):
                 return .object(["request_txn": EtcdClient.txnBody(compare, success, failure)])
             }
@@ -240,12 +246,16 @@ public final class EtcdClient {
         }
     }
 
-    static func rangeBody(prefix: String) -> JSONValue {
+    static func rangeBody(prefix: String, serializable: Bool = false) -> JSONValue {
         var end = Array(prefix.utf8)
         // The end of a prefix range: the prefix with its last byte incremented (our prefixes end
         // in "/", never 0xff).
         end[end.count - 1] += 1
-        return .object(["key": .string(Base64.encode(prefix)), "range_end": .string(Base64.encode(end))])
+        var range: [String: JSONValue] = [
+            "key": .string(Base64.encode(prefix)), "range_end": .string(Base64.encode(end)),
+        ]
+        if serializable { range["serializable"] = .bool(true) }
+        return .object(range)
     }
 
     static func txnBody(_ compare: [Compare], _ success: [Operation], _ failure: [Operation]) -> JSONValue {
@@ -284,16 +294,10 @@ public final class EtcdClient {
             revision: int64(value["header"]?["revision"]))
     }
 
-    /// Every key under `prefix`.
     /// Every key under `prefix`. `serializable`: answered by the member asked, without a quorum
     /// round (possibly a little stale): for a view that a compare-guarded txn then checks.
     public func range(prefix: String, serializable: Bool = false) throws(CNIError) -> [KeyValue] {
-        var body = Self.rangeBody(prefix: prefix)
-        if serializable, case .object(var fields) = body {
-            fields["serializable"] = .bool(true)
-            body = .object(fields)
-        }
-        return Self.keyValues(try call("/v3/kv/range", body))
+        Self.keyValues(try call("/v3/kv/range", Self.rangeBody(prefix: prefix, serializable: serializable)))
     }
 
     /// One key, nil when absent.
@@ -331,7 +335,7 @@ public final class EtcdClient {
     }
 }
 
-/// How a request reaches an endpoint: libcurl, or a fake in unit tests.
+/// How a request reaches an endpoint: libcurl, plain HTTP over a socket, or a fake in unit tests.
 public protocol EtcdTransport {
     func post(url: String, body: [UInt8], timeoutMS: Int) -> TransportOutcome
 }
@@ -347,30 +351,15 @@ public enum TransportOutcome {
     case badSettings(field: String, reason: String)
 }
 
-final class CurlTransport: EtcdTransport {
-    private let curl: CurlHandle
-    private let tls: CurlHandle.TLS
-
-    init?(_ settings: EtcdSettings) {
-        guard let curl = CurlHandle() else { return nil }
-        self.curl = curl
-        tls = CurlHandle.TLS(certFile: settings.certFile, keyFile: settings.keyFile, caFile: settings.caFile)
-    }
-
-    func post(url: String, body: [UInt8], timeoutMS: Int) -> TransportOutcome {
-        curl.post(url: url, body: body, timeoutMS: timeoutMS, tls: tls)
-    }
-}
-
 /// A point in CLOCK_MONOTONIC time, `milliseconds` from creation.
-struct Deadline {
+public struct Deadline {
     private let end: Int64
 
-    init(milliseconds: Int) { end = Self.nowMS() + Int64(milliseconds) }
+    public init(milliseconds: Int) { end = Self.nowMS() + Int64(milliseconds) }
 
-    var remainingMS: Int { Int(max(0, end - Self.nowMS())) }
+    public var remainingMS: Int { Int(max(0, end - Self.nowMS())) }
 
-    static func nowMS() -> Int64 {
+    public static func nowMS() -> Int64 {
         var spec = timespec()
         clock_gettime(CLOCK_MONOTONIC, &spec)
         return Int64(spec.tv_sec) * 1000 + Int64(spec.tv_nsec) / 1_000_000

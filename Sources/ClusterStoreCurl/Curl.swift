@@ -1,4 +1,7 @@
 import CCurl
+import CNI
+import ClusterIPAM
+import ClusterStore
 
 /// One libcurl easy handle, owned: created once, cleaned up once (deinit), reused for every
 /// request of the process so connections to the endpoints are kept between requests.
@@ -89,5 +92,21 @@ final class CurlHandle {
         var status = 0
         _ = ccurl_response_code(handle, &status)
         return .reply(status: status, body: sink.bytes)
+    }
+}
+
+/// libcurl as the store's transport: what cnictl uses (TLS, client certificates, host names).
+public final class CurlTransport: EtcdTransport {
+    private let curl: CurlHandle
+    private let tls: CurlHandle.TLS
+
+    public init(_ settings: EtcdSettings) throws(CNIError) {
+        guard let curl = CurlHandle() else { throw CNIError(.tryAgainLater, "cannot initialise libcurl") }
+        self.curl = curl
+        tls = CurlHandle.TLS(certFile: settings.certFile, keyFile: settings.keyFile, caFile: settings.caFile)
+    }
+
+    public func post(url: String, body: [UInt8], timeoutMS: Int) -> TransportOutcome {
+        curl.post(url: url, body: body, timeoutMS: timeoutMS, tls: tls)
     }
 }

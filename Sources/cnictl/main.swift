@@ -3,6 +3,7 @@ import CNI
 import CNICtl
 import ClusterIPAM
 import ClusterStore
+import ClusterStoreCurl
 import IPAM
 import JSON
 import NetAddress
@@ -383,7 +384,7 @@ struct StoreOptions: ParsableArguments {
     func store(_ settings: ClusterSettings) throws -> ClusterStore {
         // Messages name the keys of a network's etcd section (--endpoints is etcd.endpoints, --cert
         // etcd.certFile, --key etcd.keyFile, --cacert etcd.caFile).
-        try ClusterStore(settings.etcd)
+        try ClusterStore(settings.etcd, transport: try CurlTransport(settings.etcd))
     }
 }
 

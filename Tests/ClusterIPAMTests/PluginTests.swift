@@ -67,7 +67,7 @@ final class FakeBlockSource: BlockSource, @unchecked Sendable {
         source = FakeBlockSource(clock: { 0 })
         source.clock = { [unowned self] in self.clock }
         let source = source
-        ClusterIPAMPlugin.makeSource = { _ in source }
+        ClusterIPAMPlugin.makeSource = { _, _ in source }
         ClusterIPAMPlugin.now = { [unowned self] in self.clock }
     }
 
