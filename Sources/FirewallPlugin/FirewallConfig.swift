@@ -5,9 +5,10 @@ import PacketFilter
 /// messages are kept; `details` names the key, the value and what is allowed. The admin chain's
 /// name reaches an iptables-restore script, so it must be a plain iptables chain name.
 struct FirewallConfig {
-    enum Backend: String { case iptables, firewalld }
+    enum Backend: String { case iptables, nftables, firewalld }
 
-    /// nil: firewalld when it runs here, else iptables (the reference's choice).
+    /// nil: firewalld when it runs here, else iptables (the reference's choice). nftables is
+    /// only used when configured.
     var backend: Backend?
     var adminChain: String
     var firewalldZone: String
@@ -36,7 +37,8 @@ struct FirewallConfig {
             guard let parsed = Backend(rawValue: value) else {
                 throw CNIError(
                     .invalidNetworkConfig, "unknown firewall backend \(Self.shown(value))",
-                    details: "key backend: use \"iptables\" or \"firewalld\", or leave it out to choose firewalld "
+                    details:
+                        "key backend: use \"iptables\", \"nftables\" or \"firewalld\", or leave it out to choose firewalld "
                         + "when it runs and iptables otherwise")
             }
             backend = parsed
