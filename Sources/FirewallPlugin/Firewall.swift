@@ -22,7 +22,9 @@ import PacketFilter
 /// records the addresses it allowed under /run/cni/firewall, see `AttachmentRecords`); GC
 /// removes the rules of attachments not in `cni.dev/valid-attachments`; STATUS says whether
 /// the backend is usable. With the firewalld backend (configured, or firewalld runs here), the
-/// addresses become sources of a firewalld zone over D-Bus instead (`FirewalldRules`).
+/// addresses become sources of a firewalld zone over D-Bus instead (`FirewalldRules`); with the
+/// nftables backend (only when configured), rules of table `inet cni_firewall` written over
+/// netlink, found by their attachment's comment (`NFTablesRules`, `NFTablesFirewall`).
 public enum Firewall {
     public static let handlers = PluginHandlers(
         add: { request throws(CNIError) in try add(request) },
