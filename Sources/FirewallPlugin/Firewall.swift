@@ -75,7 +75,7 @@ public enum Firewall {
         try checkVersion(request)
         let store = records(request)
         // A configured firewalld that is not running holds no runtime sources any more.
-        let config = (try? FirewallConfig(request)) ?? .defaults
+        let config = FirewallConfig.lenient(request)
         let backend = try? backend(for: config)
         if let backend, backend.findsRulesByAttachment {
             // nftables: the attachment's own rules, whatever their addresses.
@@ -124,7 +124,7 @@ public enum Firewall {
             valid.contains { $0.containerID == record.containerID && $0.ifname == record.ifName }
         }
         let kept = Set(all.filter(isValid).flatMap(\.addresses))
-        let config = (try? FirewallConfig(request)) ?? .defaults
+        let config = FirewallConfig.lenient(request)
         let stale = all.filter { !isValid($0) }
         if config.backend == .nftables {
             // Found by comment: also the rules of attachments without a record.

@@ -29,6 +29,19 @@ struct FirewallConfig {
         try self.init(request.decode(Keys.self))
     }
 
+    /// For DEL and GC, which must clean up even after a config ADD would refuse: the config, or
+    /// when it is invalid the defaults with its `backend` if that alone is valid (so an nftables
+    /// network's rules are still found).
+    static func lenient(_ request: PluginRequest) -> FirewallConfig {
+        if let config = try? FirewallConfig(request) { return config }
+        struct BackendKey: Decodable { var backend: String? }
+        var config = defaults
+        if let key = try? request.decode(BackendKey.self), let value = key.backend {
+            config.backend = Backend(rawValue: value)
+        }
+        return config
+    }
+
     init(_ keys: Keys) throws(CNIError) {
         // The reference treats "" as unset for every key.
         switch keys.backend ?? "" {

@@ -190,6 +190,18 @@ extension FirewallPluginTests {
         #expect(run("DEL", stdin(), ruleset: missing, records: records).status == 0)
     }
 
+    @Test func delWithAConfigAddWouldRefuseStillUsesTheNftablesBackend() {
+        let ruleset = MemoryRuleset()
+        let records = temporaryDirectory()
+        #expect(run("ADD", stdin(), ruleset: ruleset, records: records).status == 0)
+        let runner = RecordingRunner()
+        let bad = stdin(#""ingressPolicy":"closed""#, prev: false)
+        #expect(run("ADD", bad, ruleset: ruleset, records: records).status == 1)
+        #expect(run("DEL", bad, ruleset: ruleset, records: records, runner: runner).status == 0)
+        #expect(ruleset.rules("containers").isEmpty)
+        #expect(runner.calls.isEmpty, "not the iptables backend")
+    }
+
     @Test func checkSaysWhatIsMissing() {
         let ruleset = MemoryRuleset()
         let records = temporaryDirectory()
