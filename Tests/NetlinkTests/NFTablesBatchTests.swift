@@ -173,6 +173,22 @@ struct NFTablesBatchTests {
         #expect(error?.operation == "nftables transaction: add rule inet \(table) c")
     }
 
+    /// nft's own NEWRULE messages for the firewall's rules, as a dump would reply them (with a
+    /// handle), read back into the expressions they were written from.
+    @Test func theReaderRecognisesTheFirewallsExpressions() {
+        for (command, payload) in zip(firewallCommands, nftFirewallPayloads) {
+            guard case .addRule(_, _, _, let expressions, let comment) = command else { continue }
+            let bytes = hex(payload)
+            let reply = cannedMessage(
+                type: 0x0a06, header: Array(bytes[0..<4]),
+                attributes: Array(bytes[4...]) + tlv(3, [0, 0, 0, 0, 0, 0, 0, 42]))
+            let rule = reply.withUnsafeBytes { NFTables.Rule(message: ReceivedMessage(raw: $0)) }
+            #expect(rule?.handle == 42)
+            #expect(rule?.expressions == expressions, "\(command)")
+            #expect(rule?.comment == comment)
+        }
+    }
+
     @Test func commentsAreNulTerminatedUserDataRecords() {
         #expect(NetlinkMessage.commentUserData("abc") == [0, 4, 0x61, 0x62, 0x63, 0])
     }
