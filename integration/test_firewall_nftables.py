@@ -245,3 +245,18 @@ def test_parallel_first_adds_on_a_fresh_host_write_the_shared_rules_once(net):
     assert texts(net.host, "isolation_stage_2") == [f'oifname "{net.bridge}" drop']
     assert sorted(texts(net.host, "containers")) == sorted(rule for _, result, _ in attached for rule in per_ip(result))
     assert sorted(set(owners(net.host))) == [cid for _, _, cid in attached]
+
+
+def test_an_iptables_forward_drop_policy_still_drops_what_we_accept(netns_factory, tmp_path):
+    """The README's caveat: an accept in our table ends only our chain; iptables' FORWARD (another
+    base chain on the hook) still applies its DROP policy, unlike with the iptables backend."""
+    a = Net(netns_factory, tmp_path, subnet6=None)
+    b = Net(netns_factory, tmp_path, host=a.host, subnet4="10.78.0.0/24", subnet6=None)
+    container_a, container_b = a.container(), b.container()
+    result_a = a.add(a.bridge_config(), container_a, containerid="a1")
+    result_b = b.add(b.bridge_config(), container_b, containerid="b1")
+    assert a.firewall("ADD", nft_config(a, result_a), container_a, "a1").ok
+    assert reaches(container_a, address(result_b, 4)), "a1 out, the reply in"
+    a.host.run("iptables", "-P", "FORWARD", "DROP")
+    assert not reaches(container_a, address(result_b, 4)), "iptables' DROP policy still applies"
+    assert a.firewall("DEL", nft_config(a), container_a, "a1").ok
