@@ -123,7 +123,7 @@ let package = Package(
             dependencies: ["PortmapPlugin", "PacketFilter", "CNI", "IPAM", "JSON", "NetAddress", "Netlink"]),
         .testTarget(
             name: "FirewallTests",
-            dependencies: ["FirewallPlugin", "PacketFilter", "CNI", "JSON", "NetAddress", "DBus"]),
+            dependencies: ["FirewallPlugin", "PacketFilter", "CNI", "JSON", "NetAddress", "DBus", "Netlink"]),
         .testTarget(name: "BridgeTests", dependencies: ["BridgePlugin", "JSON", "CNI", "NetAddress", "HostNetwork"]),
         .testTarget(
             name: "BandwidthTests",

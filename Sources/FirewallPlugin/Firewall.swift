@@ -22,7 +22,9 @@ import PacketFilter
 /// records the addresses it allowed under /run/cni/firewall, see `AttachmentRecords`); GC
 /// removes the rules of attachments not in `cni.dev/valid-attachments`; STATUS says whether
 /// the backend is usable. With the firewalld backend (configured, or firewalld runs here), the
-/// addresses become sources of a firewalld zone over D-Bus instead (`FirewalldRules`).
+/// addresses become sources of a firewalld zone over D-Bus instead (`FirewalldRules`); with the
+/// nftables backend (only when configured), rules of table `inet cni_firewall` written over
+/// netlink, found by their attachment's comment (`NFTablesRules`, `NFTablesFirewall`).
 public enum Firewall {
     public static let handlers = PluginHandlers(
         add: { request throws(CNIError) in try add(request) },
@@ -32,6 +34,8 @@ public enum Firewall {
         gc: { request throws(CNIError) in try gc(request) })
 
     nonisolated(unsafe) static var rules = ContainerFirewall()
+    /// The nftables backend, made when a request configures it (a netlink socket); replaced in tests.
+    nonisolated(unsafe) static var nftables: () -> NFTablesContainerFirewall = { NFTablesContainerFirewall() }
     nonisolated(unsafe) static var recordDirectory = AttachmentRecords.defaultDirectory
     /// Whether firewalld runs here; replaced in tests.
     nonisolated(unsafe) static var firewalldRunning: () -> Bool = detectFirewalld
@@ -70,6 +74,15 @@ public enum Firewall {
     static func del(_ request: PluginRequest) throws(CNIError) {
         try checkVersion(request)
         let store = records(request)
+        // A configured firewalld that is not running holds no runtime sources any more.
+        let config = FirewallConfig.lenient(request)
+        let backend = try? backend(for: config)
+        if let backend, backend.findsRulesByAttachment {
+            // nftables: the attachment's own rules, whatever their addresses.
+            try backend.teardown(config, addresses: [], attachment: attachment(request))
+            store.remove(request.containerID, request.ifName)
+            return
+        }
         var addresses = store.load(request.containerID, request.ifName)?.addresses ?? []
         if let previous = try? request.prevResult() {
             for ip in previous.ips where !addresses.contains(ip.address.address) {
@@ -82,9 +95,7 @@ public enum Firewall {
         let others = store.all().filter { $0.containerID != request.containerID || $0.ifName != request.ifName }
         let held = Set(others.flatMap(\.addresses))
         addresses.removeAll { held.contains($0) }
-        // A configured firewalld that is not running holds no runtime sources any more.
-        let config = (try? FirewallConfig(request)) ?? .defaults
-        if !addresses.isEmpty, let backend = try? backend(for: config) {
+        if !addresses.isEmpty, let backend {
             try backend.teardown(config, addresses: addresses, attachment: attachment(request))
         }
         store.remove(request.containerID, request.ifName)
@@ -113,8 +124,14 @@ public enum Firewall {
             valid.contains { $0.containerID == record.containerID && $0.ifname == record.ifName }
         }
         let kept = Set(all.filter(isValid).flatMap(\.addresses))
-        let config = (try? FirewallConfig(request)) ?? .defaults
+        let config = FirewallConfig.lenient(request)
         let stale = all.filter { !isValid($0) }
+        if config.backend == .nftables {
+            // Found by comment: also the rules of attachments without a record.
+            try backend(for: config).collectGarbage(config, network: request.config.name, valid: valid)
+            for record in stale { store.remove(record.containerID, record.ifName) }
+            return
+        }
         guard !stale.isEmpty else { return }
         let backend = try backend(for: config)
         var errors: [CNIError] = []
@@ -122,7 +139,8 @@ public enum Firewall {
             do throws(CNIError) {
                 try backend.teardown(
                     config, addresses: record.addresses.filter { !kept.contains($0) },
-                    attachment: "\"\(request.config.name)\" container \"\(record.containerID)\"")
+                    attachment: FirewallAttachment(
+                        network: request.config.name, containerID: record.containerID, ifName: record.ifName))
                 store.remove(record.containerID, record.ifName)
             } catch {
                 errors.append(error)
@@ -139,6 +157,10 @@ public enum Firewall {
 
     static func status(_ request: PluginRequest) throws(CNIError) {
         let config = try FirewallConfig(request)
+        if config.backend == .nftables {
+            if let reason = nftables().unusableReason() { throw NFTablesRules.unavailable(reason) }
+            return
+        }
         if config.backend == .firewalld || (config.backend == nil && firewalldRunning()) {
             guard firewalldRunning() else {
                 throw CNIError(
@@ -199,7 +221,7 @@ public enum Firewall {
         AttachmentRecords(directory: recordDirectory, network: request.config.name)
     }
 
-    static func attachment(_ request: PluginRequest) -> String {
-        "\"\(request.config.name)\" container \"\(request.containerID)\" \(request.ifName)"
+    static func attachment(_ request: PluginRequest) -> FirewallAttachment {
+        FirewallAttachment(network: request.config.name, containerID: request.containerID, ifName: request.ifName)
     }
 }

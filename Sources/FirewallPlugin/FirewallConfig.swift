@@ -5,9 +5,10 @@ import PacketFilter
 /// messages are kept; `details` names the key, the value and what is allowed. The admin chain's
 /// name reaches an iptables-restore script, so it must be a plain iptables chain name.
 struct FirewallConfig {
-    enum Backend: String { case iptables, firewalld }
+    enum Backend: String { case iptables, nftables, firewalld }
 
-    /// nil: firewalld when it runs here, else iptables (the reference's choice).
+    /// nil: firewalld when it runs here, else iptables (the reference's choice). nftables is
+    /// only used when configured.
     var backend: Backend?
     var adminChain: String
     var firewalldZone: String
@@ -28,6 +29,19 @@ struct FirewallConfig {
         try self.init(request.decode(Keys.self))
     }
 
+    /// For DEL and GC, which must clean up even after a config ADD would refuse: the config, or
+    /// when it is invalid the defaults with its `backend` if that alone is valid (so an nftables
+    /// network's rules are still found).
+    static func lenient(_ request: PluginRequest) -> FirewallConfig {
+        if let config = try? FirewallConfig(request) { return config }
+        struct BackendKey: Decodable { var backend: String? }
+        var config = defaults
+        if let key = try? request.decode(BackendKey.self), let value = key.backend {
+            config.backend = Backend(rawValue: value)
+        }
+        return config
+    }
+
     init(_ keys: Keys) throws(CNIError) {
         // The reference treats "" as unset for every key.
         switch keys.backend ?? "" {
@@ -36,7 +50,8 @@ struct FirewallConfig {
             guard let parsed = Backend(rawValue: value) else {
                 throw CNIError(
                     .invalidNetworkConfig, "unknown firewall backend \(Self.shown(value))",
-                    details: "key backend: use \"iptables\" or \"firewalld\", or leave it out to choose firewalld "
+                    details:
+                        "key backend: use \"iptables\", \"nftables\" or \"firewalld\", or leave it out to choose firewalld "
                         + "when it runs and iptables otherwise")
             }
             backend = parsed

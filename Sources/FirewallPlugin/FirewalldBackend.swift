@@ -9,16 +9,38 @@ import PacketFilter
     import Musl
 #endif
 
+/// Whose rules: the network and the container's interface (nftables' comments name them; the
+/// other backends only show them in errors).
+struct FirewallAttachment: CustomStringConvertible {
+    var network: String
+    var containerID: String
+    var ifName: String
+
+    var description: String { "\"\(network)\" container \"\(containerID)\" \(ifName)" }
+}
+
 /// What a backend does for one attachment's addresses; Firewall's flows pick one per request
 /// (`Firewall.backend(for:)`). Errors are already CNI errors that say what to fix.
 protocol ContainerRules {
     func setup(
         _ config: FirewallConfig, addresses: [IPAddress], isolation: (bridge: String, BridgeIsolation)?,
-        attachment: String
+        attachment: FirewallAttachment
     ) throws(CNIError)
-    func teardown(_ config: FirewallConfig, addresses: [IPAddress], attachment: String) throws(CNIError)
+    func teardown(_ config: FirewallConfig, addresses: [IPAddress], attachment: FirewallAttachment) throws(CNIError)
     /// What is missing, nil when all is there.
-    func check(_ config: FirewallConfig, addresses: [IPAddress], attachment: String) throws(CNIError) -> String?
+    func check(_ config: FirewallConfig, addresses: [IPAddress], attachment: FirewallAttachment) throws(CNIError)
+        -> String?
+    /// Whether the rules are found by their attachment (nftables' comments) rather than by
+    /// address: DEL then tears down without addresses, and GC is `collectGarbage`.
+    var findsRulesByAttachment: Bool { get }
+    /// GC of a backend that finds rules by attachment: removes `network`'s rules of attachments
+    /// not in `valid`.
+    func collectGarbage(_ config: FirewallConfig, network: String, valid: [Attachment]) throws(CNIError)
+}
+
+extension ContainerRules {
+    var findsRulesByAttachment: Bool { false }
+    func collectGarbage(_ config: FirewallConfig, network: String, valid: [Attachment]) throws(CNIError) {}
 }
 
 /// The iptables backend: rules in CNI-FORWARD (see `ContainerFirewall`).
@@ -27,21 +49,26 @@ struct IPTablesRules: ContainerRules {
 
     func setup(
         _ config: FirewallConfig, addresses: [IPAddress], isolation: (bridge: String, BridgeIsolation)?,
-        attachment: String
+        attachment: FirewallAttachment
     ) throws(CNIError) {
         try Self.mapped { () throws(FirewallError) in
             try rules.setup(
-                adminChain: config.adminChain, addresses: addresses, isolation: isolation, attachment: attachment)
+                adminChain: config.adminChain, addresses: addresses, isolation: isolation,
+                attachment: attachment.description)
         }
     }
 
-    func teardown(_ config: FirewallConfig, addresses: [IPAddress], attachment: String) throws(CNIError) {
-        try Self.mapped { () throws(FirewallError) in try rules.teardown(addresses: addresses, attachment: attachment) }
+    func teardown(_ config: FirewallConfig, addresses: [IPAddress], attachment: FirewallAttachment) throws(CNIError) {
+        try Self.mapped { () throws(FirewallError) in
+            try rules.teardown(addresses: addresses, attachment: attachment.description)
+        }
     }
 
-    func check(_ config: FirewallConfig, addresses: [IPAddress], attachment: String) throws(CNIError) -> String? {
+    func check(_ config: FirewallConfig, addresses: [IPAddress], attachment: FirewallAttachment) throws(CNIError)
+        -> String?
+    {
         try Self.mapped { () throws(FirewallError) in
-            try rules.check(adminChain: config.adminChain, addresses: addresses, attachment: attachment)
+            try rules.check(adminChain: config.adminChain, addresses: addresses, attachment: attachment.description)
         }
     }
 
@@ -120,7 +147,7 @@ struct FirewalldRules: ContainerRules {
 
     func setup(
         _ config: FirewallConfig, addresses: [IPAddress], isolation: (bridge: String, BridgeIsolation)?,
-        attachment: String
+        attachment: FirewallAttachment
     ) throws(CNIError) {
         for address in addresses {
             let source = Self.source(address)
@@ -136,12 +163,13 @@ struct FirewalldRules: ContainerRules {
         if let (bridge, policy) = isolation {
             let families = [IPAddress.Family.v4, .v6].filter { family in addresses.contains { $0.family == family } }
             try IPTablesRules.mapped { () throws(FirewallError) in
-                try isolationRules.isolate(bridge: bridge, policy, families: families, attachment: attachment)
+                try isolationRules.isolate(
+                    bridge: bridge, policy, families: families, attachment: attachment.description)
             }
         }
     }
 
-    func teardown(_ config: FirewallConfig, addresses: [IPAddress], attachment: String) throws(CNIError) {
+    func teardown(_ config: FirewallConfig, addresses: [IPAddress], attachment: FirewallAttachment) throws(CNIError) {
         var first: CNIError?
         for address in addresses {
             let source = Self.source(address)
@@ -160,7 +188,9 @@ struct FirewalldRules: ContainerRules {
         if let first { throw first }
     }
 
-    func check(_ config: FirewallConfig, addresses: [IPAddress], attachment: String) throws(CNIError) -> String? {
+    func check(_ config: FirewallConfig, addresses: [IPAddress], attachment: FirewallAttachment) throws(CNIError)
+        -> String?
+    {
         for address in addresses {
             let source = Self.source(address)
             let reply: [Message.Value]
@@ -237,6 +267,7 @@ extension Firewall {
     static func backend(for config: FirewallConfig) throws(CNIError) -> any ContainerRules {
         switch config.backend {
         case .iptables: return IPTablesRules(rules: rules)
+        case .nftables: return NFTablesRules(rules: nftables())
         case .firewalld:
             guard firewalldRunning() else {
                 throw CNIError(

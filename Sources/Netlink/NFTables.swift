@@ -121,6 +121,14 @@ extension NFTables.Rule {
                 switch u32(data?.first(Int(NFTA_META_KEY.rawValue))) {
                 case NFT_META_NFPROTO.rawValue: result.append(.loadProtocol)
                 case NFT_META_L4PROTO.rawValue: result.append(.loadTransportProtocol)
+                case NFT_META_IIFNAME.rawValue: result.append(.loadInputInterfaceName)
+                case NFT_META_OIFNAME.rawValue: result.append(.loadOutputInterfaceName)
+                default: return nil
+                }
+            case "ct":
+                guard data?.first(Int(NFTA_CT_DIRECTION.rawValue)) == nil else { return nil }
+                switch u32(data?.first(Int(NFTA_CT_KEY.rawValue))) {
+                case NFT_CT_STATE.rawValue: result.append(.loadConntrackState)
                 default: return nil
                 }
             case "payload":
@@ -154,6 +162,8 @@ extension NFTables.Rule {
                 else { return nil }
                 let chain = text(verdict.first(Int(NFTA_VERDICT_CHAIN.rawValue)))
                 switch (code, chain) {
+                case (NF_ACCEPT, nil): result.append(.verdict(.accept))
+                case (NF_DROP, nil): result.append(.verdict(.drop))
                 case (NFT_RETURN.rawValue, nil): result.append(.verdict(.return))
                 case (NFT_GOTO.rawValue, let chain?): result.append(.verdict(.goto(chain: chain)))
                 case (NFT_JUMP.rawValue, let chain?): result.append(.verdict(.jump(chain: chain)))

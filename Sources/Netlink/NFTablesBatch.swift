@@ -13,6 +13,15 @@ extension NFTables {
         /// The netfilter hook number (NF_INET_*).
         public var number: UInt32
         public var priority: Int32
+        /// The base chain's policy (`policy accept|drop`); nil leaves it out (the kernel's default,
+        /// accept, for a new chain; an existing chain's is left as it is).
+        public var policy: Policy? = nil
+
+        /// A base chain's verdict for packets no rule decides on (NF_ACCEPT, NF_DROP).
+        public enum Policy: UInt32, Sendable {
+            case drop = 0
+            case accept = 1
+        }
 
         /// `type nat hook postrouting priority srcnat`.
         public static let natPostrouting = Hook(
@@ -22,10 +31,15 @@ extension NFTables {
             type: "nat", number: UInt32(NF_INET_PRE_ROUTING.rawValue), priority: -100)
         /// `type nat hook output priority dstnat` (-100).
         public static let natOutput = Hook(type: "nat", number: UInt32(NF_INET_LOCAL_OUT.rawValue), priority: -100)
+        /// `type filter hook forward priority filter ; policy accept ;` (priority 0).
+        public static let filterForward = Hook(
+            type: "filter", number: UInt32(NF_INET_FORWARD.rawValue), priority: 0, policy: .accept)
     }
 
     /// Where a rule goes when it matches.
     public enum Verdict: Equatable, Sendable {
+        case accept
+        case drop
         case `return`
         case goto(chain: String)
         case jump(chain: String)
@@ -54,6 +68,20 @@ extension NFTables {
         case load(register: UInt32, data: [UInt8])
         /// `nat dnat ip|ip6 addr_min reg 1 proto_min reg 2`.
         case dnat(IPAddress.Family)
+        /// `meta load iifname => reg 1`: the input interface's name, 16 bytes (IFNAMSIZ).
+        case loadInputInterfaceName
+        /// `meta load oifname => reg 1`: the output interface's name, 16 bytes (IFNAMSIZ).
+        case loadOutputInterfaceName
+        /// `ct load state => reg 1`: the conntrack state bits (NF_CT_STATE_*, a host-order u32).
+        case loadConntrackState
+    }
+
+    /// Which interface of a forwarded packet a name match looks at.
+    public enum InterfaceField: Sendable {
+        /// `iifname`.
+        case input
+        /// `oifname`.
+        case output
     }
 
     /// A layer-3 address field, by its offset in the IPv4 or IPv6 header.
@@ -102,6 +130,25 @@ extension NFTables.Expression {
     public static func protocolIs(_ family: IPAddress.Family) -> [Self] {
         [.loadProtocol, .compare(equal: true, data: [UInt8(family == .v4 ? NFPROTO_IPV4 : NFPROTO_IPV6)])]
     }
+
+    /// `iifname|oifname [!=] "<name>"`, as nft encodes an exact name: compared over all of
+    /// IFNAMSIZ (16 bytes), the name NUL-padded (a longer name is cut: Linux has none).
+    public static func interfaceName(_ field: NFTables.InterfaceField, is name: String, equal: Bool = true) -> [Self] {
+        let bytes = Array(name.utf8.prefix(15))
+        return [
+            field == .input ? .loadInputInterfaceName : .loadOutputInterfaceName,
+            .compare(equal: equal, data: bytes + Array(repeating: 0, count: 16 - bytes.count)),
+        ]
+    }
+
+    /// `ct state established,related`: the state bits masked, compared with zero.
+    public static let conntrackEstablishedOrRelated: [Self] = {
+        // NF_CT_STATE_BIT(IP_CT_ESTABLISHED) | NF_CT_STATE_BIT(IP_CT_RELATED), host order.
+        let bits = withUnsafeBytes(of: UInt32(2 | 4)) { Array($0) }
+        return [
+            .loadConntrackState, .bitwise(mask: bits, xor: [0, 0, 0, 0]), .compare(equal: false, data: [0, 0, 0, 0]),
+        ]
+    }()
 
     /// `ip|ip6 saddr|daddr [!=] <prefix>`, as nft encodes it: a whole-byte prefix compares only
     /// its bytes (a full-length prefix is a plain address); any other (including /0) loads the
@@ -214,6 +261,9 @@ extension NetlinkMessage {
             chain.put(Int(NFTA_CHAIN_NAME.rawValue), string: name)
             if let hook {
                 chain.put(Int(NFTA_CHAIN_TYPE.rawValue), string: hook.type)
+                if let policy = hook.policy {
+                    chain.put(Int(NFTA_CHAIN_POLICY.rawValue), u32: policy.rawValue.bigEndian)
+                }
                 chain.nest(Int(NFTA_CHAIN_HOOK.rawValue)) {
                     chain.put(Int(NFTA_HOOK_HOOKNUM.rawValue), u32: hook.number.bigEndian)
                     chain.put(Int(NFTA_HOOK_PRIORITY.rawValue), u32: UInt32(bitPattern: hook.priority).bigEndian)
@@ -298,6 +348,10 @@ extension NetlinkMessage {
                 nest(Int(NFTA_IMMEDIATE_DATA.rawValue)) {
                     nest(Int(NFTA_DATA_VERDICT.rawValue)) {
                         switch verdict {
+                        case .accept:
+                            put(Int(NFTA_VERDICT_CODE.rawValue), u32: UInt32(NF_ACCEPT).bigEndian)
+                        case .drop:
+                            put(Int(NFTA_VERDICT_CODE.rawValue), u32: UInt32(NF_DROP).bigEndian)
                         case .return:
                             put(Int(NFTA_VERDICT_CODE.rawValue), u32: UInt32(bitPattern: NFT_RETURN.rawValue).bigEndian)
                         case .goto(let chain):
@@ -330,6 +384,16 @@ extension NetlinkMessage {
             data {
                 put(Int(NFTA_IMMEDIATE_DREG.rawValue), u32: target.bigEndian)
                 nest(Int(NFTA_IMMEDIATE_DATA.rawValue)) { put(Int(NFTA_DATA_VALUE.rawValue), bytes: bytes) }
+            }
+        case .loadInputInterfaceName:
+            meta(UInt32(NFT_META_IIFNAME.rawValue))
+        case .loadOutputInterfaceName:
+            meta(UInt32(NFT_META_OIFNAME.rawValue))
+        case .loadConntrackState:
+            name("ct")
+            data {
+                put(Int(NFTA_CT_KEY.rawValue), u32: UInt32(NFT_CT_STATE.rawValue).bigEndian)
+                put(Int(NFTA_CT_DREG.rawValue), u32: register)
             }
         case .dnat(let family):
             name("nat")

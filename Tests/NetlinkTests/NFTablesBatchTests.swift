@@ -55,6 +55,51 @@ private let otherCommands: [NFTables.Command] = {
     ]
 }()
 
+/// The commands of `nftFirewallPayloads`' script: the firewall plugin's expressions (interface
+/// names, conntrack state, accept and drop, a filter base chain with a policy).
+private let firewallCommands: [NFTables.Command] = {
+    typealias Expression = NFTables.Expression
+    let table = "cni_firewall"
+    let container4 = network("10.204.1.2/32")
+    let container6 = network("fd00::2/128")
+    return [
+        .addTable(.inet, name: table, comment: "CNI firewall plugin"),
+        .addChain(.inet, table: table, name: "forward", comment: nil, hook: .filterForward),
+        .addRule(.inet, table: table, chain: "forward", expressions: [.verdict(.jump(chain: "admin"))], comment: nil),
+        .addRule(
+            .inet, table: table, chain: "isolation_stage_1",
+            expressions: Expression.interfaceName(.input, is: "cni0")
+                + Expression.interfaceName(.output, is: "cni0", equal: false)
+                + [.verdict(.jump(chain: "isolation_stage_2"))],
+            comment: "x"),
+        .addRule(
+            .inet, table: table, chain: "isolation_stage_1",
+            expressions: Expression.interfaceName(.input, is: "cni0") + Expression.interfaceName(.output, is: "cni0")
+                + [.verdict(.drop)],
+            comment: nil),
+        .addRule(
+            .inet, table: table, chain: "containers",
+            expressions: Expression.protocolIs(.v4) + Expression.address(.destination, in: container4)
+                + Expression.conntrackEstablishedOrRelated + [.verdict(.accept)],
+            comment: "abc"),
+        .addRule(
+            .inet, table: table, chain: "containers",
+            expressions: Expression.protocolIs(.v6) + Expression.address(.source, in: container6) + [.verdict(.accept)],
+            comment: "abc"),
+    ]
+}()
+
+/// `firewallCommands` as the nft script `nftFirewallPayloads` was taken from.
+private let nftFirewallScript = """
+    add table inet cni_firewall { comment "CNI firewall plugin" ; }
+    add chain inet cni_firewall forward { type filter hook forward priority 0 ; policy accept ; }
+    add rule inet cni_firewall forward jump admin
+    add rule inet cni_firewall isolation_stage_1 iifname "cni0" oifname != "cni0" jump isolation_stage_2 comment "x"
+    add rule inet cni_firewall isolation_stage_1 iifname "cni0" oifname "cni0" drop
+    add rule inet cni_firewall containers ip daddr 10.204.1.2 ct state established,related accept comment "abc"
+    add rule inet cni_firewall containers ip6 saddr fd00::2 accept comment "abc"
+    """
+
 private func hex(_ text: String) -> [UInt8] {
     var bytes: [UInt8] = []
     var index = text.startIndex
@@ -75,7 +120,9 @@ private let append: UInt16 = 0x800
 @Suite("nf_tables batches")
 struct NFTablesBatchTests {
     /// Each command's message body is byte for byte what nft 1.0.6 sends for the same script.
-    @Test(arguments: [(setupCommands, nftSetupPayloads), (otherCommands, nftOtherPayloads)])
+    @Test(arguments: [
+        (setupCommands, nftSetupPayloads), (otherCommands, nftOtherPayloads), (firewallCommands, nftFirewallPayloads),
+    ])
     func commandsEncodeAsNftEncodesThem(commands: [NFTables.Command], payloads: [String]) {
         #expect(commands.count == payloads.count)
         for (command, payload) in zip(commands, payloads) {
@@ -126,6 +173,22 @@ struct NFTablesBatchTests {
         #expect(error?.operation == "nftables transaction: add rule inet \(table) c")
     }
 
+    /// nft's own NEWRULE messages for the firewall's rules, as a dump would reply them (with a
+    /// handle), read back into the expressions they were written from.
+    @Test func theReaderRecognisesTheFirewallsExpressions() {
+        for (command, payload) in zip(firewallCommands, nftFirewallPayloads) {
+            guard case .addRule(_, _, _, let expressions, let comment) = command else { continue }
+            let bytes = hex(payload)
+            let reply = cannedMessage(
+                type: 0x0a06, header: Array(bytes[0..<4]),
+                attributes: Array(bytes[4...]) + tlv(3, [0, 0, 0, 0, 0, 0, 0, 42]))
+            let rule = reply.withUnsafeBytes { NFTables.Rule(message: ReceivedMessage(raw: $0)) }
+            #expect(rule?.handle == 42)
+            #expect(rule?.expressions == expressions, "\(command)")
+            #expect(rule?.comment == comment)
+        }
+    }
+
     @Test func commentsAreNulTerminatedUserDataRecords() {
         #expect(NetlinkMessage.commentUserData("abc") == [0, 4, 0x61, 0x62, 0x63, 0])
     }
@@ -171,6 +234,39 @@ struct NFTablesWriteTests {
         #expect(try listing(written) == listing(scripted))
         let text = try written.exec("nft", "list", "table", "inet", table)
         #expect(try text == scripted.exec("nft", "list", "table", "inet", table))
+    }
+
+    /// The firewall's expressions: listed as nft's own script lists, and read back (handles and
+    /// expressions) exactly as written, which CHECK relies on.
+    @Test func firewallExpressionsListAsNftsAndReadBackAsWritten() throws {
+        let chains = ["admin", "containers", "isolation_stage_1", "isolation_stage_2"].map {
+            NFTables.Command.addChain(.inet, table: "cni_firewall", name: $0, comment: nil, hook: nil)
+        }
+        let written = try TestNamespace()
+        let tables = try NFTables(namespace: Namespace.open(path: written.path))
+        try tables.apply(Array(firewallCommands.prefix(1)) + chains + firewallCommands.dropFirst())
+
+        let scripted = try TestNamespace()
+        try scripted.exec(
+            "nft",
+            #"add table inet cni_firewall { comment "CNI firewall plugin" ; }; "#
+                + ["admin", "containers", "isolation_stage_1", "isolation_stage_2"].map {
+                    "add chain inet cni_firewall \($0); "
+                }.joined())
+        try scripted.exec("nft", nftFirewallScript)
+        let listed = try written.exec("nft", "list", "table", "inet", "cni_firewall")
+        #expect(try listed == scripted.exec("nft", "list", "table", "inet", "cni_firewall"))
+        #expect(listed.contains("ip daddr 10.204.1.2 ct state established,related accept comment \"abc\""))
+        for chain in ["forward", "isolation_stage_1", "containers"] {
+            let expected = firewallCommands.compactMap { command -> [NFTables.Expression]? in
+                guard case .addRule(_, _, chain, let expressions, _) = command else { return nil }
+                return expressions
+            }
+            let read = try tables.rules(family: .inet, table: "cni_firewall", chain: chain)
+            #expect(read.map(\.expressions) == expected, "\(chain)")
+        }
+        let containers = try tables.rules(family: .inet, table: "cni_firewall", chain: "containers")
+        #expect(containers.map(\.comment) == ["abc", "abc"])
     }
 
     /// A failing command undoes the whole batch, and the error names it with the kernel's errno.

@@ -364,3 +364,62 @@ struct SpoofCheckNamespaceTests {
         try MACSpoofCheck(runner: ns.runner).teardown(containerID: "c1", ifname: "eth0")
     }
 }
+
+@Suite(.enabled(if: isRoot, "needs root: creates network namespaces and firewall rules in them"))
+struct FirewallNFTablesNamespaceTests {
+    private let addresses = [IPAddress("10.77.0.5")!, IPAddress("2001:db8:77::5")!]
+
+    private func firewall(_ ns: TestNamespace) throws -> NFTablesContainerFirewall {
+        NFTablesContainerFirewall(ruleset: try NFTables(namespace: Namespace.open(path: "/run/netns/\(ns.name)")))
+    }
+
+    private func listing(_ ns: TestNamespace) throws -> String {
+        try ns.run("nft", "list", "table", "inet", "cni_firewall")
+    }
+
+    /// What the netlink batches leave is what their nft script renderings leave.
+    @Test func netlinkBatchesListAsTheirScripts() throws {
+        let written = try TestNamespace()
+        let fw = try firewall(written)
+        try fw.setup(
+            network: "testnet", containerID: "c1", ifname: "eth0", addresses: addresses,
+            isolation: ("cni-test0", .isolated), attachment: "c1")
+
+        let scripted = try TestNamespace()
+        let comment = NFTablesFirewall.comment(network: "testnet", containerID: "c1", ifname: "eth0")
+        let script = NFTablesFirewall.setup(
+            comment: comment, addresses: addresses,
+            isolation: NFTablesFirewall.isolationRules(bridge: "cni-test0", .isolated), baseIntact: false,
+            staleHandles: []
+        ).script
+        let output = try scripted.runner.run("nft", ["-f", "-"], stdin: Array(script.utf8))
+        #expect(output.succeeded, "\(output.stderrText)")
+        #expect(try listing(written) == listing(scripted))
+        #expect(try listing(written).contains("ip6 saddr 2001:db8:77::5 accept comment \"\(comment)\""))
+    }
+
+    @Test func reAddReplacesDelRemovesAndCheckNoticesAMissingRule() throws {
+        let ns = try TestNamespace()
+        let fw = try firewall(ns)
+        for id in ["c1", "c1", "c2"] {
+            try fw.setup(
+                network: "testnet", containerID: id, ifname: "eth0", addresses: addresses,
+                isolation: ("cni-test0", .sameBridge), attachment: id)
+        }
+        let text = try listing(ns)
+        #expect(text.ranges(of: "id: c1\"").count == 4, "re-ADD left no duplicates")
+        #expect(text.ranges(of: "jump isolation_stage_2").count == 1)
+        #expect(
+            try fw.check(network: "testnet", containerID: "c1", ifname: "eth0", addresses: addresses, attachment: "c1")
+                == nil)
+        try fw.teardown(network: "testnet", containerID: "c1", ifname: "eth0", attachment: "c1")
+        #expect(try !listing(ns).contains("id: c1\""))
+        #expect(try listing(ns).ranges(of: "id: c2\"").count == 4)
+        #expect(
+            try fw.check(network: "testnet", containerID: "c1", ifname: "eth0", addresses: addresses, attachment: "c1")?
+                .contains("ip daddr 10.77.0.5") == true)
+        try fw.collectGarbage(network: "testnet", valid: [])
+        #expect(try !listing(ns).contains("id: c2\""))
+        try fw.teardown(network: "testnet", containerID: "c1", ifname: "eth0", attachment: "c1")
+    }
+}
