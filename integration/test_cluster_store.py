@@ -587,8 +587,9 @@ def test_a_fresh_registration_is_kept_by_claims_and_a_lost_one_renewed(etcd, pre
     assert len(third["held"]) == 3
     _, renewed_lease = store(etcd.endpoints, prefix + "nodes/")[prefix + "nodes/node-a"]
     assert renewed_lease and renewed_lease != lease
-    # Past half the lease, a claim renews it too.
-    time.sleep(2.2)
+    # Past half the lease (ages are whole seconds: 3 > 4 / 2 whatever the fraction), a claim
+    # renews it too.
+    time.sleep(3.1)
     rc, fourth, _ = cnictl("claim", req)
     assert rc == 0, fourth
     _, later_lease = store(etcd.endpoints, prefix + "nodes/")[prefix + "nodes/node-a"]

@@ -125,11 +125,6 @@ public struct ClusterCheck: Sendable {
 
     public var consistent: Bool { lostInStore.isEmpty && unknownLocally.isEmpty }
 
-    struct LocalState: Decodable {
-        struct Block: Decodable { var cidr: IPPrefix }
-        var blocks: [Block]
-    }
-
     public static func run(_ settings: ClusterSettings, store: ClusterStore) throws(CNIError) -> ClusterCheck {
         guard let network = settings.network else {
             throw CNIError(.invalidNetworkConfig, "check needs --network (the local state is per network)")
@@ -137,7 +132,11 @@ public struct ClusterCheck: Sendable {
         let path = "\(settings.dataDir)/\(network)/cluster-blocks.json"
         var local: [IPPrefix] = []
         if let bytes = readFile(path) {
-            local = try PluginRequest.decode(LocalState.self, from: bytes).blocks.map(\.cidr)
+            switch ClusterBlocksState.parse(bytes) {
+            case .success(let state): local = state.blocks.map(\.cidr)
+            case .failure(let failure):
+                throw CNIError(.storeFailure, "\(path) is not a cluster-ipam state file", details: failure.reason)
+            }
         }
         let pools = Set(settings.pools.map(\.subnet))
         let held = try store.snapshot().blocks(of: settings.node).filter {

@@ -7,8 +7,8 @@ import NetAddress
 /// `<dataDir>/<network>/cluster-blocks.json`, beside host-local's lease files and under their
 /// lock, replaced crash-safely (a synced temp renamed over it). Addresses are leased inside
 /// these blocks with host-local's files, so `cnictl` and the reference's tools see them.
-public struct ClusterBlocksState: Codable, Equatable, Sendable {
-    public struct Block: Codable, Equatable, Sendable {
+public struct ClusterBlocksState: Equatable, Sendable {
+    public struct Block: Equatable, Sendable {
         public var cidr: IPPrefix
         public var pool: IPPrefix
         /// Unix seconds when the block was first seen without a lease; nil while one is leased.
@@ -42,12 +42,12 @@ public struct ClusterBlocksState: Codable, Equatable, Sendable {
             return ClusterBlocksState(node: node)
         }
         let state: ClusterBlocksState
-        do {
-            state = try PluginRequest.decode(ClusterBlocksState.self, from: bytes)
-        } catch {
+        switch parse(bytes) {
+        case .success(let parsed): state = parsed
+        case .failure(let failure):
             throw CNIError(
                 .storeFailure, "\(store.directory)/\(ClusterIPAMConfig.stateFile) is not a cluster-ipam state file",
-                details: "\(error.message); `cnictl cluster check --network <name>` compares it with the store")
+                details: "\(failure.reason); `cnictl cluster check --network <name>` compares it with the store")
         }
         guard state.node == node else {
             throw CNIError(
@@ -59,7 +59,72 @@ public struct ClusterBlocksState: Codable, Equatable, Sendable {
     }
 
     public func save(_ store: LeaseStore) throws(CNIError) {
-        try store.replaceStateFile(ClusterIPAMConfig.stateFile, JSONCodec.encode(self))
+        try store.replaceStateFile(ClusterIPAMConfig.stateFile, json.encoded())
+    }
+
+    // MARK: - The file's JSON
+
+    // `{"blocks":[{"cidr":…,"pool":…,"emptySince":…,"lost":true}],"node":…,"registeredAt":…}`,
+    // the optional keys only when set. Read and written through `JSONValue` directly, not
+    // Codable: it lists every block the node holds, and each ADD reads it (a claiming one
+    // rewrites it too); Codable's generic decoding cost ~80 k instructions per block.
+
+    public struct Malformed: Error, Equatable {
+        public var reason: String
+
+        public init(reason: String) { self.reason = reason }
+    }
+
+    public static func parse(_ bytes: [UInt8]) -> Result<ClusterBlocksState, Malformed> {
+        let value: JSONValue
+        do {
+            value = try JSONCodec.parse(bytes)
+        } catch {
+            return .failure(Malformed(reason: "not JSON: \(error)"))
+        }
+        guard let node = value["node"]?.stringValue else { return .failure(Malformed(reason: "no \"node\" string")) }
+        guard let registeredAt = value["registeredAt"]?.intValue else {
+            return .failure(Malformed(reason: "no \"registeredAt\" integer"))
+        }
+        guard let list = value["blocks"]?.arrayValue else { return .failure(Malformed(reason: "no \"blocks\" array")) }
+        var blocks: [Block] = []
+        blocks.reserveCapacity(list.count)
+        for (index, item) in list.enumerated() {
+            guard let cidr = item["cidr"]?.stringValue.flatMap({ IPPrefix($0) }),
+                let pool = item["pool"]?.stringValue.flatMap({ IPPrefix($0) })
+            else { return .failure(Malformed(reason: "blocks[\(index)]: \"cidr\" and \"pool\" must be CIDR strings")) }
+            var block = Block(cidr: cidr, pool: pool)
+            switch item["emptySince"] {
+            case nil, .null?: break
+            case let since?:
+                guard let seconds = since.intValue else {
+                    return .failure(Malformed(reason: "blocks[\(index)].emptySince is not an integer"))
+                }
+                block.emptySince = seconds
+            }
+            switch item["lost"] {
+            case nil, .null?: break
+            case .bool(let lost)?: block.lost = lost
+            case _?: return .failure(Malformed(reason: "blocks[\(index)].lost is not a boolean"))
+            }
+            blocks.append(block)
+        }
+        return .success(ClusterBlocksState(node: node, registeredAt: registeredAt, blocks: blocks))
+    }
+
+    public var json: JSONValue {
+        .object([
+            "node": .string(node), "registeredAt": .number(JSONNumber(registeredAt)),
+            "blocks": .array(
+                blocks.map { block in
+                    var fields: [String: JSONValue] = [
+                        "cidr": .string(block.cidr.description), "pool": .string(block.pool.description),
+                    ]
+                    if let since = block.emptySince { fields["emptySince"] = .number(JSONNumber(since)) }
+                    if let lost = block.lost { fields["lost"] = .bool(lost) }
+                    return .object(fields)
+                }),
+        ])
     }
 
     /// The blocks of `pool` addresses may be allocated from (not lost), in address order.

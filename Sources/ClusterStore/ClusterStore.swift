@@ -184,8 +184,9 @@ public final class ClusterStore {
     /// One round: the candidates (up to 4 free blocks in the node's order) go into one txn as
     /// a chain — "if the first is unclaimed take it, else if the second…" — so exactly one block
     /// is taken per round whatever the others raced for, together with the registration (unless
-    /// it is fresh) and a read of every block (the next round's view). Exhausted before any block: code 102; after
-    /// some, the reply has fewer than `count`.
+    /// it is fresh); only when every candidate was taken does the round read every block again
+    /// (the next round's view). Exhausted before any block: code 102; after some, the reply has
+    /// fewer than `count`.
     public func claim(
         _ identity: NodeIdentity, pool: BlockPool, count: Int = 1, block wanted: IPPrefix? = nil
     ) throws(CNIError) -> ClaimReply {
@@ -198,12 +199,9 @@ public final class ClusterStore {
         let token = String(UInt64.random(in: 1...UInt64.max), radix: 16)
         let now = Self.now()
         var claimed: [IPPrefix] = []
-        // The first view may be a little stale (serializable: no quorum round): it only picks
-        // candidates and sees the registration; the txn's compares decide, and its own read is
-        // linearizable.
-        let view = try client.txn(success: [
-            .range(prefix: blocksPrefix, serializable: true), .get(nodeKey(identity.node), serializable: true),
-        ])
+        // The first view (linearizable): the candidates are picked from it, and with the blocks
+        // this call takes it is the reply's `held`; the txn's compares decide what is taken.
+        let view = try client.txn(success: [.range(prefix: blocksPrefix), .get(nodeKey(identity.node))])
         var blocks = parseBlocks(view.range(at: 0))
         // A registration at most half its lease old is not renewed here (a lease grant is one more
         // consensus round): the claim txn only compares that it is still on that lease, and if
@@ -224,8 +222,8 @@ public final class ClusterStore {
         }
         var registered = register.isEmpty
         // The same bytes in every candidate and every round: what the "exactly ours" compare checks.
-        let value = JSONCodec.encode(
-            BlockRecord(node: identity.node, pool: pool.subnet.description, claimedAt: now, claim: token))
+        let record = BlockRecord(node: identity.node, pool: pool.subnet.description, claimedAt: now, claim: token)
+        let value = JSONCodec.encode(record)
         func mine(_ blocks: [HeldBlock]) -> [IPPrefix] {
             blocks.filter { $0.record.node == identity.node && IPPrefix($0.record.pool) == pool.subnet }.map(\.block)
         }
@@ -276,6 +274,9 @@ public final class ClusterStore {
             // Per candidate: "unclaimed: take it; else already exactly ours: stop; else the next".
             // The middle step makes the txn idempotent: a resend of it (the first try applied,
             // its answer lost) stops at the block it took instead of taking another.
+            // Only when every candidate was taken does the txn read the blocks again (in the last
+            // failure branch), as the next round's view: a claim that takes one reads nothing more
+            // (every block of the store, parsed, was most of a claim's CPU time).
             var chain: EtcdClient.Operation? = nil
             for block in candidates.reversed() {
                 chain = .txn(
@@ -284,11 +285,11 @@ public final class ClusterStore {
                     failure: [
                         .txn(
                             compare: [.value(blockKey(block), value)], success: [],
-                            failure: chain.map { [$0] } ?? [])
+                            failure: chain.map { [$0] } ?? [.range(prefix: blocksPrefix)])
                     ])
             }
             guard let chain else { break }  // candidates is not empty: never taken
-            let operations = (registered ? [] : register) + [chain, .range(prefix: blocksPrefix)]
+            let operations = (registered ? [] : register) + [chain]
             let reply: EtcdClient.TxnReply
             do {
                 reply = try client.txn(compare: stillRegistered, success: operations)
@@ -308,19 +309,22 @@ public final class ClusterStore {
                 continue
             }
             registered = true
-            let offset = operations.count - 2
-            var level = reply.txn(at: offset)
+            var level = reply.txn(at: operations.count - 1)
             var depth = 0
             while let current = level, depth < candidates.count {
                 let ours = current.txn(at: 0)
                 if current.succeeded || ours?.succeeded == true {
-                    if !claimed.contains(candidates[depth]) { claimed.append(candidates[depth]) }
+                    let block = candidates[depth]
+                    if !claimed.contains(block) { claimed.append(block) }
+                    // Ours now, as of the txn's revision (the put's mod revision).
+                    blocks.removeAll { $0.block == block }
+                    blocks.append(HeldBlock(block: block, record: record, modRevision: reply.revision))
                     break
                 }
+                if depth == candidates.count - 1, let ours { blocks = parseBlocks(ours.range(at: 0)) }
                 level = ours?.txn(at: 0)
                 depth += 1
             }
-            blocks = parseBlocks(reply.range(at: offset + 1))
         }
         if !registered { _ = try client.txn(success: register) }
         return ClaimReply(claimed: claimed, held: mine(blocks).sorted(by: Self.order), registeredAt: registeredAt)

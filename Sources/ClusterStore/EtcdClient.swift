@@ -199,10 +199,10 @@ public final class EtcdClient {
     public indirect enum Operation {
         case put(String, [UInt8], lease: Int64?)
         case delete(String)
-        /// Every key under `prefix`; `serializable` as in `EtcdClient.range`.
-        case range(prefix: String, serializable: Bool = false)
+        /// Every key under `prefix`.
+        case range(prefix: String)
         /// One key.
-        case get(String, serializable: Bool = false)
+        case get(String)
         case txn(compare: [Compare], success: [Operation], failure: [Operation])
 
         var json: JSONValue {
@@ -215,12 +215,10 @@ public final class EtcdClient {
                 return .object(["request_put": .object(put)])
             case .delete(let key):
                 return .object(["request_delete_range": .object(["key": .string(Base64.encode(key))])])
-            case .range(let prefix, let serializable):
-                return .object(["request_range": EtcdClient.rangeBody(prefix: prefix, serializable: serializable)])
-            case .get(let key, let serializable):
-                var range: [String: JSONValue] = ["key": .string(Base64.encode(key))]
-                if serializable { range["serializable"] = .bool(true) }
-                return .object(["request_range": .object(range)])
+            case .range(let prefix):
+                return .object(["request_range": EtcdClient.rangeBody(prefix: prefix)])
+            case .get(let key):
+                return .object(["request_range": .object(["key": .string(Base64.encode(key))])])
             case .txn(let compare, let success, let failure):
                 return .object(["request_txn": EtcdClient.txnBody(compare, success, failure)])
             }
