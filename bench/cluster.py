@@ -6,7 +6,7 @@ Both plugins run as a runtime's IPAM delegate would (standalone, CNI_COMMAND ADD
 stdin), alternating A B B A in rounds. Steady state: the pool's blocks are large (/20) and one is
 claimed before the timed runs, so no ADD talks to the store, exactly the case the issue targets
 (<= 1.1x host-local). Claiming: /30 blocks (one usable address each), so every ADD claims one
-through `cnictl cluster claim` (p50 <= 10 ms, p99 <= 50 ms). The times include the spawn of each
+(in-process over plain HTTP, as for any http:// endpoint by address; p50 <= 10 ms, p99 <= 50 ms). The times include the spawn of each
 process from this script (the same for both columns). Needs root and Debian's etcd-server.
 stdlib only.
 """
