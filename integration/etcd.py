@@ -5,6 +5,8 @@ Elections are tuned for loopback (heartbeat 50 ms, election 500 ms) so a SIGKILL
 replaced well inside cnictl's 2 s deadline; the defaults (100 ms / 1 s) are for real networks.
 """
 
+import contextlib
+import http.server
 import json
 import os
 import shutil
@@ -13,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -243,3 +246,46 @@ def etcd_cluster():
         yield cluster
     finally:
         cluster.stop()
+
+
+@contextlib.contextmanager
+def answer_losing_proxy(upstream, lose):
+    """A proxy on loopback to the etcd endpoint `upstream`: it forwards every POST, but for the
+    first one `lose(path, body)` is true for it closes the connection instead of answering (the
+    request applied, its answer lost, as with a timeout after commit). Yields (url, lost), `lost`
+    listing the paths whose answer it dropped."""
+    lost = []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            forwarded = urllib.request.Request(upstream + self.path, data=body, method="POST")
+            with urllib.request.urlopen(forwarded, timeout=2) as reply:
+                answer = reply.read()
+            if not lost and lose(self.path, body):
+                lost.append(self.path)
+                self.close_connection = True
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", lost
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def is_claim_txn(path, body):
+    """The txn that takes a block (it puts), not the read-only txn before it."""
+    return path == "/v3/kv/txn" and b"request_put" in body

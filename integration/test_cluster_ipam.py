@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from cnitest import BIN_DIR, run_plugin, unique
-from etcd import etcd, etcd_cluster, etcd_tls  # noqa: F401 (fixtures)
+from etcd import answer_losing_proxy, etcd, etcd_cluster, etcd_tls, is_claim_txn  # noqa: F401 (fixtures)
 from test_cluster_store import blocks_in_store
 
 STRESS = os.environ.get("SWCNI_STRESS") == "1"
@@ -382,42 +382,10 @@ def test_a_lost_answer_in_process_is_resent_and_takes_one_block(etcd, prefix, tm
     # The plugin's own HTTP client behind a proxy that applies the claim's txn and then closes
     # the connection without answering: the kept connection is reopened and the txn resent,
     # which must find the block already taken instead of taking a second one.
-    import http.server
-    import urllib.request
-
-    dropped = []
-
-    class LosingProxy(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            upstream = urllib.request.Request(etcd.endpoints[0] + self.path, data=body, method="POST")
-            with urllib.request.urlopen(upstream, timeout=2) as reply:
-                answer = reply.read()
-            if self.path == "/v3/kv/txn" and b"request_put" in body and not dropped:
-                dropped.append(self.path)
-                self.close_connection = True
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LosingProxy)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        conf = config(etcd, prefix, tmp_path, "node-lossy")
-        conf["ipam"]["etcd"]["endpoints"] = [f"http://127.0.0.1:{server.server_address[1]}"]
+    conf = config(etcd, prefix, tmp_path, "node-lossy")
+    with answer_losing_proxy(etcd.endpoints[0], is_claim_txn) as (proxy, dropped):
+        conf["ipam"]["etcd"]["endpoints"] = [proxy]
         result = add(conf, "lossy1", path=str(tmp_path))  # no cnictl there: in-process only
-    finally:
-        server.shutdown()
-        server.server_close()
     assert dropped, "the proxy never saw the claim's txn"
     assert result.rc == 0, result.stdout
     assert list(blocks_in_store(etcd.endpoints, prefix).values()) == ["node-lossy"]

@@ -20,7 +20,7 @@ import urllib.request
 import pytest
 
 from cnitest import BIN_DIR, unique
-from etcd import etcd, etcd_cluster, etcd_tls  # noqa: F401 (fixtures)
+from etcd import answer_losing_proxy, etcd, etcd_cluster, etcd_tls, is_claim_txn  # noqa: F401 (fixtures)
 
 CNICTL = BIN_DIR / "cnictl"
 STRESS = os.environ.get("SWCNI_STRESS") == "1"
@@ -469,40 +469,8 @@ def test_a_claim_whose_answer_is_lost_is_resent_and_takes_one_block(etcd, prefix
     # An endpoint that applies the claim's txn and then drops the connection (the answer lost,
     # as with a timeout after commit): cnictl resends the txn to the next endpoint, which must
     # recognise the block it already took instead of taking a second one.
-    import http.server
-
-    dropped = []
-
-    class LosingProxy(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            upstream = urllib.request.Request(etcd.endpoints[0] + self.path, data=body, method="POST")
-            with urllib.request.urlopen(upstream, timeout=2) as reply:
-                answer = reply.read()
-            if self.path == "/v3/kv/txn" and not dropped:
-                dropped.append(self.path)
-                self.close_connection = True
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LosingProxy)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        proxy = f"http://127.0.0.1:{server.server_address[1]}"
+    with answer_losing_proxy(etcd.endpoints[0], is_claim_txn) as (proxy, dropped):
         rc, reply, _ = cnictl("claim", request([proxy] + etcd.endpoints, "node-a", prefix=prefix))
-    finally:
-        server.shutdown()
-        server.server_close()
     assert dropped, "the proxy never saw the claim's txn"
     assert rc == 0, reply
     assert len(reply["claimed"]) == 1 and reply["held"] == reply["claimed"], reply
