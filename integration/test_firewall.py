@@ -178,26 +178,38 @@ def test_forward_policy_drop_lets_containers_out_and_replies_in_only(netns_facto
     assert not reaches(container_a, address(result_b, 4)), "DEL took the rules away"
 
 
-@pytest.mark.parametrize("policy", ["same-bridge", "isolated"])
-def test_ingress_policy_isolates_bridges(netns_factory, tmp_path, policy):
+def isolated_bridges(netns_factory, tmp_path, policy, firewall_config):
+    """Two networks on one host (bridges a and b; containers a1, a2 on a, b1 on b) that first
+    reach each other, then the firewall's ADD with `ingressPolicy` for each container
+    (`firewall_config(net, result, **keys)` makes its config), and the traffic that policy
+    leaves checked. Returns (a, b, attached): attached is [(net, container, result, cid)]."""
     a = Net(netns_factory, tmp_path, subnet6=None)
     b = Net(netns_factory, tmp_path, host=a.host, subnet4="10.78.0.0/24", subnet6=None)
-    # Bridged traffic meets iptables only with br_netfilter's call-iptables (per namespace).
+    # Bridged traffic meets the firewall's hooks only with br_netfilter's call-iptables (per namespace).
     a.host.run("sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1")
     a1, a2, b1 = a.container(), a.container(), b.container()
     ra1 = a.add(a.bridge_config(), a1, containerid="a1")
     ra2 = a.add(a.bridge_config(), a2, containerid="a2")
     rb1 = b.add(b.bridge_config(), b1, containerid="b1")
     assert reaches(a1, address(rb1, 4)) and reaches(b1, address(ra1, 4)), "routed between bridges before"
+    assert reaches(a1, address(ra2, 4)), "and within the bridge"
 
-    for net, container, result, cid in ((a, a1, ra1, "a1"), (a, a2, ra2, "a2"), (b, b1, rb1, "b1")):
-        run = net.firewall("ADD", net.firewall_config(result, ingressPolicy=policy), container, cid)
+    attached = [(a, a1, ra1, "a1"), (a, a2, ra2, "a2"), (b, b1, rb1, "b1")]
+    for net, container, result, cid in attached:
+        run = net.firewall("ADD", firewall_config(net, result, ingressPolicy=policy), container, cid)
         assert run.ok, str(run)
 
     assert not reaches(a1, address(rb1, 4)), "a1 cannot reach the other network"
     assert not reaches(b1, address(ra1, 4)), "nor b1 this one"
     assert reaches(a1, "10.77.0.1") and reaches(b1, "10.78.0.1"), "each reaches its gateway (the host)"
     assert reaches(a1, address(ra2, 4)) == (policy == "same-bridge"), "within the bridge: only same-bridge"
+    return a, b, attached
+
+
+@pytest.mark.parametrize("policy", ["same-bridge", "isolated"])
+def test_ingress_policy_isolates_bridges(netns_factory, tmp_path, policy):
+    a, b, attached = isolated_bridges(
+        netns_factory, tmp_path, policy, lambda net, result, **keys: net.firewall_config(result, **keys))
     comment = f'"CNI firewall plugin rules (ingressPolicy: {policy})"'
     rules = filter_rules(a.host)
     assert rules.count('-A FORWARD -m comment --comment "CNI firewall plugin rules (ingressPolicy: '
@@ -212,7 +224,7 @@ def test_ingress_policy_isolates_bridges(netns_factory, tmp_path, policy):
         assert f'-A CNI-ISOLATION-STAGE-2 -o {bridge} -m comment --comment "CNI firewall plugin rules ' \
                f'(ingressPolicy: same-bridge|isolated)" -j DROP' in rules
     assert rules[-1].endswith("-j RETURN") and rules[-1].startswith("-A CNI-ISOLATION-STAGE-2")
-    for net, container, result, cid in ((a, a1, ra1, "a1"), (a, a2, ra2, "a2"), (b, b1, rb1, "b1")):
+    for net, container, result, cid in attached:
         assert net.firewall("DEL", net.firewall_config(result, ingressPolicy=policy), container, cid).ok
     assert not os.path.exists(f"{RECORDS}/{a.network}") and not os.path.exists(f"{RECORDS}/{b.network}")
 

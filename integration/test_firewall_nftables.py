@@ -15,7 +15,8 @@ import pytest
 
 from cnitest import BIN_DIR, REPO
 from test_bridge_support import run_in
-from test_firewall import NETWORKS, RECORDS, Net, address, filter_rules, net, reaches, remove_records  # noqa: F401
+from test_firewall import (  # noqa: F401
+    NETWORKS, RECORDS, Net, address, filter_rules, isolated_bridges, net, reaches, remove_records)
 
 TABLE = ["inet", "cni_firewall"]
 JUMPS = ["jump admin", "jump isolation_stage_1", "jump containers"]
@@ -151,26 +152,8 @@ def test_gc_removes_rules_of_attachments_not_listed(net):
 
 @pytest.mark.parametrize("policy", ["same-bridge", "isolated"])
 def test_ingress_policy_isolates_bridges(netns_factory, tmp_path, policy):
-    a = Net(netns_factory, tmp_path, subnet6=None)
-    b = Net(netns_factory, tmp_path, host=a.host, subnet4="10.78.0.0/24", subnet6=None)
-    # Bridged traffic meets the inet hooks only with br_netfilter's call-iptables (per namespace).
-    a.host.run("sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1")
-    a1, a2, b1 = a.container(), a.container(), b.container()
-    ra1 = a.add(a.bridge_config(), a1, containerid="a1")
-    ra2 = a.add(a.bridge_config(), a2, containerid="a2")
-    rb1 = b.add(b.bridge_config(), b1, containerid="b1")
-    assert reaches(a1, address(rb1, 4)) and reaches(b1, address(ra1, 4)), "routed between bridges before"
-    assert reaches(a1, address(ra2, 4)), "and within the bridge"
-
-    attached = ((a, a1, ra1, "a1"), (a, a2, ra2, "a2"), (b, b1, rb1, "b1"))
-    for net, container, result, cid in attached:
-        run = net.firewall("ADD", nft_config(net, result, ingressPolicy=policy), container, cid)
-        assert run.ok, str(run)
-
-    assert not reaches(a1, address(rb1, 4)), "a1 cannot reach the other network"
-    assert not reaches(b1, address(ra1, 4)), "nor b1 this one"
-    assert reaches(a1, "10.77.0.1") and reaches(b1, "10.78.0.1"), "each reaches its gateway (the host)"
-    assert reaches(a1, address(ra2, 4)) == (policy == "same-bridge"), "within the bridge: only same-bridge"
+    a, b, attached = isolated_bridges(netns_factory, tmp_path, policy, nft_config)
+    (_, a1, ra1, _), _, (_, b1, rb1, _) = attached
 
     stage1 = []
     for bridge in (a.bridge, b.bridge):

@@ -111,13 +111,7 @@ struct NodeBlocks {
         var ranges: [IPRange] = []
         for block in blocks { ranges.append(try pool.blocks.range(of: block, key: pool.key)) }
         let set = try RangeSet(ranges, key: pool.key)
-        let ip: CNIResult.IPConfig
-        do {
-            ip = try Allocator.allocate(from: set, index: index, requested: nil, for: owner, in: store)
-        } catch {
-            guard error.code == .addressUnavailable else { throw error }
-            return nil
-        }
+        guard let ip = try Allocator.next(from: set, index: index, for: owner, in: store) else { return nil }
         if let block = pool.blocks.block(containing: ip.address.address) {
             markUsed(block)
             try claimAheadIfNeeded(index, allocatedIn: block, blocks: blocks, set: set, address: ip.address.address)

@@ -26,14 +26,25 @@ public enum Allocator {
             }
             return CNIResult.IPConfig(address: prefix(requested, in: range), gateway: range.gateway)
         }
-        for (candidate, range) in set.candidates(after: try store.lastReserved(rangeSetIndex: index))
-        where try store.reserve(candidate, for: owner, rangeSetIndex: index) {
-            return CNIResult.IPConfig(address: prefix(candidate, in: range), gateway: range.gateway)
-        }
+        if let next = try next(from: set, index: index, for: owner, in: store) { return next }
         throw CNIError(
             .addressUnavailable,
             "failed to allocate for range \(index): no IP addresses available in range set: \(set)",
             details: "every address of the set is leased; release some (DEL, GC) or widen the ranges")
+    }
+
+    /// The next free address after the last one reserved (round robin), reserved for `owner`;
+    /// nil when every address of the set is leased. For callers that go on elsewhere when a set
+    /// is full (cluster-ipam's held blocks), without the exhaustion error and its description
+    /// of every range.
+    public static func next(
+        from set: RangeSet, index: Int, for owner: LeaseOwner, in store: LeaseStore
+    ) throws(CNIError) -> CNIResult.IPConfig? {
+        for (candidate, range) in set.candidates(after: try store.lastReserved(rangeSetIndex: index))
+        where try store.reserve(candidate, for: owner, rangeSetIndex: index) {
+            return CNIResult.IPConfig(address: prefix(candidate, in: range), gateway: range.gateway)
+        }
+        return nil
     }
 
     private static func prefix(_ address: IPAddress, in range: IPRange) -> IPPrefix {

@@ -242,11 +242,17 @@ public struct RangeSet: Hashable, Sendable, CustomStringConvertible {
                 .invalidNetworkConfig,
                 "invalid \(key)[\(index)]: mixed address families (\(range.subnet) in a set of \(first.subnet))")
         }
-        for i in ranges.indices {
-            for j in ranges.indices where j > i && ranges[i].overlaps(ranges[j]) {
-                throw CNIError(
-                    .invalidNetworkConfig,
-                    "invalid \(key)[\(j)]: subnets \(ranges[i]) and \(ranges[j]) overlap")
+        // Whether any two overlap, in address order (a set can be every block a cluster-ipam node
+        // holds: pairwise is quadratic); only then the pairs in config order, for the message.
+        let starts = ranges.indices.sorted { ranges[$0].rangeStart < ranges[$1].rangeStart }
+        let anyOverlap = zip(starts, starts.dropFirst()).contains { ranges[$1].rangeStart <= ranges[$0].rangeEnd }
+        if anyOverlap {
+            for i in ranges.indices {
+                for j in ranges.indices where j > i && ranges[i].overlaps(ranges[j]) {
+                    throw CNIError(
+                        .invalidNetworkConfig,
+                        "invalid \(key)[\(j)]: subnets \(ranges[i]) and \(ranges[j]) overlap")
+                }
             }
         }
         self.ranges = ranges

@@ -219,6 +219,19 @@ import Testing
         }
     }
 
+    @Test func findsAnOverlapOfRangesNotNextToEachOtherInAddressOrderAndNamesTheFirstPair() {
+        // In address order the overlapping pair is not adjacent (10.0.0.0/16 spans the /24 after
+        // it): the sorted sweep must still see it, and the message name config order's first pair.
+        #expect(
+            throws: CNIError(
+                .invalidNetworkConfig,
+                "invalid range set[2]: subnets 10.1.0.1-10.1.255.254 and 10.1.200.1-10.1.200.254 overlap")
+        ) {
+            try set("10.1.0.0/16", "10.0.0.0/24", "10.1.200.0/24", "10.1.100.0/24")
+        }
+        #expect(throws: Never.self) { try set("10.0.3.0/24", "10.0.1.0/24", "10.0.2.0/24", "10.0.0.0/24") }
+    }
+
     @Test func discoversOverlapsOutsideASet() throws {
         #expect(try set("192.168.0.0/24").overlaps(set("192.168.0.0/25")))
         #expect(try !set("192.168.0.0/24").overlaps(set("192.168.1.0/24")))
