@@ -33,7 +33,7 @@ public enum Firewall {
         status: { request throws(CNIError) in try status(request) },
         gc: { request throws(CNIError) in try gc(request) })
 
-    nonisolated(unsafe) static var rules = ContainerFirewall()
+    nonisolated(unsafe) static var rules = ContainerFirewall.readingNetlink()
     /// The nftables backend, made when a request configures it (a netlink socket); replaced in tests.
     nonisolated(unsafe) static var nftables: () -> NFTablesContainerFirewall = { NFTablesContainerFirewall() }
     nonisolated(unsafe) static var recordDirectory = AttachmentRecords.defaultDirectory

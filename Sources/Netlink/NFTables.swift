@@ -26,16 +26,24 @@ public final class NFTables {
         /// The rule's expressions as this module writes them; nil when one of them is of a kind
         /// it does not write (so the rule is not one of ours as written).
         public var expressions: [NFTables.Expression]?
+        /// The text of an iptables-nft `-m comment --comment X` (an xt `comment` match: iptables-nft
+        /// keeps it there, not in the user data `comment` reads).
+        public var matchComment: String?
+        /// The data of every `cmp` of the rule, whatever its other expressions: e.g. the address
+        /// of iptables-nft's `-s`/`-d` (a payload load compared with it).
+        public var comparedValues: [[UInt8]]
 
         public init(
             handle: UInt64, comment: String?, jumpTarget: String? = nil, marks: [UInt32] = [],
-            expressions: [NFTables.Expression]? = nil
+            expressions: [NFTables.Expression]? = nil, matchComment: String? = nil, comparedValues: [[UInt8]] = []
         ) {
             self.handle = handle
             self.comment = comment
             self.jumpTarget = jumpTarget
             self.marks = marks
             self.expressions = expressions
+            self.matchComment = matchComment
+            self.comparedValues = comparedValues
         }
     }
 
@@ -96,7 +104,40 @@ extension NFTables.Rule {
             },
             jumpTarget: expressions.flatMap { Self.jumpTarget(in: $0.nested) },
             marks: expressions.map { Self.marks(in: $0.nested) } ?? [],
-            expressions: expressions.flatMap { Self.expressions(in: $0.nested) })
+            expressions: expressions.flatMap { Self.expressions(in: $0.nested) },
+            matchComment: expressions.flatMap { Self.matchComment(in: $0.nested) },
+            comparedValues: expressions.map { Self.comparedValues(in: $0.nested) } ?? [])
+    }
+
+    /// An xt `comment` match's text (`struct xt_comment_info`: the comment, NUL-padded).
+    static func matchComment(in expressions: Attributes) -> String? {
+        for element in expressions where element.type == UInt16(NFTA_LIST_ELEM.rawValue) {
+            let expression = element.nested
+            guard let name = expression.first(Int(NFTA_EXPR_NAME.rawValue)),
+                String(decoding: name.payload.prefix { $0 != 0 }, as: UTF8.self) == "match",
+                let data = expression.first(Int(NFTA_EXPR_DATA.rawValue))?.nested,
+                let match = data.first(Int(NFTA_MATCH_NAME.rawValue)),
+                String(decoding: match.payload.prefix { $0 != 0 }, as: UTF8.self) == "comment",
+                let info = data.first(Int(NFTA_MATCH_INFO.rawValue))
+            else { continue }
+            return String(decoding: info.payload.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        return nil
+    }
+
+    /// The data of each `cmp` expression, in order.
+    static func comparedValues(in expressions: Attributes) -> [[UInt8]] {
+        var values: [[UInt8]] = []
+        for element in expressions where element.type == UInt16(NFTA_LIST_ELEM.rawValue) {
+            let expression = element.nested
+            guard let name = expression.first(Int(NFTA_EXPR_NAME.rawValue)),
+                String(decoding: name.payload.prefix { $0 != 0 }, as: UTF8.self) == "cmp",
+                let value = expression.first(Int(NFTA_EXPR_DATA.rawValue))?.nested
+                    .first(Int(NFTA_CMP_DATA.rawValue))?.nested.first(Int(NFTA_DATA_VALUE.rawValue))
+            else { continue }
+            values.append(Array(value.payload))
+        }
+        return values
     }
 
     /// The dump's expressions read back into `NFTables.Expression` (registers and attributes the

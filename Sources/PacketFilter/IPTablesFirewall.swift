@@ -1,4 +1,5 @@
 import NetAddress
+import Netlink
 
 /// How the firewall plugin's `ingressPolicy` isolates a bridge: `same-bridge` lets only the
 /// bridge's own ports reach its containers, `isolated` not even those (Docker's `--icc=false`).
@@ -216,13 +217,23 @@ struct IPTablesFirewall {
     }
 }
 
-/// The firewall plugin's rules (`IPTablesFirewall`), each ADD, DEL and CHECK one
-/// `iptables-save -t filter` and at most one `iptables-restore` per family that has addresses.
+/// The firewall plugin's rules (`IPTablesFirewall`), each ADD, DEL and CHECK at most one
+/// `iptables-restore` per family that has addresses, computed from one `iptables-save -t filter`
+/// listing, or for a plain ADD from a netlink read (`sharedState`).
 public struct ContainerFirewall {
     public var runner: any CommandRunner
+    /// Reads nf_tables without exec'ing (iptables-nft's tables are nf_tables tables); nil: ADD
+    /// lists with iptables-save.
+    public var ruleset: (any RulesetReader)?
 
-    public init(runner: any CommandRunner = SystemCommandRunner()) {
+    public init(runner: any CommandRunner = SystemCommandRunner(), ruleset: (any RulesetReader)? = nil) {
         self.runner = runner
+        self.ruleset = ruleset
+    }
+
+    /// The plugin's: the system's tools, and nf_tables read over netlink in this namespace.
+    public static func readingNetlink() -> ContainerFirewall {
+        ContainerFirewall(ruleset: try? NFTables())
     }
 
     /// Lets the container's addresses out (and their replies in) through CNI-FORWARD and, with
@@ -234,6 +245,15 @@ public struct ContainerFirewall {
             let rules = IPTablesFirewall(family: family)
             let tool = FirewallTool(
                 runner: runner, backend: .iptables, operation: "set up firewall rules for \(attachment)")
+            // Without an ingress policy, an ADD needs no iptables-save: what it must know is read
+            // over netlink. A restore that fails (a race, an unexpected rule) falls back to listing.
+            if isolation == nil, let current = sharedState(rules, adminChain: adminChain, addresses: addresses),
+                let script = rules.setupScript(
+                    current: current, adminChain: adminChain, addresses: addresses, isolation: nil),
+                try tool.attempt(rules.restoreCommand, FirewallTool.iptablesRestoreArguments, stdin: script).succeeded
+            {
+                continue
+            }
             try tool.applyIPTables(
                 save: rules.saveCommand, restore: rules.restoreCommand, table: "filter", whenUnusable: .fail
             ) {
@@ -300,6 +320,46 @@ public struct ContainerFirewall {
 
     /// The addresses of each family, IPv4 first; families without addresses are left out (their
     /// iptables is never run, as in the reference).
+    /// What `IPTablesFirewall.setupScript` needs of the filter table, read over netlink when
+    /// iptables is iptables-nft: which of CNI-FORWARD and the admin chain exist, and whether
+    /// FORWARD's jump to CNI-FORWARD and CNI-FORWARD's jump to the admin chain are there with
+    /// their comments (iptables-nft keeps `-m comment` as an xt match the reader decodes). nil
+    /// (list with iptables-save instead) when that cannot be (no reader, iptables-legacy, a read
+    /// fails) or is not enough: a rule of CNI-FORWARD compares with one of the addresses (a
+    /// re-ADD, or rules an earlier holder of the address left): only a listing tells whether it
+    /// is exactly ours.
+    func sharedState(_ rules: IPTablesFirewall, adminChain: String, addresses: [IPAddress]) -> SavedNATTable? {
+        guard let ruleset, IPTablesVariant(runner: runner, saveCommand: rules.saveCommand) == .nft else { return nil }
+        let family: NFTables.Family = rules.family == .v4 ? .ip : .ip6
+        let forward = IPTablesFirewall.forwardChain
+        do throws(NetlinkError) {
+            var chains: [String] = []
+            for name in [forward, adminChain]
+            where try ruleset.chainExists(family: family, table: "filter", chain: name) {
+                chains.append(name)
+            }
+            var saved: [SavedRule] = []
+            if try ruleset.rules(family: family, table: "filter", chain: "FORWARD").contains(where: {
+                $0.jumpTarget == forward && $0.matchComment == IPTablesFirewall.forwardComment
+            }) {
+                saved.append(SavedRule(chain: "FORWARD", arguments: IPTablesFirewall.forwardJump(), spec: ""))
+            }
+            if chains.contains(forward) {
+                let present = try ruleset.rules(family: family, table: "filter", chain: forward)
+                let wanted = addresses.map(\.bytes)
+                if present.contains(where: { $0.comparedValues.contains(where: wanted.contains) }) { return nil }
+                if present.contains(where: {
+                    $0.jumpTarget == adminChain && $0.matchComment == IPTablesFirewall.adminComment
+                }) {
+                    saved.append(SavedRule(chain: forward, arguments: IPTablesFirewall.adminJump(adminChain), spec: ""))
+                }
+            }
+            return SavedNATTable(chains: chains, rules: saved)
+        } catch {
+            return nil
+        }
+    }
+
     static func byFamily(_ addresses: [IPAddress]) -> [(IPAddress.Family, [IPAddress])] {
         var result: [(IPAddress.Family, [IPAddress])] = []
         for family in [IPAddress.Family.v4, .v6] {

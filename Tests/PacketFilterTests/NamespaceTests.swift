@@ -97,6 +97,53 @@ private func prefix(_ text: String) -> IPPrefix { IPPrefix(text)! }
 private let chainOfC1 = Naming.iptablesChain(network: "testnet", containerID: "c1")
 
 @Suite(.enabled(if: isRoot, "needs root: creates network namespaces and firewall rules in them"))
+struct FirewallSharedStateNamespaceTests {
+    private func firewall(_ ns: TestNamespace, netlink: Bool) throws -> ContainerFirewall {
+        ContainerFirewall(
+            runner: CountingRunner(inner: ns.runner, log: ns.log),
+            ruleset: netlink ? try NFTables(namespace: Namespace.open(path: "/run/netns/\(ns.name)")) : nil)
+    }
+
+    private func filterRules(_ ns: TestNamespace) throws -> [String] {
+        try ns.run("iptables-save", "-t", "filter").split(separator: "\n")
+            .filter { $0.hasPrefix("-A ") || $0.hasPrefix(":CNI-") }.map(String.init)
+    }
+
+    /// A plain ADD reads iptables-nft's filter table over netlink and runs only iptables-restore,
+    /// writing exactly what the listing path writes; a re-ADD of an address with rules lists.
+    @Test func aPlainADDRunsOnlyTheRestoreAndWritesWhatTheListingPathWrites() throws {
+        let ns = try TestNamespace()
+        let listing = try TestNamespace()
+        try #require(
+            IPTablesVariant(runner: ns.runner, saveCommand: "iptables-save") == .nft,
+            "iptables here is iptables-nft (Debian's default); the netlink read applies only to it")
+        let fast = try firewall(ns, netlink: true)
+        let slow = try firewall(listing, netlink: false)
+        for (address, id) in [("10.77.0.5", "c1"), ("10.77.0.6", "c2")] {
+            let addresses = [IPAddress(address)!]
+            try fast.setup(adminChain: "CNI-ADMIN", addresses: addresses, isolation: nil, attachment: id)
+            #expect(ns.log.take() == ["iptables-restore"], "no iptables-save for \(id)")
+            try slow.setup(adminChain: "CNI-ADMIN", addresses: addresses, isolation: nil, attachment: id)
+            #expect(listing.log.take() == ["iptables-save", "iptables-restore"])
+            #expect(try filterRules(ns) == filterRules(listing))
+        }
+        // What the reader saw: the jumps with their comments, and the addresses compared.
+        let tables = try NFTables(namespace: Namespace.open(path: "/run/netns/\(ns.name)"))
+        let forward = try tables.rules(family: .ip, table: "filter", chain: "FORWARD")
+        #expect(forward.map(\.jumpTarget) == ["CNI-FORWARD"])
+        #expect(forward.map(\.matchComment) == ["CNI firewall plugin rules"])
+        let cniForward = try tables.rules(family: .ip, table: "filter", chain: "CNI-FORWARD")
+        #expect(cniForward.first?.matchComment == "CNI firewall plugin admin overrides")
+        #expect(cniForward.dropFirst().map(\.comparedValues).contains { $0.contains([10, 77, 0, 6]) })
+        // Again for c1's address: its rules are there, so a listing decides, and nothing doubles.
+        let before = try filterRules(ns)
+        try fast.setup(adminChain: "CNI-ADMIN", addresses: [IPAddress("10.77.0.5")!], isolation: nil, attachment: "c1")
+        #expect(ns.log.take() == ["iptables-save"], "all present: listed, nothing restored")
+        #expect(try filterRules(ns) == before)
+    }
+}
+
+@Suite(.enabled(if: isRoot, "needs root: creates network namespaces and firewall rules in them"))
 struct IPTablesNamespaceTests {
     /// Also counts the tools each step runs: with netlink reads (iptables-nft here) a first ADD
     /// and a DEL with known addresses run one per family that has addresses or rules.
