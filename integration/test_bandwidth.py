@@ -204,3 +204,34 @@ def test_the_conf_example_chain_shapes_a_bridge_veth(world, tmp_path):
     assert run_plugin("bandwidth", "DEL", shaped, netns=netns, wrapper=wrapper).ok
     assert run_plugin("bridge", "DEL", dict(common, **bridge), netns=netns, wrapper=wrapper).ok
     assert world.ifb() not in world.links()
+
+
+def test_gc_removes_the_tagged_ifb_of_an_attachment_no_longer_valid(world):
+    # A second attachment of the container, on its own veth.
+    second = "vbx" + unique("", 8)[-8:]
+    world.host.run("ip", "link", "add", second, "type", "veth", "peer", "name", "eth1", "netns", world.container.name)
+    world.host.run("ip", "link", "set", second, "up")
+    assert world.run("ADD", world.config(**LIMITS)).ok
+    conf2 = world.config(**LIMITS)
+    conf2["prevResult"]["interfaces"] = [{"name": second}, {"name": "eth1", "sandbox": world.container.path}]
+    add2 = run_plugin("bandwidth", "ADD", conf2, netns=world.container.path, containerid="ctr2", ifname="eth1",
+                      wrapper=("ip", "netns", "exec", world.host.name))
+    assert add2.ok, str(add2)
+    links = world.links()
+    assert links[world.ifb("ctr1")].get("ifalias") == f"cni-bandwidth {world.network} ctr1 eth0"
+    assert links[world.ifb("ctr2")].get("ifalias") == f"cni-bandwidth {world.network} ctr2 eth1"
+    # Another network's ifb and an untagged one (as the reference makes them) are not ours to judge.
+    world.host.run("ip", "link", "add", "bwpforeign0001", "type", "ifb")
+    world.host.run("ip", "link", "set", "bwpforeign0001", "alias", "cni-bandwidth othernet ctr2 eth1")
+    world.host.run("ip", "link", "add", "bwpuntagged001", "type", "ifb")
+
+    gc = {"cniVersion": "1.1.0", "name": world.network, "type": "bandwidth",
+          "cni.dev/valid-attachments": [{"containerID": "ctr1", "ifname": "eth0"}]}
+    run = run_plugin("bandwidth", "GC", gc, wrapper=("ip", "netns", "exec", world.host.name))
+    assert run.ok, str(run)
+    links = world.links()
+    assert world.ifb("ctr2") not in links, "ctr2/eth1 is no longer valid: its ifb goes"
+    assert world.ifb("ctr1") in links and "bwpforeign0001" in links and "bwpuntagged001" in links
+    assert run_plugin("bandwidth", "GC", gc, wrapper=("ip", "netns", "exec", world.host.name)).ok
+    assert world.run("DEL", world.config()).ok
+    assert world.ifb("ctr1") not in world.links()

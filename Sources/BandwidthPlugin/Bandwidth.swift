@@ -95,7 +95,9 @@ struct BandwidthLimits: Equatable {
 /// removes the ifb from network and container ID alone (no netns or prevResult needed, as the
 /// reference); CHECK compares every qdisc ADD made, including the redirect, and does not crash
 /// without limits (1.1.1 does); a rate under 8 bit/s (0 bytes per second) is refused.
-/// The reference's filter carries a second, unreachable mirred action; ours has one.
+/// The reference's filter carries a second, unreachable mirred action; ours has one. ADD tags
+/// the ifb (`IFBTag`, its alias) and GC removes the network's stale tagged ifbs; the reference
+/// has no GC.
 public enum Bandwidth {
     public static let handlers = handlers(host: { KernelHostNetwork() })
 
@@ -103,7 +105,37 @@ public enum Bandwidth {
         PluginHandlers(
             add: { request throws(CNIError) in try add(request, host: host()) },
             del: { request throws(CNIError) in try del(request, host: host()) },
-            check: { request throws(CNIError) in try check(request, host: host()) })
+            check: { request throws(CNIError) in try check(request, host: host()) },
+            gc: { request throws(CNIError) in try gc(request, host: host()) })
+    }
+
+    /// What ADD writes into the ifb's alias, so that GC can tell whose it is: the name is a hash
+    /// of network and container ID that names no attachment (and another network's looks alike).
+    /// `cni-bandwidth <network> <containerID> <ifname>`: CNI names, IDs and interface names hold
+    /// no spaces. Not written when longer than an alias may be (255 bytes): GC leaves such an ifb.
+    struct IFBTag: Equatable {
+        static let prefix = "cni-bandwidth"
+        var network: String
+        var attachment: Attachment
+
+        var alias: String? {
+            let text = "\(Self.prefix) \(network) \(attachment.containerID) \(attachment.ifname)"
+            return text.utf8.count <= 255 ? text : nil
+        }
+
+        init(network: String, attachment: Attachment) {
+            self.network = network
+            self.attachment = attachment
+        }
+
+        init?(alias: String) {
+            let parts = alias.split(separator: " ", omittingEmptySubsequences: false)
+            guard parts.count == 4, parts[0] == Self.prefix, parts.dropFirst().allSatisfy({ !$0.isEmpty }) else {
+                return nil
+            }
+            network = String(parts[1])
+            attachment = Attachment(containerID: String(parts[2]), ifname: String(parts[3]))
+        }
     }
 
     static func ifbName(_ request: PluginRequest) -> String {
@@ -134,7 +166,8 @@ public enum Bandwidth {
             if limits.shapesEgress {
                 let name = ifbName(request)
                 let created = try kernel(
-                    "failed to create ifb device \(name)", hostSide.createIFB(name: name, mtu: veth.mtu))
+                    "failed to create ifb device \(name)",
+                    hostSide.createIFB(name: name, mtu: veth.mtu, alias: tag(request).alias))
                 ifb = created
                 result.interfaces.append(.init(name: name, mac: created.mac?.description))
                 try kernel(
@@ -163,6 +196,38 @@ public enum Bandwidth {
             guard error.isNotFound else {
                 throw CNIError(error.cniCode, "failed to delete ifb device \(name)", details: error.description)
             }
+        }
+    }
+
+    static func tag(_ request: PluginRequest) -> IFBTag {
+        IFBTag(
+            network: request.config.name,
+            attachment: Attachment(containerID: request.containerID, ifname: request.ifName))
+    }
+
+    /// GC: the ifb devices ADD tagged for this network whose attachment is not in
+    /// `cni.dev/valid-attachments` go (a container whose DEL never ran). Untagged ones (the
+    /// reference's, or ours from before the tag) are left: nothing says whose they are. Every
+    /// stale ifb is tried; the first failure is reported, with how many more.
+    static func gc(_ request: PluginRequest, host: any HostNetwork) throws(CNIError) {
+        let valid = Set(try request.validAttachments())
+        let hostSide = try kernel("failed to open the host namespace", host.pluginNamespace())
+        let links = try kernel("failed to list links", hostSide.links())
+        var failures: [HostNetworkError] = []
+        for link in links where link.kind == "ifb" && link.name.hasPrefix("bwp") {
+            guard let owner = link.alias.flatMap(IFBTag.init(alias:)), owner.network == request.config.name,
+                !valid.contains(owner.attachment)
+            else { continue }
+            do {
+                try hostSide.deleteLink(index: link.index)
+            } catch {
+                if !error.isNotFound { failures.append(error) }
+            }
+        }
+        if let first = failures.first {
+            throw CNIError(
+                first.cniCode, "failed to delete a stale ifb device of network \(request.config.name)",
+                details: first.description + (failures.count > 1 ? "; and \(failures.count - 1) more" : ""))
         }
     }
 

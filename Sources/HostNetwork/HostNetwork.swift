@@ -94,7 +94,7 @@ public protocol NetworkNamespace: AnyObject {
     func applySysctls(_ settings: [SysctlSetting]) throws(HostNetworkError)
     // Traffic control (for bandwidth).
     /// An ifb link, up, with txqueuelen 0.
-    func createIFB(name: String, mtu: Int) throws(HostNetworkError) -> Link
+    func createIFB(name: String, mtu: Int, alias: String?) throws(HostNetworkError) -> Link
     /// A tbf root qdisc (handle 1:) on the link.
     func addTokenBucket(index: Int, _ bucket: TokenBucket) throws(HostNetworkError)
     /// The ingress qdisc on the link and a match-all u32 filter redirecting to `target` (mirred).

@@ -284,8 +284,8 @@ final class KernelNamespace: NetworkNamespace {
         }
     }
 
-    func createIFB(name: String, mtu: Int) throws(HostNetworkError) -> Link {
-        try request { () throws(NetlinkError) in try socket.createIFB(name: name, mtu: mtu) }
+    func createIFB(name: String, mtu: Int, alias: String?) throws(HostNetworkError) -> Link {
+        try request { () throws(NetlinkError) in try socket.createIFB(name: name, mtu: mtu, alias: alias) }
     }
     func addTokenBucket(index: Int, _ bucket: TokenBucket) throws(HostNetworkError) {
         try request { () throws(NetlinkError) in try socket.addTokenBucket(index: index, bucket) }

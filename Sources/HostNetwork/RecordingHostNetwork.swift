@@ -460,16 +460,17 @@ public final class FakeNamespace: NetworkNamespace {
     /// Ingress redirects: link index -> target index.
     public var redirects: [Int: Int] = [:]
 
-    public func createIFB(name: String, mtu: Int) throws(HostNetworkError) -> Link {
+    public func createIFB(name: String, mtu: Int, alias: String?) throws(HostNetworkError) -> Link {
         let operation = "create ifb \(name)"
         try record(operation)
         guard let owner else { throw HostNetworkError(.netlink, .failed, operation, "no owner") }
         if linkTable.contains(where: { $0.name == name }) {
             throw HostNetworkError(.netlink, .exists, operation, "file exists", existingName: name)
         }
-        let link = Link(
+        var link = Link(
             index: owner.nextIndex, name: name, kind: "ifb", mac: owner.newMAC(), mtu: mtu, isUp: true,
             operState: .up, txQueueLength: 0)
+        link.alias = alias
         owner.nextIndex += 1
         linkTable.append(link)
         return link

@@ -30,6 +30,8 @@ public struct Link: Hashable, Sendable {
     public var isAllMulticast: Bool = false
     /// `IFLA_TXQLEN`: the transmit queue length.
     public var txQueueLength: Int = 0
+    /// `IFLA_IFALIAS` (what `ip link set dev X alias Y` sets); nil when none.
+    public var alias: String?
 
     public var isVeth: Bool { kind == "veth" }
     public var isBridge: Bool { kind == "bridge" }
@@ -212,6 +214,13 @@ extension NetlinkSocket {
         try execute(message, "set link #\(index) txqueuelen \(length)")
     }
 
+    /// Sets the link's alias (at most IFALIASZ - 1 = 255 bytes; the kernel refuses longer).
+    public func setAlias(index: Int, _ alias: String) throws(NetlinkError) {
+        let message = NetlinkMessage.setLink(index: index)
+        message.put(IFLA_IFALIAS, string: alias)
+        try execute(message, "set link #\(index) alias \"\(alias)\"")
+    }
+
     public func setMTU(index: Int, _ mtu: Int) throws(NetlinkError) {
         let message = NetlinkMessage.setLink(index: index)
         message.put(IFLA_MTU, u32: UInt32(truncatingIfNeeded: mtu))
@@ -337,6 +346,7 @@ extension Link {
             case IFLA_IFNAME: name = attribute.string
             case IFLA_MTU: mtu = Int(attribute.u32 ?? 0)
             case IFLA_TXQLEN: txQueueLength = Int(attribute.u32 ?? 0)
+            case IFLA_IFALIAS: alias = attribute.string.isEmpty ? nil : attribute.string
             case IFLA_ADDRESS: mac = MACAddress(bytes: attribute.bytes)
             case IFLA_OPERSTATE: operState = attribute.u8.flatMap(OperState.init(rawValue:)) ?? .unknown
             case IFLA_MASTER: masterIndex = attribute.u32.map { Int($0) }.flatMap { $0 == 0 ? nil : $0 }

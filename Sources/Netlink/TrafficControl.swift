@@ -193,13 +193,19 @@ extension NetlinkSocket {
 
     /// Creates an ifb link (up, txqueuelen 0, as the reference makes it) and returns it.
     @discardableResult
-    public func createIFB(name: String, mtu: Int) throws(NetlinkError) -> Link {
+    /// A new ifb device, up; with `alias`, tagged with it (set once the device exists: a new
+    /// link's alias is not taken from RTM_NEWLINK on every kernel).
+    public func createIFB(name: String, mtu: Int, alias: String? = nil) throws(NetlinkError) -> Link {
         let message = NetlinkMessage.newLink(name: name, mtu: mtu, mac: nil)
         message.put(IFLA_TXQLEN, u32: 0)
         message.nest(IFLA_LINKINFO) { message.put(IFLA_INFO_KIND, string: "ifb") }
         try execute(message, "create ifb \(name)")
-        guard let created = try link(named: name) else {
+        guard var created = try link(named: name) else {
             throw NetlinkError(operation: "create ifb \(name)", code: -NLE_OBJ_NOTFOUND, errno: ENODEV)
+        }
+        if let alias {
+            try setAlias(index: created.index, alias)
+            created.alias = alias
         }
         try setUp(index: created.index)
         return created

@@ -119,6 +119,58 @@ import Testing
         #expect(world.run("DEL", world.config("", prevResult: false)).status == 0)
     }
 
+    @Test func addTagsTheIFBAndGCRemovesOnlyThisNetworksStaleTaggedOnes() throws {
+        let world = World()
+        #expect(world.run("ADD", world.config(both)).status == 0)
+        let ours = try #require(world.ifb)
+        #expect(ours.alias == "cni-bandwidth bwnet c1 eth0")
+        func ifb(_ name: String, alias: String?) {
+            var link = Link(index: 900 + world.host.host.linkTable.count, name: name, kind: "ifb", mtu: 1500)
+            link.alias = alias
+            world.host.host.linkTable.append(link)
+        }
+        ifb("bwpstale0000001", alias: "cni-bandwidth bwnet c2 eth0")  // this network, DEL never ran
+        ifb("bwpstale0000002", alias: "cni-bandwidth bwnet c1 eth1")  // c1, but another interface
+        ifb("bwpother0000001", alias: "cni-bandwidth othernet c2 eth0")  // another network's
+        ifb("bwpreference001", alias: nil)  // the reference's: untagged
+        ifb("bwpmangled00001", alias: "cni-bandwidth bwnet c2")  // not our format
+        var notIFB = Link(index: 990, name: "bwpveth", kind: "veth", mtu: 1500)
+        notIFB.alias = "cni-bandwidth bwnet c9 eth0"
+        world.host.host.linkTable.append(notIFB)
+
+        var gc = world.config("", prevResult: false).replacing(#""cniVersion":"1.0.0""#, with: #""cniVersion":"1.1.0""#)
+        gc.removeLast()
+        gc += #","cni.dev/valid-attachments":[{"containerID":"c1","ifname":"eth0"}]}"#
+        #expect(world.run("GC", gc).status == 0)
+        let left = Set(world.host.host.linkTable.map(\.name))
+        #expect(!left.contains("bwpstale0000001") && !left.contains("bwpstale0000002"))
+        for kept in [ours.name, "bwpother0000001", "bwpreference001", "bwpmangled00001", "bwpveth"] {
+            #expect(left.contains(kept), "\(kept) is not this GC's to remove")
+        }
+        #expect(world.run("GC", gc).status == 0, "again: nothing left to do")
+    }
+
+    @Test func gcTriesEveryStaleIFBAndReportsTheFailures() {
+        let world = World()
+        for (index, id) in ["c2", "c3", "c4"].enumerated() {
+            var link = Link(index: 800 + index, name: "bwpstale00000\(index)", kind: "ifb", mtu: 1500)
+            link.alias = "cni-bandwidth bwnet \(id) eth0"
+            world.host.host.linkTable.append(link)
+        }
+        world.host.fail("host: delete link bwpstale000000")
+        world.host.fail("host: delete link bwpstale000002")
+        var gc = world.config("", prevResult: false).replacing(#""cniVersion":"1.0.0""#, with: #""cniVersion":"1.1.0""#)
+        gc.removeLast()
+        gc += #","cni.dev/valid-attachments":[]}"#
+        let run = world.run("GC", gc)
+        #expect(run.status != 0)
+        let message = run.json?["msg"]?.stringValue ?? ""
+        #expect(message == "failed to delete a stale ifb device of network bwnet")
+        #expect(run.json?["details"]?.stringValue?.hasSuffix("; and 1 more") == true)
+        #expect(
+            world.host.host.linkTable.map(\.name).contains("bwpstale000001") == false, "the one that could go, went")
+    }
+
     @Test func aFailedEgressStepLeavesNothing() {
         let world = World()
         world.host.fail("host: add tbf on bwp")
