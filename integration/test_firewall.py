@@ -297,16 +297,17 @@ def test_conf_examples_work_as_given(net, name):
     assert not any(address(result, 4) in rule for rule in filter_rules(net.host))
 
 
-def test_parallel_first_adds_on_a_fresh_host_make_the_shared_rules_once(net):
-    """Eight containers' firewall ADDs at once on a host without any CNI chain: one transaction
-    wins the chains, the others are recomputed from a fresh listing; nothing is doubled."""
+def parallel_firewall_adds(net, count, firewall_config):
+    """`count` containers on `net`'s bridge, then their firewall ADDs all started at once
+    (`firewall_config(result)` makes each config), every one required to succeed. Returns
+    [(container, result, cid)]."""
     attached = []
-    for index in range(8):
+    for index in range(count):
         container = net.container()
         attached.append((container, net.add(net.bridge_config(), container, containerid=f"p{index}"), f"p{index}"))
     procs = []
     for container, result, cid in attached:
-        config = json.dumps(net.firewall_config(result)).encode()
+        config = json.dumps(firewall_config(result)).encode()
         env = {"PATH": os.environ["PATH"], "CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_NETNS": container.path,
                "CNI_IFNAME": "eth0", "CNI_PATH": "/nonexistent"}
         proc = subprocess.Popen(["ip", "netns", "exec", net.host.name, str(BIN_DIR / "firewall")],
@@ -317,6 +318,13 @@ def test_parallel_first_adds_on_a_fresh_host_make_the_shared_rules_once(net):
         proc.stdin.close()
     outputs = [(proc.wait(timeout=60), proc.stdout.read()) for proc, _ in procs]
     assert all(status == 0 for status, _ in outputs), outputs
+    return attached
+
+
+def test_parallel_first_adds_on_a_fresh_host_make_the_shared_rules_once(net):
+    """Eight containers' firewall ADDs at once on a host without any CNI chain: one transaction
+    wins the chains, the others are recomputed from a fresh listing; nothing is doubled."""
+    attached = parallel_firewall_adds(net, 8, net.firewall_config)
     expected = SHARED + [rule for _, result, _ in attached for rule in per_ip(
         {"ips": [ip for ip in result["ips"] if ":" not in ip["address"]]})]
     assert sorted(filter_rules(net.host)) == sorted(expected)

@@ -9,14 +9,14 @@ only ever flows between these namespaces. The kernel state is read independently
 import json
 import os
 import shutil
-import subprocess
 
 import pytest
 
-from cnitest import BIN_DIR, REPO
+from cnitest import REPO
 from test_bridge_support import run_in
 from test_firewall import (  # noqa: F401
-    NETWORKS, RECORDS, Net, address, filter_rules, isolated_bridges, net, reaches, remove_records)
+    NETWORKS, RECORDS, Net, address, filter_rules, isolated_bridges, net, parallel_firewall_adds, reaches,
+    remove_records)
 
 TABLE = ["inet", "cni_firewall"]
 JUMPS = ["jump admin", "jump isolation_stage_1", "jump containers"]
@@ -205,23 +205,7 @@ def test_conf_example_works_as_given(net):
 def test_parallel_first_adds_on_a_fresh_host_write_the_shared_rules_once(net):
     """Six containers' ADDs at once on a host without the table: one batch makes the table and
     the bridge's isolation, the others find them; nothing is doubled."""
-    attached = []
-    for index in range(6):
-        container = net.container()
-        attached.append((container, net.add(net.bridge_config(), container, containerid=f"p{index}"), f"p{index}"))
-    procs = []
-    for container, result, cid in attached:
-        config = json.dumps(nft_config(net, result, ingressPolicy="same-bridge")).encode()
-        env = {"PATH": os.environ["PATH"], "CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_NETNS": container.path,
-               "CNI_IFNAME": "eth0", "CNI_PATH": "/nonexistent"}
-        proc = subprocess.Popen(["ip", "netns", "exec", net.host.name, str(BIN_DIR / "firewall")],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-        procs.append((proc, config))
-    for proc, config in procs:
-        proc.stdin.write(config)
-        proc.stdin.close()
-    outputs = [(proc.wait(timeout=60), proc.stdout.read()) for proc, _ in procs]
-    assert all(status == 0 for status, _ in outputs), outputs
+    attached = parallel_firewall_adds(net, 6, lambda result: nft_config(net, result, ingressPolicy="same-bridge"))
     assert texts(net.host, "forward") == JUMPS
     assert texts(net.host, "isolation_stage_1") == [f'iifname "{net.bridge}" oifname != "{net.bridge}" '
                                                     "jump isolation_stage_2"]
