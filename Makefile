@@ -35,7 +35,7 @@ SBIN_DIR ?= /usr/local/sbin
 # Seconds per libFuzzer target for `make fuzz`.
 FUZZ_SECONDS ?= 60
 
-.PHONY: all build deps test unit-test integration-test lint format install clean demo cluster-demo bench fuzz stress
+.PHONY: all build deps test unit-test integration-test lint format install clean demo cluster-demo bench fuzz stress symbol-order
 
 all: build
 
@@ -101,3 +101,11 @@ fuzz:
 # The long fault-injection and concurrency runs (make test runs them bounded to about a minute).
 stress: build
 	PYTHON=$(PYTHON) scripts/stress.sh
+
+# Rewrites Sources/cni-plugins/symbol-order.txt, the release link order of cni-plugins (start-up
+# and ADD code first: peak RSS, cold start; see bench/PROFILE.md) from callgrind runs of an
+# unstripped release build; by hand after changes that move much code, then `make build` and
+# commit the file. Needs valgrind and gdb (installed here if missing; not part of make deps).
+symbol-order: deps
+	@for p in valgrind gdb; do command -v $$p >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$p >/dev/null; done
+	$(PYTHON) scripts/symbol-order.py

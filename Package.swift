@@ -3,6 +3,18 @@
 // The layers (lowest first) are described in ../shared/ARCHITECTURE.md and README.md.
 import PackageDescription
 
+// The release link of cni-plugins lays out first, together, the code every plugin runs at start-up
+// and in an ADD (Sources/cni-plugins/symbol-order.txt, written by scripts/symbol-order.py), so a
+// run faults in fewer 64 KiB windows of the binary (peak RSS, cold start: bench/PROFILE.md). lld
+// does the ordering (the default gold would need section names); names the file lists that no
+// longer exist are skipped silently. An absolute path: unsafeFlags reach the linker as they are.
+let packageDirectory = String(#filePath.dropLast("Package.swift".count))
+let releaseLink: [String] = [
+    "-static-executable", "-use-ld=lld",
+    "-Xlinker", "--symbol-ordering-file=\(packageDirectory)Sources/cni-plugins/symbol-order.txt",
+    "-Xlinker", "--no-warn-symbol-ordering",
+]
+
 let package = Package(
     name: "swift-cni",
     products: [
@@ -88,9 +100,10 @@ let package = Package(
                 "CNI", "BridgePlugin", "PTPPlugin", "HostLocalPlugin", "StaticPlugin", "LoopbackPlugin",
                 "PortmapPlugin", "FirewallPlugin", "TuningPlugin", "BandwidthPlugin", "ClusterIPAMPlugin",
             ],
+            exclude: ["symbol-order.txt"],
             // Release builds are fully static (see the Makefile); only this executable, since
             // cnictl links the system's libcurl, which has no complete static form on Debian.
-            linkerSettings: [.unsafeFlags(["-static-executable"], .when(configuration: .release))]),
+            linkerSettings: [.unsafeFlags(releaseLink, .when(configuration: .release))]),
 
         // cnictl's logic: network discovery as libcni does it, the on-disk and kernel state of
         // each attachment, the consistency check, release and GC (no argument parsing here).
