@@ -244,16 +244,12 @@ public final class EtcdClient {
         }
     }
 
-    static func rangeBody(prefix: String, serializable: Bool = false) -> JSONValue {
+    static func rangeBody(prefix: String) -> JSONValue {
         var end = Array(prefix.utf8)
         // The end of a prefix range: the prefix with its last byte incremented (our prefixes end
         // in "/", never 0xff).
         end[end.count - 1] += 1
-        var range: [String: JSONValue] = [
-            "key": .string(Base64.encode(prefix)), "range_end": .string(Base64.encode(end)),
-        ]
-        if serializable { range["serializable"] = .bool(true) }
-        return .object(range)
+        return .object(["key": .string(Base64.encode(prefix)), "range_end": .string(Base64.encode(end))])
     }
 
     static func txnBody(_ compare: [Compare], _ success: [Operation], _ failure: [Operation]) -> JSONValue {
@@ -292,10 +288,9 @@ public final class EtcdClient {
             revision: int64(value["header"]?["revision"]))
     }
 
-    /// Every key under `prefix`. `serializable`: answered by the member asked, without a quorum
-    /// round (possibly a little stale): for a view that a compare-guarded txn then checks.
-    public func range(prefix: String, serializable: Bool = false) throws(CNIError) -> [KeyValue] {
-        Self.keyValues(try call("/v3/kv/range", Self.rangeBody(prefix: prefix, serializable: serializable)))
+    /// Every key under `prefix`.
+    public func range(prefix: String) throws(CNIError) -> [KeyValue] {
+        Self.keyValues(try call("/v3/kv/range", Self.rangeBody(prefix: prefix)))
     }
 
     /// One key, nil when absent.

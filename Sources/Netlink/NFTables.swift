@@ -111,33 +111,38 @@ extension NFTables.Rule {
 
     /// An xt `comment` match's text (`struct xt_comment_info`: the comment, NUL-padded).
     static func matchComment(in expressions: Attributes) -> String? {
-        for element in expressions where element.type == UInt16(NFTA_LIST_ELEM.rawValue) {
-            let expression = element.nested
-            guard let name = expression.first(Int(NFTA_EXPR_NAME.rawValue)),
-                String(decoding: name.payload.prefix { $0 != 0 }, as: UTF8.self) == "match",
-                let data = expression.first(Int(NFTA_EXPR_DATA.rawValue))?.nested,
-                let match = data.first(Int(NFTA_MATCH_NAME.rawValue)),
-                String(decoding: match.payload.prefix { $0 != 0 }, as: UTF8.self) == "comment",
-                let info = data.first(Int(NFTA_MATCH_INFO.rawValue))
-            else { continue }
-            return String(decoding: info.payload.prefix { $0 != 0 }, as: UTF8.self)
-        }
-        return nil
+        elements(in: expressions).lazy.compactMap { name, data in
+            guard name == "match", let data, text(data.first(Int(NFTA_MATCH_NAME.rawValue))) == "comment" else {
+                return nil
+            }
+            return text(data.first(Int(NFTA_MATCH_INFO.rawValue)))
+        }.first
     }
 
     /// The data of each `cmp` expression, in order.
     static func comparedValues(in expressions: Attributes) -> [[UInt8]] {
-        var values: [[UInt8]] = []
+        elements(in: expressions).compactMap { name, data in
+            guard name == "cmp",
+                let value = data?.first(Int(NFTA_CMP_DATA.rawValue))?.nested.first(Int(NFTA_DATA_VALUE.rawValue))
+            else { return nil }
+            return Array(value.payload)
+        }
+    }
+
+    /// The rule's expressions as (name, data) pairs, in order.
+    static func elements(in expressions: Attributes) -> [(name: String, data: Attributes?)] {
+        var result: [(name: String, data: Attributes?)] = []
         for element in expressions where element.type == UInt16(NFTA_LIST_ELEM.rawValue) {
             let expression = element.nested
-            guard let name = expression.first(Int(NFTA_EXPR_NAME.rawValue)),
-                String(decoding: name.payload.prefix { $0 != 0 }, as: UTF8.self) == "cmp",
-                let value = expression.first(Int(NFTA_EXPR_DATA.rawValue))?.nested
-                    .first(Int(NFTA_CMP_DATA.rawValue))?.nested.first(Int(NFTA_DATA_VALUE.rawValue))
-            else { continue }
-            values.append(Array(value.payload))
+            guard let name = text(expression.first(Int(NFTA_EXPR_NAME.rawValue))) else { continue }
+            result.append((name, expression.first(Int(NFTA_EXPR_DATA.rawValue))?.nested))
         }
-        return values
+        return result
+    }
+
+    /// A NUL-terminated string attribute.
+    static func text(_ attribute: Attribute?) -> String? {
+        attribute.map { String(decoding: $0.payload.prefix { $0 != 0 }, as: UTF8.self) }
     }
 
     /// The dump's expressions read back into `NFTables.Expression` (registers and attributes the
@@ -222,16 +227,10 @@ extension NFTables.Rule {
     /// The mark values of `marks`: an xt MARK target's info starts with the mark (host order);
     /// a `cmp` after `meta load mark` compares with it (host order).
     static func marks(in expressions: Attributes) -> [UInt32] {
-        func text(_ attribute: Attribute?) -> String? {
-            attribute.map { String(decoding: $0.payload.prefix { $0 != 0 }, as: UTF8.self) }
-        }
         var marks: [UInt32] = []
         var loadedMark = false
-        for element in expressions where element.type == UInt16(NFTA_LIST_ELEM.rawValue) {
-            let expression = element.nested
-            guard let name = text(expression.first(Int(NFTA_EXPR_NAME.rawValue))),
-                let data = expression.first(Int(NFTA_EXPR_DATA.rawValue))?.nested
-            else { continue }
+        for (name, data) in elements(in: expressions) {
+            guard let data else { continue }
             switch name {
             case "meta":
                 let key = data.first(Int(NFTA_META_KEY.rawValue))
@@ -263,18 +262,13 @@ extension NFTables.Rule {
 
     /// The chain named by an `immediate` verdict expression of the rule (jump or goto).
     static func jumpTarget(in expressions: Attributes) -> String? {
-        for element in expressions where element.type == UInt16(NFTA_LIST_ELEM.rawValue) {
-            let expression = element.nested
-            guard let name = expression.first(Int(NFTA_EXPR_NAME.rawValue)),
-                String(decoding: name.payload.prefix { $0 != 0 }, as: UTF8.self) == "immediate",
-                let data = expression.first(Int(NFTA_EXPR_DATA.rawValue)),
-                let immediate = data.nested.first(Int(NFTA_IMMEDIATE_DATA.rawValue)),
-                let verdict = immediate.nested.first(Int(NFTA_DATA_VERDICT.rawValue)),
-                let chain = verdict.nested.first(Int(NFTA_VERDICT_CHAIN.rawValue))
-            else { continue }
-            return String(decoding: chain.payload.prefix { $0 != 0 }, as: UTF8.self)
-        }
-        return nil
+        elements(in: expressions).lazy.compactMap { name, data in
+            guard name == "immediate",
+                let verdict = data?.first(Int(NFTA_IMMEDIATE_DATA.rawValue))?.nested
+                    .first(Int(NFTA_DATA_VERDICT.rawValue))
+            else { return nil }
+            return text(verdict.nested.first(Int(NFTA_VERDICT_CHAIN.rawValue)))
+        }.first
     }
 
     /// The comment in a rule's user data: a sequence of (u8 type, u8 length, value) records, the
