@@ -153,3 +153,23 @@ let package = Package(
             name: "ClusterStoreTests", dependencies: ["ClusterStore", "ClusterIPAM", "CNI", "JSON", "NetAddress"]),
     ]
 )
+
+// The plugins' modules import neither _StringProcessing nor _Concurrency, which Swift imports into
+// every module unless told not to: one use of either (a `String.contains` of a substring, top-level
+// code inferred to be on the main actor) links the regex engine and its Unicode tables, or the
+// concurrency runtime with libdispatch: ~1.5 MB of the binary every plugin maps and reads at a cold
+// start (bench/PROFILE.md). Without the implicit import, such a use is a compile error.
+let pluginModules: Set<String> = [
+    "JSON", "NetAddress", "Exec", "CNI", "IPAM", "Netlink", "PacketFilter", "HostNetwork", "BridgePlugin",
+    "PTPPlugin", "BandwidthPlugin", "TuningPlugin", "LoopbackPlugin", "HostLocalPlugin", "StaticPlugin",
+    "PortmapPlugin", "DBus", "FirewallPlugin", "ClusterIPAM", "ClusterStore", "ClusterIPAMPlugin", "cni-plugins",
+]
+for target in package.targets where pluginModules.contains(target.name) {
+    target.swiftSettings =
+        (target.swiftSettings ?? []) + [
+            .unsafeFlags([
+                "-Xfrontend", "-disable-implicit-string-processing-module-import",
+                "-Xfrontend", "-disable-implicit-concurrency-module-import",
+            ])
+        ]
+}

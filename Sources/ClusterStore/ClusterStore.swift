@@ -296,7 +296,7 @@ public final class ClusterStore {
             } catch {
                 // A lease can expire between grant and use only if the txn came very late;
                 // "requested lease not found" is permanent for that lease: grant another.
-                guard error.details.contains("lease not found") else { throw error }
+                guard error.details.containsText("lease not found") else { throw error }
                 register = try registration(identity, now: now)
                 continue
             }

@@ -29,8 +29,7 @@ extension NetlinkSocket {
     public func waitForDAD(
         index: Int, timeout: Duration = .seconds(5), pollInterval: Duration = .milliseconds(50)
     ) throws(DADError) {
-        let clock = ContinuousClock()
-        let deadline = clock.now.advanced(by: timeout)
+        let deadline = Self.monotonicNow() + timeout
         while true {
             let addresses: [AddressInfo]
             do {
@@ -42,7 +41,7 @@ extension NetlinkSocket {
                 throw .failed(link: linkName(index), address: failed.prefix.address)
             }
             if !addresses.contains(where: { $0.flags.contains(.tentative) }) { return }
-            if clock.now >= deadline {
+            if Self.monotonicNow() >= deadline {
                 let link: Link?
                 do {
                     link = try self.link(index: index)
@@ -57,6 +56,14 @@ extension NetlinkSocket {
             var remaining = timespec()
             while nanosleep(&interval, &remaining) != 0 && errno == EINTR { interval = remaining }
         }
+    }
+
+    /// CLOCK_MONOTONIC as a Duration since boot (ContinuousClock is _Concurrency's, which the
+    /// plugins do not link: Package.swift).
+    private static func monotonicNow() -> Duration {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return .seconds(now.tv_sec) + .nanoseconds(now.tv_nsec)
     }
 
     private func linkName(_ index: Int) -> String {
