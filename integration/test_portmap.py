@@ -392,6 +392,48 @@ def test_nftables_gc_removes_only_this_networks_unlisted_attachments(pw):
             subprocess.run(["rm", "-rf", f"{PORTMAP_RECORDS}/{network}"], check=False)
 
 
+def hostport_skeleton(world):
+    """(chain, handle, expressions) of every rule of the ip table's chains that no container owns."""
+    listing = json.loads(world.host.run("nft", "-j", "-a", "list", "table", "ip", "cni_hostport"))
+    return [(i["rule"]["chain"], i["rule"]["handle"], json.dumps(i["rule"]["expr"], sort_keys=True))
+            for i in listing["nftables"] if "rule" in i and i["rule"]["chain"] in ("hostports_all", "prerouting",
+                                                                                  "output")]
+
+
+def test_nftables_add_rewrites_the_skeleton_only_when_needed(pw):
+    """A later nftables ADD finds the table's chains and the rules of hostports_all, prerouting
+    and output as it would write them, and adds only its own rules: the skeleton keeps its rule
+    handles (not flushed and re-added, which leaves the kernel destroy work our socket's close
+    waits for). A tampered entry chain is rewritten as before, and traffic still flows."""
+    mappings = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+    first, first_result = pw.publish(mappings, containerid="one", backend="nftables")
+    skeleton = hostport_skeleton(pw)
+    assert [chain for chain, _, _ in skeleton] == ["hostports_all", "hostports_all", "prerouting", "output"]
+    second, second_result = pw.publish([{"hostPort": 8081, "containerPort": 80, "protocol": "tcp"}],
+                                       containerid="two", backend="nftables")
+    assert hostport_skeleton(pw) == skeleton
+    assert hostport_comments(pw) == ["one"] * 3 + ["two"] * 3
+
+    output_rule = next(handle for chain, handle, _ in skeleton if chain == "output")
+    pw.host.run("nft", "delete", "rule", "ip", "cni_hostport", "output", "handle", str(output_rule))
+    third, third_result = pw.publish([{"hostPort": 8082, "containerPort": 80, "protocol": "tcp"}],
+                                     containerid="three", backend="nftables")
+    repaired = hostport_skeleton(pw)
+    assert [(chain, text) for chain, _, text in repaired] == [(chain, text) for chain, _, text in skeleton]
+    assert {handle for _, handle, _ in repaired}.isdisjoint(handle for _, handle, _ in skeleton)
+
+    pw.serve(second, "tcp", "4", 80, "two")
+    pw.serve(third, "tcp", "4", 80, "three")
+    assert pw.ask(pw.outside, "tcp", HOST4, 8081).startswith("two "), "a mapping added over the kept skeleton"
+    assert pw.ask(pw.outside, "tcp", HOST4, 8082).startswith("three "), "and over the repaired one"
+    for container, result, cid, ports in ((first, first_result, "one", mappings),
+                                          (second, second_result, "two", None),
+                                          (third, third_result, "three", None)):
+        config = pw.portmap_config(result, ports or [], backend="nftables")
+        assert pw.portmap("DEL", config, container, containerid=cid).ok
+    assert hostport_comments(pw) == []
+
+
 def test_failed_add_leaves_no_rule(pw):
     """A mark chain that does not exist fails the iptables transaction: the shared chains of the
     same transaction are not left either, and the error is the firewall's (code 104)."""

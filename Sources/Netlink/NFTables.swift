@@ -215,6 +215,12 @@ extension NFTables.Rule {
                 case (NFT_JUMP.rawValue, let chain?): result.append(.verdict(.jump(chain: chain)))
                 default: return nil
                 }
+            case "fib":
+                // Only `fib daddr type` (what NFTablesBatch writes); other keys or flags are not ours.
+                guard u32(data?.first(Int(NFTA_FIB_RESULT.rawValue))) == UInt32(NFT_FIB_RESULT_ADDRTYPE.rawValue),
+                    u32(data?.first(Int(NFTA_FIB_FLAGS.rawValue))) == UInt32(NFTA_FIB_F_DADDR.rawValue)
+                else { return nil }
+                result.append(.loadDestinationAddressType)
             case "masq":
                 result.append(.masquerade)
             default:

@@ -17,8 +17,9 @@ import Netlink
 ///
 /// The comment is only the container ID, as in the reference, so each removes the other's rules
 /// (and, as in the reference, a DEL removes the container's rules of every network).
-/// `prerouting`, `output` and `hostports_all` are flushed and rewritten on every ADD, so the
-/// latest ADD's conditions apply to all mappings (the reference's behaviour). Unlike the
+/// `prerouting`, `output` and `hostports_all` are flushed and rewritten on every ADD that does
+/// not find them holding what it would write, so the latest ADD's conditions apply to all
+/// mappings (the reference's behaviour; the reference rewrites them on every ADD). Unlike the
 /// reference, a re-ADD first deletes the container's old rules instead of duplicating them.
 ///
 /// Written as one netlink batch per family; with conditions (nft rule text we do not compile)
@@ -42,11 +43,28 @@ enum NFTablesPortForwarding {
     static func family(_ family: IPAddress.Family) -> NFTables.Family { family == .v4 ? .ip : .ip6 }
     static func familyName(_ family: IPAddress.Family) -> String { family == .v4 ? "ip" : "ip6" }
 
+    /// The rules of `hostports_all`, in order, as `setup` writes them.
+    static let hostPortsAllRules: [[NFTables.Expression]] = [
+        [.verdict(.jump(chain: hostIPHostPorts))], [.verdict(.jump(chain: hostPorts))],
+    ]
+    /// The one rule of `prerouting` and of `output` without conditions: `fib daddr type local
+    /// jump hostports_all` (RTN_LOCAL, a host-order u32).
+    static let entryRule: [NFTables.Expression] = [
+        .loadDestinationAddressType, .compare(equal: true, data: hostOrder(UInt32(2))),
+        .verdict(.jump(chain: hostPortsAll)),
+    ]
+
     /// ADD for `container`'s family: the table's skeleton, the container's stale rules (by handle)
-    /// deleted, its new rules appended.
-    static func setup(config: PortForwardingConfig, container: IPPrefix, staleRules: [(chain: String, handle: UInt64)])
-        -> Transaction
-    {
+    /// deleted, its new rules appended. With `baseIntact` (a read showed the skeleton's chains
+    /// holding exactly the rules this would write) the skeleton is left out: re-adding existing
+    /// chains and flushing and refilling the entry chains leaves the same ruleset, but each such
+    /// object is a transaction entry the kernel frees only after an RCU grace period, which the
+    /// closing of our netfilter socket at exit waits for (bench/PROFILE.md). The reference's
+    /// knftables transaction rewrites the skeleton on every ADD.
+    static func setup(
+        config: PortForwardingConfig, container: IPPrefix, staleRules: [(chain: String, handle: UInt64)],
+        baseIntact: Bool = false
+    ) -> Transaction {
         let fam = container.family
         let nf = family(fam)
         let ipx = familyName(fam)
@@ -57,41 +75,9 @@ enum NFTablesPortForwarding {
             lines.append(line)
         }
         let prefix = "\(ipx) \(table)"
-        add(
-            .addTable(nf, name: table, comment: tableComment),
-            "add table \(prefix) { comment \"\(tableComment)\" ; }")
-        for chain in [hostPorts, hostIPHostPorts, hostPortsAll] {
-            add(.addChain(nf, table: table, name: chain, comment: nil, hook: nil), "add chain \(prefix) \(chain)")
-        }
-        add(.flushChain(nf, table: table, chain: hostPortsAll), "flush chain \(prefix) \(hostPortsAll)")
-        for target in [hostIPHostPorts, hostPorts] {
-            add(
-                .addRule(
-                    nf, table: table, chain: hostPortsAll, expressions: [.verdict(.jump(chain: target))], comment: nil),
-                "add rule \(prefix) \(hostPortsAll) jump \(target)")
-        }
         let conditions = config.conditions(fam)
-        let conditionText = conditions.isEmpty ? "" : conditions.joined(separator: " ") + " "
-        for (chain, hook, hookName) in [
-            ("prerouting", NFTables.Hook.natPrerouting, "prerouting"), ("output", .natOutput, "output"),
-        ] {
-            add(
-                .addChain(nf, table: table, name: chain, comment: nil, hook: hook),
-                "add chain \(prefix) \(chain) { type nat hook \(hookName) priority -100 ; }")
-            add(.flushChain(nf, table: table, chain: chain), "flush chain \(prefix) \(chain)")
-            add(
-                .addRule(
-                    nf, table: table, chain: chain,
-                    expressions: [
-                        .loadDestinationAddressType, .compare(equal: true, data: hostOrder(UInt32(2))),
-                        .verdict(.jump(chain: hostPortsAll)),
-                    ], comment: nil),
-                "add rule \(prefix) \(chain) \(conditionText)fib daddr type local jump \(hostPortsAll)")
-        }
-        if config.snat {
-            add(
-                .addChain(nf, table: table, name: masquerading, comment: nil, hook: .natPostrouting),
-                "add chain \(prefix) \(masquerading) { type nat hook postrouting priority 100 ; }")
+        if !baseIntact || !conditions.isEmpty {
+            skeleton(config: config, family: fam, conditions: conditions, add)
         }
         for stale in staleRules {
             add(
@@ -141,6 +127,49 @@ enum NFTablesPortForwarding {
             }
         }
         return Transaction(commands: commands, script: lines.joined(separator: "\n") + "\n")
+    }
+
+    /// The table, its chains, and the rules of `hostports_all`, `prerouting` and `output`
+    /// (flushed first: the latest ADD's conditions apply to every mapping, as in the reference).
+    private static func skeleton(
+        config: PortForwardingConfig, family fam: IPAddress.Family, conditions: [String],
+        _ add: (NFTables.Command, String) -> Void
+    ) {
+        let nf = family(fam)
+        let prefix = "\(familyName(fam)) \(table)"
+        add(
+            .addTable(nf, name: table, comment: tableComment),
+            "add table \(prefix) { comment \"\(tableComment)\" ; }")
+        for chain in [hostPorts, hostIPHostPorts, hostPortsAll] {
+            add(.addChain(nf, table: table, name: chain, comment: nil, hook: nil), "add chain \(prefix) \(chain)")
+        }
+        add(.flushChain(nf, table: table, chain: hostPortsAll), "flush chain \(prefix) \(hostPortsAll)")
+        for target in [hostIPHostPorts, hostPorts] {
+            add(
+                .addRule(
+                    nf, table: table, chain: hostPortsAll, expressions: [.verdict(.jump(chain: target))],
+                    comment: nil),
+                "add rule \(prefix) \(hostPortsAll) jump \(target)")
+        }
+        let conditionText = conditions.isEmpty ? "" : conditions.joined(separator: " ") + " "
+        for (chain, hook, hookName) in [
+            ("prerouting", NFTables.Hook.natPrerouting, "prerouting"), ("output", .natOutput, "output"),
+        ] {
+            add(
+                .addChain(nf, table: table, name: chain, comment: nil, hook: hook),
+                "add chain \(prefix) \(chain) { type nat hook \(hookName) priority -100 ; }")
+            add(.flushChain(nf, table: table, chain: chain), "flush chain \(prefix) \(chain)")
+            add(
+                .addRule(
+                    nf, table: table, chain: chain,
+                    expressions: entryRule, comment: nil),
+                "add rule \(prefix) \(chain) \(conditionText)fib daddr type local jump \(hostPortsAll)")
+        }
+        if config.snat {
+            add(
+                .addChain(nf, table: table, name: masquerading, comment: nil, hook: .natPostrouting),
+                "add chain \(prefix) \(masquerading) { type nat hook postrouting priority 100 ; }")
+        }
     }
 
     /// DEL: the rules commented with the container ID, by handle; nil when there are none.

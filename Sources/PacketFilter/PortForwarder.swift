@@ -190,9 +190,42 @@ public struct PortForwarder {
     private func setupNFT(config: PortForwardingConfig, container: IPPrefix) throws(FirewallError) {
         let tool = nftTool(
             "set up port forwarding for \(attachment(config.network, config.containerID)) to \(container.address)")
+        let textOnly = !config.conditions(container.family).isEmpty
         let stale = try nftRules(container.family, containerID: config.containerID, tool)
-        let change = NFTablesPortForwarding.setup(config: config, container: container, staleRules: stale)
-        try applyNFT(change, textOnly: !config.conditions(container.family).isEmpty, tool)
+        let intact = !textOnly && nftBaseIntact(config, container.family)
+        let change = NFTablesPortForwarding.setup(
+            config: config, container: container, staleRules: stale, baseIntact: intact)
+        do {
+            try applyNFT(change, textOnly: textOnly, tool)
+        } catch {
+            // The skeleton went away between the read and the batch (another runtime's DEL or
+            // GC, an admin's flush): write all of it, from a fresh read.
+            guard intact else { throw error }
+            let stale = try nftRules(container.family, containerID: config.containerID, tool)
+            try applyNFT(
+                NFTablesPortForwarding.setup(config: config, container: container, staleRules: stale),
+                textOnly: textOnly, tool)
+        }
+    }
+
+    /// Whether the family's table holds the skeleton `NFTablesPortForwarding.setup` writes, with
+    /// exactly its rules in `hostports_all`, `prerouting` and `output` (the jumps of
+    /// `hostports_all` mean both target chains exist: the kernel keeps a jumped-to chain), and
+    /// `masquerading` where SNAT needs it; read over netlink. False when that cannot be read:
+    /// then the skeleton is written.
+    private func nftBaseIntact(_ config: PortForwardingConfig, _ fam: IPAddress.Family) -> Bool {
+        guard let ruleset else { return false }
+        let nf = NFTablesPortForwarding.family(fam)
+        let table = NFTablesPortForwarding.table
+        func expressions(_ chain: String) -> [[NFTables.Expression]?]? {
+            (try? ruleset.rules(family: nf, table: table, chain: chain))?.map(\.expressions)
+        }
+        let entry = [NFTablesPortForwarding.entryRule]
+        guard expressions(NFTablesPortForwarding.hostPortsAll) == NFTablesPortForwarding.hostPortsAllRules,
+            expressions("prerouting") == entry, expressions("output") == entry
+        else { return false }
+        guard config.snat else { return true }
+        return (try? ruleset.chainExists(family: nf, table: table, chain: NFTablesPortForwarding.masquerading)) == true
     }
 
     private func teardownNFT(containerID: String) throws(FirewallError) {

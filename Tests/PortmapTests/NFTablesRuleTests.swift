@@ -1,3 +1,4 @@
+import Glibc
 import NetAddress
 import Testing
 
@@ -108,5 +109,113 @@ private func lines(_ transaction: NFTablesPortForwarding.Transaction) -> [String
         let change = NFTablesPortForwarding.setup(config: config(), container: container6, staleRules: [])
         let batch = try NFTablesBatch(change.commands)
         #expect(batch.sequences.count == change.commands.count)
+    }
+
+    /// With the skeleton intact, ADD's batch is the stale rules' deletion and the container's
+    /// rules only (nothing the kernel frees after a grace period); conditions (nft text) always
+    /// rewrite the entry chains, so they always get the skeleton.
+    @Test func anIntactSkeletonIsLeftOut() {
+        let stale = [(chain: "hostports", handle: UInt64(7))]
+        let change = NFTablesPortForwarding.setup(
+            config: config(), container: container4, staleRules: stale, baseIntact: true)
+        #expect(
+            lines(change) == [
+                "delete rule ip cni_hostport hostports handle 7",
+                #"add rule ip cni_hostport hostports tcp dport 8080 dnat to 10.0.0.2:80 comment "cid1""#,
+                #"add rule ip cni_hostport hostports ip daddr 192.168.0.2 udp dport 8083 dnat to 10.0.0.2:83 comment "cid1""#,
+                #"add rule ip cni_hostport masquerading ip saddr 10.0.0.2 ip daddr 10.0.0.2 masquerade comment "cid1""#,
+                #"add rule ip cni_hostport masquerading ip saddr 127.0.0.1 ip daddr 10.0.0.2 masquerade comment "cid1""#,
+            ])
+        #expect(change.commands.count == 5)
+        let conditioned = NFTablesPortForwarding.setup(
+            config: config(conditions: ["ip", "saddr", "10.9.0.0/16"]), container: container4, staleRules: stale,
+            baseIntact: true)
+        #expect(lines(conditioned).first == #"add table ip cni_hostport { comment "CNI portmap plugin" ; }"#)
+    }
+
+    /// The forwarder reads the skeleton and leaves it out only when every chain holds exactly
+    /// what ADD writes; a batch refused after that read is redone with the whole skeleton.
+    @Test func theForwarderLeavesOutOnlyAnIntactSkeleton() throws {
+        func skeleton() -> SkeletonRuleset {
+            let canned = SkeletonRuleset()
+            var handle: UInt64 = 1
+            func rules(_ expressions: [[NFTables.Expression]]) -> [NFTables.Rule] {
+                expressions.map {
+                    handle += 1
+                    return NFTables.Rule(handle: handle, comment: nil, expressions: $0)
+                }
+            }
+            canned.chains = [
+                "hostports": [], "hostip_hostports": [], "masquerading": [],
+                "hostports_all": rules(NFTablesPortForwarding.hostPortsAllRules),
+                "prerouting": rules([NFTablesPortForwarding.entryRule]),
+                "output": rules([NFTablesPortForwarding.entryRule]),
+            ]
+            return canned
+        }
+        func add(_ ruleset: SkeletonRuleset, _ forwarding: PortForwardingConfig = config()) throws {
+            let forwarder = PortForwarder(runner: NoPrograms(), ruleset: ruleset, writer: ruleset)
+            try forwarder.setup(backend: .nftables, config: forwarding, container: container4)
+        }
+        func hasSkeleton(_ batch: [NFTables.Command]?) -> Bool {
+            batch?.contains { if case .addTable = $0 { true } else { false } } == true
+        }
+
+        let intact = skeleton()
+        try add(intact)
+        #expect(intact.batches.count == 1)
+        #expect(!hasSkeleton(intact.batches.first) && intact.batches.first?.count == 4)
+
+        let extraRule = skeleton()
+        extraRule.chains["output"]! += [NFTables.Rule(handle: 99, comment: nil, expressions: [.verdict(.accept)])]
+        let foreignRule = skeleton()
+        foreignRule.chains["prerouting"]![0].expressions = nil  // a rule of a kind we do not write
+        let noMasquerading = skeleton()
+        noMasquerading.chains["masquerading"] = nil
+        let empty = SkeletonRuleset()
+        for ruleset in [extraRule, foreignRule, noMasquerading, empty] {
+            try add(ruleset)
+            #expect(ruleset.batches.count == 1 && hasSkeleton(ruleset.batches.first))
+        }
+        // Without SNAT the masquerading chain is not needed.
+        let noSNAT = skeleton()
+        noSNAT.chains["masquerading"] = nil
+        try add(noSNAT, config(snat: false))
+        #expect(!hasSkeleton(noSNAT.batches.first))
+
+        let vanished = skeleton()
+        vanished.failures = [NetlinkError(operation: "nftables batch", code: -12, errno: ENOENT)]
+        try add(vanished)
+        #expect(vanished.batches.count == 2)
+        #expect(!hasSkeleton(vanished.batches.first) && hasSkeleton(vanished.batches.last))
+    }
+}
+
+/// The `ip cni_hostport` chains by name (an absent key: no such chain); batches recorded, the
+/// first ones failing with `failures` in turn.
+private final class SkeletonRuleset: RulesetReader, RulesetWriter, @unchecked Sendable {
+    var chains: [String: [NFTables.Rule]] = [:]
+    var failures: [NetlinkError] = []
+    private(set) var batches: [[NFTables.Command]] = []
+
+    func chainExists(family: NFTables.Family, table: String, chain: String) throws(NetlinkError) -> Bool {
+        family == .ip && table == "cni_hostport" && chains[chain] != nil
+    }
+    func rules(family: NFTables.Family, table: String, chain: String) throws(NetlinkError) -> [NFTables.Rule] {
+        family == .ip && table == "cni_hostport" ? chains[chain] ?? [] : []
+    }
+    func apply(_ commands: [NFTables.Command]) throws(NetlinkError) {
+        batches.append(commands)
+        if !failures.isEmpty { throw failures.removeFirst() }
+    }
+}
+
+/// A runner that has no program: the nftables path must not need one.
+private struct NoPrograms: CommandRunner {
+    func isInstalled(_ program: String) -> Bool { false }
+    func resolvedPath(of program: String) -> String? { nil }
+    func run(_ program: String, _ arguments: [String], stdin: [UInt8]) throws(CommandNotRunnable) -> CommandOutput {
+        Issue.record("ran \(program) \(arguments)")
+        throw CommandNotRunnable(program: program, reason: "not in this test")
     }
 }
