@@ -83,7 +83,7 @@ public final class KernelHostNetwork: HostNetwork {
 
     public func defaultFirewallBackend() -> FirewallBackend {
         // With no configured backend `choose` cannot fail.
-        (try? FirewallBackend.choose(configured: nil)) ?? .iptables
+        (try? FirewallBackend.choose(configured: nil, ruleset: masquerade.ruleset)) ?? .iptables
     }
 
     public func setupSpoofCheck(hostVeth: String, containerMAC: MACAddress, containerID: String, ifName: String)

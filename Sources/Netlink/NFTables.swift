@@ -32,10 +32,14 @@ public final class NFTables {
         /// The data of every `cmp` of the rule, whatever its other expressions: e.g. the address
         /// of iptables-nft's `-s`/`-d` (a payload load compared with it).
         public var comparedValues: [[UInt8]]
+        /// The kernel's name of each of the rule's expressions, in order (`payload`, `cmp`,
+        /// `match`, `fib`, ...), whatever their kind.
+        public var expressionNames: [String]
 
         public init(
             handle: UInt64, comment: String?, jumpTarget: String? = nil, marks: [UInt32] = [],
-            expressions: [NFTables.Expression]? = nil, matchComment: String? = nil, comparedValues: [[UInt8]] = []
+            expressions: [NFTables.Expression]? = nil, matchComment: String? = nil, comparedValues: [[UInt8]] = [],
+            expressionNames: [String] = []
         ) {
             self.handle = handle
             self.comment = comment
@@ -44,6 +48,7 @@ public final class NFTables {
             self.expressions = expressions
             self.matchComment = matchComment
             self.comparedValues = comparedValues
+            self.expressionNames = expressionNames
         }
     }
 
@@ -106,7 +111,8 @@ extension NFTables.Rule {
             marks: expressions.map { Self.marks(in: $0.nested) } ?? [],
             expressions: expressions.flatMap { Self.expressions(in: $0.nested) },
             matchComment: expressions.flatMap { Self.matchComment(in: $0.nested) },
-            comparedValues: expressions.map { Self.comparedValues(in: $0.nested) } ?? [])
+            comparedValues: expressions.map { Self.comparedValues(in: $0.nested) } ?? [],
+            expressionNames: expressions.map { Self.elements(in: $0.nested).map(\.name) } ?? [])
     }
 
     /// An xt `comment` match's text (`struct xt_comment_info`: the comment, NUL-padded).

@@ -59,18 +59,19 @@ public struct UnknownBackendError: Error, Sendable, Equatable, CustomStringConve
 
 extension FirewallBackend {
     /// The reference's choice: an explicit `"iptables"` / `"nftables"` wins; without one, iptables
-    /// unless it is unusable here and nftables is usable. Detection costs one exec in the common
-    /// case (iptables works) and is skipped entirely when the backend is configured.
-    public static func choose(configured: String?, runner: some CommandRunner = SystemCommandRunner())
-        throws(UnknownBackendError) -> FirewallBackend
-    {
+    /// unless it is unusable here and nftables is usable. Detection is skipped entirely when the
+    /// backend is configured; otherwise it reads nf_tables with `ruleset` where that can answer
+    /// (`iptablesUsable`), else it costs one exec in the common case (iptables works).
+    public static func choose(
+        configured: String?, runner: some CommandRunner = SystemCommandRunner(), ruleset: (any RulesetReader)? = nil
+    ) throws(UnknownBackendError) -> FirewallBackend {
         if let configured {
             guard let backend = FirewallBackend(rawValue: configured) else {
                 throw UnknownBackendError(value: configured)
             }
             return backend
         }
-        if iptablesUsable(runner) { return .iptables }
+        if iptablesUsable(runner, ruleset: ruleset) { return .iptables }
         if nftablesUsable(runner) { return .nftables }
         // Neither answered (e.g. no CAP_NET_ADMIN at detection): fall back to what is installed.
         if !runner.isInstalled("iptables") && runner.isInstalled("nft") { return .nftables }
@@ -78,17 +79,41 @@ extension FirewallBackend {
     }
 
     /// Whether this backend can be used here (STATUS): the same probes as `choose`.
-    public func isUsable(runner: some CommandRunner = SystemCommandRunner()) -> Bool {
-        self == .iptables ? Self.iptablesUsable(runner) : Self.nftablesUsable(runner)
+    public func isUsable(runner: some CommandRunner = SystemCommandRunner(), ruleset: (any RulesetReader)? = nil)
+        -> Bool
+    {
+        self == .iptables ? Self.iptablesUsable(runner, ruleset: ruleset) : Self.nftablesUsable(runner)
     }
 
-    /// iptables can read the nat table (fails on hosts where only nftables tables are compatible,
-    /// "table `nat' is incompatible, use 'nft' tool").
-    static func iptablesUsable(_ runner: some CommandRunner) -> Bool {
+    /// iptables can read the nat table's POSTROUTING (`iptables -t nat -S POSTROUTING`, the
+    /// reference's probe: it fails with "chain `POSTROUTING' in table `nat' is incompatible, use
+    /// 'nft' tool" where nft-native rules are there, or without nf_tables or CAP_NET_ADMIN).
+    ///
+    /// With iptables-nft and a `ruleset` reader the answer is read over netlink instead, no exec:
+    /// a read that succeeds shows nf_tables and the capability there, and a POSTROUTING that is
+    /// missing (iptables creates it) or holds only expressions iptables-nft itself writes and
+    /// parses back (`iptablesNFTExpressions`) is one the probe lists. Anything else (a read that
+    /// fails, any other expression, legacy iptables) runs the probe. Not compared: the chain's
+    /// hook priority (an nft-made POSTROUTING at a non-standard priority is also incompatible).
+    static func iptablesUsable(_ runner: some CommandRunner, ruleset: (any RulesetReader)? = nil) -> Bool {
         guard runner.isInstalled("iptables") else { return false }
+        if let ruleset, IPTablesVariant(runner: runner, saveCommand: "iptables") == .nft,
+            let rules = try? ruleset.rules(family: .ip, table: "nat", chain: "POSTROUTING"),
+            rules.allSatisfy({ $0.expressionNames.allSatisfy(iptablesNFTExpressions.contains) })
+        {
+            return true
+        }
         let output = try? runner.run("iptables", ["--wait", "-t", "nat", "-S", "POSTROUTING"], stdin: [])
         return output?.succeeded ?? false
     }
+
+    /// Expressions iptables-nft writes for its matches and targets (payload and meta loads,
+    /// comparisons, masks, counters, verdicts, xt matches and targets) and lists without
+    /// complaint; a subset of what it parses (iptables 1.8.9 also knows `lookup`, `limit`, `log`,
+    /// native NAT), kept small so that "iptables works" is never concluded where it would not.
+    static let iptablesNFTExpressions: Set<String> = [
+        "payload", "meta", "cmp", "bitwise", "counter", "immediate", "match", "target",
+    ]
 
     /// nft can talk to the kernel (a dry-run transaction exercises the netlink path).
     static func nftablesUsable(_ runner: some CommandRunner) -> Bool {

@@ -169,7 +169,7 @@ public enum Portmap {
         let config = try PortmapConfig(request)
         let candidates: [FirewallBackend] =
             config.backend.map { [$0 == .iptables ? .iptables : .nftables] } ?? [.iptables, .nftables]
-        guard candidates.contains(where: { $0.isUsable(runner: forwarder.runner) }) else {
+        guard candidates.contains(where: { $0.isUsable(runner: forwarder.runner, ruleset: forwarder.ruleset) }) else {
             throw CNIError(
                 .notAvailable, "no usable firewall backend",
                 details:
@@ -184,7 +184,7 @@ public enum Portmap {
     static func checkedBackend(_ config: PortmapConfig) throws(CNIError) -> FirewallBackend {
         let chosen: FirewallBackend
         do {
-            chosen = try FirewallBackend.choose(configured: config.backend?.rawValue)
+            chosen = try FirewallBackend.choose(configured: config.backend?.rawValue, ruleset: forwarder.ruleset)
         } catch {
             throw CNIError(.invalidNetworkConfig, error.description, details: "key backend")
         }

@@ -262,6 +262,30 @@ struct IPTablesNamespaceTests {
         let ns = try TestNamespace()
         #expect(try FirewallBackend.choose(configured: nil, runner: ns.runner) == .iptables)
     }
+
+    /// The probe read over netlink agrees with `iptables -t nat -S POSTROUTING` here: no exec
+    /// while POSTROUTING is missing or holds iptables' own rules; an nft-native rule there (which
+    /// makes iptables refuse the chain) runs the probe, which then fails: nftables is chosen.
+    @Test func defaultBackendProbeReadsNFTablesOverNetlink() throws {
+        let ns = try TestNamespace()
+        guard ns.runner.resolvedPath(of: "iptables")?.hasSuffix("/xtables-nft-multi") == true else {
+            Issue.record("iptables here is not iptables-nft: the netlink probe cannot be tested")
+            return
+        }
+        let tables = try NFTables(namespace: Namespace.open(path: "/run/netns/\(ns.name)"))
+        let runner = CountingRunner(inner: ns.runner, log: ns.log)
+        #expect(try FirewallBackend.choose(configured: nil, runner: runner, ruleset: tables) == .iptables)
+        try ns.run(
+            "iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "10.77.0.0/24", "!", "-o", "lo", "-j", "MASQUERADE")
+        try ns.run("iptables", "-t", "nat", "-A", "POSTROUTING", "-m", "comment", "--comment", "x", "-j", "ACCEPT")
+        #expect(try FirewallBackend.choose(configured: nil, runner: runner, ruleset: tables) == .iptables)
+        #expect(ns.log.take() == [])
+
+        try ns.run("nft", "add", "rule", "ip", "nat", "POSTROUTING", "fib", "daddr", "type", "local", "counter")
+        #expect(!(try ns.runner.run("iptables", ["-t", "nat", "-S", "POSTROUTING"], stdin: []).succeeded))
+        #expect(try FirewallBackend.choose(configured: nil, runner: runner, ruleset: tables) == .nftables)
+        #expect(ns.log.take() == ["iptables", "nft"])
+    }
 }
 
 @Suite(.enabled(if: isRoot, "needs root: creates network namespaces and firewall rules in them"))

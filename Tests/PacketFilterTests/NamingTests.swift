@@ -1,6 +1,8 @@
+import Glibc
 import NetAddress
 import Testing
 
+@testable import Netlink
 @testable import PacketFilter
 
 @Suite struct SHA512Tests {
@@ -123,6 +125,40 @@ import Testing
             ["iptables"], status: 1, stderr: "iptables v1.8.4 (legacy): can't initialize iptables table `nat'")
         #expect(try FirewallBackend.choose(configured: nil, runner: runner) == .nftables)
         #expect(runner.commands.count == 2)
+    }
+
+    /// With iptables-nft and a reader, a POSTROUTING that is missing or holds only what
+    /// iptables-nft writes answers without an exec; an expression it may not list (a native
+    /// `fib`), a failed read, or another iptables build runs the probe.
+    @Test func iptablesNFTIsProbedOverNetlinkWhereThatCanAnswer() throws {
+        let runner = FakeRunner()
+        runner.resolved["iptables"] = "/usr/sbin/xtables-nft-multi"
+        let ruleset = FakeRuleset()
+        #expect(try FirewallBackend.choose(configured: nil, runner: runner, ruleset: ruleset) == .iptables)
+        let postrouting = FakeRuleset.Key(family: .ip, table: "nat", chain: "POSTROUTING")
+        ruleset.rules[postrouting] = [
+            NFTables.Rule(handle: 2, comment: nil, expressionNames: ["payload", "cmp", "counter", "target"])
+        ]
+        #expect(try FirewallBackend.choose(configured: nil, runner: runner, ruleset: ruleset) == .iptables)
+        #expect(runner.calls.isEmpty)
+
+        ruleset.rules[postrouting]?.append(
+            NFTables.Rule(handle: 3, comment: nil, expressionNames: ["fib", "cmp", "immediate"]))
+        runner.respond(
+            ["iptables"], status: 1,
+            stderr: "iptables v1.8.9 (nf_tables): chain `POSTROUTING' in table `nat' is incompatible, use 'nft' tool.")
+        #expect(try FirewallBackend.choose(configured: nil, runner: runner, ruleset: ruleset) == .nftables)
+        #expect(runner.commands.first == ["iptables", "--wait", "-t", "nat", "-S", "POSTROUTING"])
+
+        let failing = FakeRuleset()
+        failing.failure = NetlinkError(operation: "list nftables rules", code: -1, errno: EPERM)
+        let probed = FakeRunner()
+        probed.resolved["iptables"] = "/usr/sbin/xtables-nft-multi"
+        #expect(try FirewallBackend.choose(configured: nil, runner: probed, ruleset: failing) == .iptables)
+        let legacy = FakeRunner()
+        legacy.resolved["iptables"] = "/usr/sbin/xtables-legacy-multi"
+        #expect(try FirewallBackend.choose(configured: nil, runner: legacy, ruleset: FakeRuleset()) == .iptables)
+        #expect(probed.commands.count == 1 && legacy.commands.count == 1)
     }
 
     @Test func withoutWorkingToolsTheInstalledOneWins() throws {
