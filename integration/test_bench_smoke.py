@@ -30,6 +30,7 @@ def test_bench_runs_every_row_once(tmp_path):
     expected = (
         [f"startup-{p}" for p in ("bridge", "host-local", "static", "loopback", "portmap")]
         + [f"startup-cold-{p}" for p in ("bridge", "host-local", "static", "loopback", "portmap")]
+        + ["cold-podman-ADD"]
         + [f"{s}-{c}" for s in ("base", "masq-iptables", "masq-nftables", "dual", "static", "ptp", "ptp-dual")
            for c in ("ADD", "CHECK", "DEL")]
         + [f"{s}-{c}" for s in ("portmap-iptables", "portmap-nftables") for c in ("ADD", "DEL")]
