@@ -19,8 +19,10 @@ import NetAddress
 /// lease directory; a named temp file in the index directory where the filesystem has none) and
 /// then `link(2)`ed to the lease name. `link` fails with EEXIST atomically, so it is also the
 /// reservation (the reference's O_EXCL), and a lease file never exists empty or half-written,
-/// whenever the process is killed. `last_reserved_ip.<N>` and index entries are replaced with
-/// `rename(2)`.
+/// whenever the process is killed. Index entries are replaced with `rename(2)`;
+/// `last_reserved_ip.<N>`, a hint (torn or foreign content only moves where the next search
+/// starts), is rewritten in place when it exists, as the reference writes it, and made by a
+/// rename the first time.
 /// Durability: process death needs no fsync (the page cache survives it). Against power loss the
 /// lease content is `fdatasync`ed before it is linked, so a lease that survives a crash has its
 /// content; directory entries are not synced (a lease lost to power loss belongs to a container
@@ -42,10 +44,11 @@ import NetAddress
 /// where the reference never looks), under names of our process ID, only used under the lock.
 ///
 /// Faults (a full disk, a full inode table, EIO, a read-only remount, a quota): every change an
-/// ADD makes is prepared first (lease content, `last_reserved_ip` and index buckets written to
-/// temp files), then made visible by links and renames, the index bucket that lists the new
-/// leases last; a failure at any point undoes what was made visible (the previous
-/// `last_reserved_ip` files are kept as hard links until the end for that) and unlinks the leases
+/// ADD makes is prepared first (lease content, new `last_reserved_ip` files and index buckets
+/// written to temp files, existing `last_reserved_ip` files opened), then made visible by links,
+/// renames and rewrites, the index bucket that lists the new leases last; a failure at any point
+/// undoes what was made visible (the previous `last_reserved_ip` content is kept in memory, or
+/// as a hard link to the replaced file, until the end for that) and unlinks the leases
 /// the operation took, so a failed ADD leaves nothing of its own. Releasing needs no room: a DEL
 /// unlinks the lease first; an index it then cannot write stays stale and unstamped (so the next
 /// operation rebuilds it), never the other way round. A rebuild that cannot be written is used
@@ -488,11 +491,19 @@ public final class LeaseStore {
             return
         }
         var renamedLast: [(index: Int, hadFile: Bool)] = []
+        var rewrittenLast: [RewritableFile] = []
         do throws(CNIError) {
-            // Prepare: new last_reserved_ip content, a link to each old one, new buckets.
+            // Prepare: each last_reserved_ip that exists opened to be rewritten in place (as the
+            // reference writes it), else new content in a temp file with a link to the old one;
+            // new buckets.
             var hadFile: [Int: Bool] = [:]
+            var inPlace: [Int: RewritableFile] = [:]
             for (setIndex, address) in pendingLastReserved {
                 let name = Self.lastReservedName(setIndex)
+                if let file = try leases.openForRewrite(name) {
+                    inPlace[setIndex] = file
+                    continue
+                }
                 try createTemp(lastTemps, Self.lastTemp(setIndex), Array(address.description.utf8))
                 try lastTemps.removeFile(Self.lastBackup(setIndex))
                 hadFile[setIndex] = try backUp(name, to: Self.lastBackup(setIndex))
@@ -507,7 +518,12 @@ public final class LeaseStore {
             for name in dirty where !grownBuckets.contains(name) {
                 try installBucket(name)
             }
-            for (setIndex, _) in pendingLastReserved {
+            for (setIndex, address) in pendingLastReserved {
+                if let file = inPlace[setIndex] {
+                    rewrittenLast.append(file)
+                    try file.replace(with: Array(address.description.utf8))
+                    continue
+                }
                 guard try lastTemps.rename(Self.lastTemp(setIndex), to: Self.lastReservedName(setIndex), in: leases)
                 else {
                     throw Files.failure("rename", leases.pathOf(Self.lastReservedName(setIndex)), EXDEV)
@@ -518,7 +534,11 @@ public final class LeaseStore {
                 try installBucket(name)
             }
         } catch {
-            // Back to the old last_reserved_ip files (renames over existing names need no room).
+            // Back to the old last_reserved_ip files (renames over existing names, and old bytes
+            // over new ones in the same block, need no room).
+            for file in rewrittenLast.reversed() {
+                try? file.restore()
+            }
             for (setIndex, hadFile) in renamedLast.reversed() {
                 if hadFile {
                     _ = try? lastTemps.rename(

@@ -326,6 +326,35 @@ import Testing
         #expect(directory.read("mynet/10.1.2.2") == nil)
     }
 
+    /// last_reserved_ip is rewritten in place, as the reference writes it (no new inode, link and
+    /// unlink per ADD), and so among the writes the fault test above fails one by one; one with a
+    /// second name is not ours alone: it is replaced, never written through. Torn or foreign
+    /// content is only a hint that points nowhere.
+    @Test func lastReservedIsRewrittenInPlaceUnlessItHasAnotherName() throws {
+        let directory = preparedStore()
+        let path = directory.path + "/mynet/last_reserved_ip.0"
+        var info = stat()
+        #expect(lstat(path, &info) == 0)
+        let inode = info.st_ino
+        let operations = recordOperations(directory, namedTemps: false)
+        #expect(
+            operations.contains { $0 == ("write", path) }, "the rewrite asks the fault injector: \(operations)")
+        #expect(directory.read("mynet/last_reserved_ip.0") == "10.1.2.3")
+        #expect(lstat(path, &info) == 0 && info.st_ino == inode, "rewritten in place")
+
+        #expect(link(path, directory.path + "/second-name") == 0)
+        let third = run(HostLocal.handlers, "ADD", config(directory), containerID: "third")
+        #expect(third.ips.first == "10.1.2.4/24", "\(third.text)")
+        #expect(directory.read("mynet/last_reserved_ip.0") == "10.1.2.4")
+        #expect(directory.read("second-name") == "10.1.2.3", "the other name's file is not written")
+        #expect(lstat(path, &info) == 0 && info.st_ino != inode && info.st_nlink == 1)
+
+        directory.write("mynet/last_reserved_ip.0", "10.1.2.9 torn")
+        let fourth = run(HostLocal.handlers, "ADD", config(directory), containerID: "fourth")
+        #expect(fourth.ips.first == "10.1.2.5/24", "an unreadable hint: from the range start: \(fourth.text)")
+        #expect(directory.read("mynet/last_reserved_ip.0") == "10.1.2.5")
+    }
+
     @Test func aDirectoryOfAnotherOwnerIsRefused() throws {
         guard geteuid() == 0 else { return }
         let directory = preparedStore()
