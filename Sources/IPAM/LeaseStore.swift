@@ -480,8 +480,9 @@ public final class LeaseStore {
     // MARK: - Ending an operation
 
     /// Makes the operation's changes visible, or undoes them all and throws. Every write that
-    /// can fail for want of room comes before the first rename; the bucket that lists new leases
-    /// is renamed last.
+    /// can fail for want of room comes before the first rename, but for the in-place rewrite of
+    /// last_reserved_ip (which reuses its block unless the file was empty; a failure is undone
+    /// like the rest); the bucket that lists new leases is renamed last.
     private func commit() throws(CNIError) {
         // Temps go before the stamps: removing one changes its directory's time.
         defer { removeTemps() }
