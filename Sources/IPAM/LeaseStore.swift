@@ -127,6 +127,9 @@ public final class LeaseStore {
     private var taken: [(IPAddress, LeaseOwner)] = []
     /// `last_reserved_ip.<N>` values to record when the operation succeeds.
     private var pendingLastReserved: [Int: IPAddress] = [:]
+    /// The `last_reserved_ip.<N>` files the allocation read, kept open to be rewritten in place
+    /// by `commit` (one open and one read per ADD); absent for a file that is not ours to rewrite.
+    private var rewritableLast: [Int: RewritableFile] = [:]
     /// The owner whose lease content sits in the lease temp file.
     private var preparedOwner: LeaseOwner?
     /// Unnamed files holding `unnamedLeaseOwner`'s lease content, synced, one per lease to take.
@@ -370,8 +373,20 @@ public final class LeaseStore {
     }
 
     /// The address last reserved in range set `rangeSetIndex`, if recorded and readable.
+    /// Only an allocation asks, and the address it takes is recorded there next: the file is
+    /// opened for that rewrite now, or just read when it is not ours to rewrite.
     public func lastReserved(rangeSetIndex: Int) throws(CNIError) -> IPAddress? {
-        guard let bytes = try leases.read(Self.lastReservedName(rangeSetIndex)) else { return nil }
+        let name = Self.lastReservedName(rangeSetIndex)
+        let bytes: [UInt8]
+        if rewritableLast[rangeSetIndex] == nil {
+            rewritableLast[rangeSetIndex] = try leases.openForRewrite(name)
+        }
+        if let file = rewritableLast[rangeSetIndex] {
+            bytes = file.original
+        } else {
+            guard let read = try leases.read(name) else { return nil }
+            bytes = read
+        }
         return IPAddress(String(decoding: bytes, as: UTF8.self).trimmingWhitespace())
     }
 
@@ -494,17 +509,13 @@ public final class LeaseStore {
         var renamedLast: [(index: Int, hadFile: Bool)] = []
         var rewrittenLast: [RewritableFile] = []
         do throws(CNIError) {
-            // Prepare: each last_reserved_ip that exists opened to be rewritten in place (as the
-            // reference writes it), else new content in a temp file with a link to the old one;
-            // new buckets.
+            // Prepare: a last_reserved_ip the allocation opened is rewritten in place (as the
+            // reference writes it), else new content goes in a temp file with a link to the old
+            // one; new buckets.
             var hadFile: [Int: Bool] = [:]
-            var inPlace: [Int: RewritableFile] = [:]
-            for (setIndex, address) in pendingLastReserved {
+            let inPlace = rewritableLast
+            for (setIndex, address) in pendingLastReserved where inPlace[setIndex] == nil {
                 let name = Self.lastReservedName(setIndex)
-                if let file = try leases.openForRewrite(name) {
-                    inPlace[setIndex] = file
-                    continue
-                }
                 try createTemp(lastTemps, Self.lastTemp(setIndex), Array(address.description.utf8))
                 try lastTemps.removeFile(Self.lastBackup(setIndex))
                 hadFile[setIndex] = try backUp(name, to: Self.lastBackup(setIndex))
@@ -549,11 +560,13 @@ public final class LeaseStore {
                 }
             }
             pendingLastReserved = [:]
+            rewritableLast = [:]
             abandon()
             throw error
         }
         taken = []
         pendingLastReserved = [:]
+        rewritableLast = [:]
         grownBuckets = []
         removeTemps()
         stampIfComplete()
@@ -567,6 +580,7 @@ public final class LeaseStore {
         }
         taken = []
         pendingLastReserved = [:]
+        rewritableLast = [:]
         grownBuckets = []
         removeTemps()
         writeIndex()
